@@ -1,0 +1,94 @@
+"""The base of every virtual actor a shard hosts.
+
+An entity is a small object: its state, a version that grows by one with each
+change, the idempotency records of the writes it accepted, and a table of
+command handlers. A handler validates first and mutates last, so a refusal
+(a raised ``GridError``) leaves the entity exactly as it was.
+
+Adding an entity kind means writing a subclass with its ``kind`` and
+``handlers`` and registering it in ``ENTITY_KINDS`` (actors/kinds.py); the
+router never changes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+# Idempotency keys are remembered for at least this long (the contract says 24 h).
+IDEMPOTENCY_TTL_S = 24 * 3600.0
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a handler did: the answer, and whether the entity changed."""
+
+    status: int
+    body: Any
+    changed: bool
+
+
+@dataclass(slots=True)
+class IdempotencyRecord:
+    fingerprint: str
+    status: int
+    body: Any
+    at: float
+
+
+Handler = Callable[[Any, dict[str, Any], str, float], Outcome]
+
+
+class Entity:
+    kind: ClassVar[str] = ""
+    # op name -> unbound method (self, args, channel, now) -> Outcome
+    handlers: ClassVar[dict[str, Handler]] = {}
+    # ops that never change state: they skip idempotency and version checks
+    reads: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, key: str, ident: str) -> None:
+        self.key = key
+        self.ident = ident  # the uid or sku, without the kind prefix
+        self.version = 0
+        self.updated_at: float | None = None
+        self.idempotency: OrderedDict[str, IdempotencyRecord] = OrderedDict()
+
+    @property
+    def exists(self) -> bool:
+        """Whether the entity was ever written (a never-written one is not kept)."""
+        return self.version > 0
+
+    def view(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def next_deadline(self) -> float | None:
+        """When this entity next has timed work to do (``expire``), if ever."""
+        return None
+
+    def expire(self, now: float) -> bool:
+        """Do the timed work that is due by ``now``; return whether state changed."""
+        return False
+
+    def remember(self, idem_key: str, fingerprint: str, status: int, body: Any, now: float) -> None:
+        """Keep an accepted write's answer; forget answers older than the TTL."""
+        records = self.idempotency
+        records[idem_key] = IdempotencyRecord(fingerprint, status, body, now)
+        records.move_to_end(idem_key)
+        horizon = now - IDEMPOTENCY_TTL_S
+        while records:
+            oldest = next(iter(records.values()))
+            if oldest.at >= horizon:
+                break
+            records.popitem(last=False)

@@ -1,0 +1,194 @@
+"""A shard: the host of many entities (virtual actors) for the slots it owns.
+
+A shard is a plain object, not a Ray actor: api/ wraps it in one. Commands run
+synchronously, one at a time, in the order they are handed in, so every
+entity sees one command at a time in arrival order without locks. A batch of
+commands is one turn: its events go to the journal as one group, before the
+caller releases any of the batch's answers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omnigrid.actors.entity import Entity
+from omnigrid.actors.errors import GridError
+from omnigrid.actors.kinds import ENTITY_KINDS, split_key
+from omnigrid.actors.protocol import MOVED, Command, Result
+from omnigrid.actors.slots import SlotMap
+from omnigrid.persistence.events import Event
+from omnigrid.persistence.journal import Journal, NullJournal
+
+# A read of many SKUs' availability at once: one command per owner shard, so a
+# cart view costs one message per shard, not one per line.
+PEEK = "stock.peek"
+SYSTEM_CHANNEL = "system"
+
+
+class Shard:
+    def __init__(
+        self,
+        shard_id: int,
+        slot_map: SlotMap,
+        journal: Journal | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.shard_id = shard_id
+        self.slot_map = slot_map
+        self.journal: Journal = journal if journal is not None else NullJournal()
+        self.clock = clock
+        self.entities: dict[str, Entity] = {}
+        self.commands = Counter[str]()
+        self._deadlines: list[tuple[float, str]] = []
+        self._pending: list[Event] = []
+
+    # -- slot ownership -------------------------------------------------------
+
+    def owns(self, key: str) -> bool:
+        return self.slot_map.owner(key) == self.shard_id
+
+    def assign(self, slot_map: SlotMap) -> bool:
+        """Take a newer slot map; an older or equal one is ignored."""
+        if slot_map.version <= self.slot_map.version:
+            return False
+        self.slot_map = slot_map
+        return True
+
+    def _moved(self) -> Result:
+        return Result(MOVED, self.slot_map.to_wire(), "moved", "slot owned by another shard")
+
+    # -- commands ---------------------------------------------------------------
+
+    def apply_batch(self, commands: Sequence[Command]) -> list[Result]:
+        """Run a batch in order as one turn and hand its events to the journal."""
+        results = [self._apply(cmd) for cmd in commands]
+        self.flush()
+        return results
+
+    def apply(self, cmd: Command) -> Result:
+        """Run one command as a turn of its own."""
+        result = self._apply(cmd)
+        self.flush()
+        return result
+
+    def flush(self) -> None:
+        if self._pending:
+            events, self._pending = self._pending, []
+            self.journal.append(events)
+
+    def _apply(self, cmd: Command) -> Result:
+        self.commands[cmd.op] += 1
+        if cmd.op == PEEK:
+            return self._peek(cmd.args["skus"])
+        if not self.owns(cmd.key):
+            return self._moved()
+        kind, ident = split_key(cmd.key)
+        handler = kind.handlers.get(cmd.op)
+        if handler is None:
+            return Result(422, None, "invalid_request", f"{cmd.op!r} is not an operation")
+        now = self.clock()
+        entity = self.entities.get(cmd.key)
+        stored = entity is not None
+        if entity is None:
+            entity = kind(cmd.key, ident)
+        else:
+            self._expire(entity, now)
+        if cmd.op in kind.reads:
+            try:
+                outcome = handler(entity, cmd.args, cmd.channel, now)
+            except GridError as e:
+                return Result(e.status, None, e.code, e.detail)
+            return Result(outcome.status, outcome.body)
+
+        idem = cmd.idempotency_key
+        if idem is not None:
+            record = entity.idempotency.get(idem)
+            if record is not None:
+                if record.fingerprint != cmd.fingerprint:
+                    return Result(
+                        422,
+                        None,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used with a different request",
+                    )
+                return Result(record.status, record.body)
+        if cmd.if_match is not None and cmd.if_match != entity.version:
+            return Result(
+                412,
+                None,
+                "version_conflict",
+                f"If-Match {cmd.if_match} but the current version is {entity.version}",
+            )
+        try:
+            outcome = handler(entity, cmd.args, cmd.channel, now)
+        except GridError as e:
+            return Result(e.status, None, e.code, e.detail)
+        view: dict[str, Any] | None = None
+        if outcome.changed:
+            view = self._changed(entity, cmd.channel, cmd.op, now)
+        body = outcome.body if outcome.body is not None else (view or entity.view())
+        if idem is not None:
+            entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
+        if not stored and (outcome.changed or idem is not None):
+            self.entities[cmd.key] = entity
+        return Result(outcome.status, body)
+
+    def _changed(self, entity: Entity, channel: str, op: str, now: float) -> dict[str, Any]:
+        entity.version += 1
+        entity.updated_at = now
+        view = entity.view()
+        self._pending.append(Event(entity.kind, entity.key, entity.version, channel, op, now, view))
+        deadline = entity.next_deadline()
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, entity.key))
+        return view
+
+    def _expire(self, entity: Entity, now: float) -> None:
+        if entity.expire(now):
+            self._changed(entity, SYSTEM_CHANNEL, f"{entity.kind}.expire", now)
+
+    def _peek(self, skus: list[str]) -> Result:
+        """Availability of many SKUs (``None`` for one never stocked)."""
+        out: dict[str, int | None] = {}
+        now = self.clock()
+        for sku in skus:
+            key = "stock:" + sku
+            if not self.owns(key):
+                return self._moved()
+            stock = self.entities.get(key)
+            if stock is None:
+                out[sku] = None
+            else:
+                self._expire(stock, now)
+                out[sku] = stock.available  # type: ignore[attr-defined]
+        return Result(200, out)
+
+    # -- timed work ---------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Run the timed work that is due (reservation expiry); return entities touched."""
+        now = self.clock()
+        touched = 0
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            entity = self.entities.get(key)
+            if entity is None:
+                continue
+            before = entity.version
+            self._expire(entity, now)
+            touched += entity.version != before
+        self.flush()
+        return touched
+
+    # -- introspection ------------------------------------------------------------
+
+    def entity_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(ENTITY_KINDS, 0)
+        for key in self.entities:
+            counts[key.partition(":")[0]] += 1
+        return counts

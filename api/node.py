@@ -1,0 +1,292 @@
+"""One grid process: a shard, its HTTP gateway and its peer listener.
+
+Every process is both an owner of entities and a gateway (the shape Orleans
+silos and Akka cluster members have): HTTP requests land on any process (one
+port shared with SO_REUSEPORT), run in place when this process owns the key
+and travel in micro-batches to the owner when it does not.
+
+``ShardProcess`` is the class Ray runs as an actor (api/cluster.py). Ray
+re-runs its constructor when the process dies, so the constructor starts
+everything: a thread with its own event loop that serves HTTP, the peer
+stream and the shard's timed work. Ray's own calls (address, ping, metrics)
+reach that loop through ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
+
+import uvicorn
+
+from omnigrid.actors.protocol import Command
+from omnigrid.actors.shard import Shard
+from omnigrid.actors.slots import SlotMap
+from omnigrid.api.app import GridApp
+from omnigrid.api.metrics import GridMetrics, merge_expositions
+from omnigrid.api.openapi import docs_app
+from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
+from omnigrid.api.router import Router
+from omnigrid.api.settings import Settings
+
+log = logging.getLogger("omnigrid.node")
+T = TypeVar("T")
+
+TICK_S = 0.1  # how often due reservations are expired
+CONTROL_TIMEOUT_S = 3.0
+
+
+class Directory(Protocol):
+    """How a process finds and asks the other shards (Ray, in a real grid)."""
+
+    async def address(self, shard_id: int) -> PeerAddress: ...
+
+    async def control(self, shard_id: int, method: str) -> Any: ...
+
+
+class GridNode:
+    def __init__(self, shard_id: int, settings: Settings, directory: Directory, node_id: str) -> None:
+        self.shard_id = shard_id
+        self.settings = settings
+        self.directory = directory
+        self.node_id = node_id
+        self.shard = Shard(shard_id, SlotMap.even(settings.shards))
+        self.metrics = GridMetrics(shard_id)
+        self.links = {
+            peer: PeerLink(
+                peer,
+                lambda peer=peer: directory.address(peer),  # type: ignore[misc]
+                node_id,
+                settings.max_pending,
+                settings.peer_timeout_s,
+                self.metrics.forwarded,
+            )
+            for peer in range(settings.shards)
+            if peer != shard_id
+        }
+        self.router = Router(self.shard, self.links)
+        self.app = GridApp(
+            self.router,
+            self,
+            self.metrics,
+            frozenset(settings.channels),
+            docs_app(),
+            settings.max_inflight,
+        )
+        self.metrics.add_gauges(
+            "omnigrid_shard_queue_depth",
+            "Commands waiting to be forwarded from this process to another shard.",
+            ["to_shard"],
+            lambda: [([str(p)], float(link.pending)) for p, link in self.links.items()],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_shard_entities",
+            "Entities held in memory by this shard, by kind.",
+            ["kind"],
+            lambda: [([k], float(n)) for k, n in self.shard.entity_counts().items()],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_http_inflight_requests",
+            "HTTP requests in progress in this process.",
+            [],
+            lambda: [([], float(self.app.inflight))],
+        )
+        self.unix_path = os.path.join(
+            tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
+        )
+        self.tcp_port = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._http: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.unix_path)
+        self._servers.append(await asyncio.start_unix_server(self._serve_peer, self.unix_path))
+        tcp = await asyncio.start_server(self._serve_peer, self.settings.host, 0)
+        self.tcp_port = tcp.sockets[0].getsockname()[1]
+        self._servers.append(tcp)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._tick()))
+        config = uvicorn.Config(
+            self.app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level=self.settings.log_level,
+            timeout_keep_alive=self.settings.keepalive_s,
+            server_header=False,
+            date_header=False,
+        )
+        self._http = uvicorn.Server(config)
+        sock = http_socket(self.settings.host, self.settings.port)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._http.serve([sock])))
+        while not self._http.started:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+        for server in self._servers:
+            server.close()
+        for link in self.links.values():
+            await link.close()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.unix_path)
+
+    def address(self) -> PeerAddress:
+        return PeerAddress(self.node_id, self.unix_path, self.settings.host, self.tcp_port)
+
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_connection(reader, writer, self._apply_wire_batch)
+
+    def _apply_wire_batch(self, batch: list[Any]) -> list[Any]:
+        self.metrics.served_batch_size.labels(self.metrics.shard).observe(len(batch))
+        results = self.shard.apply_batch([Command.from_wire(w) for w in batch])
+        return [r.to_wire() for r in results]
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.shard.tick()
+            except Exception:
+                log.exception("timed work failed on shard %d", self.shard_id)
+
+    # -- operations (what GridApp asks) ---------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard_id,
+            "pid": os.getpid(),
+            "node_id": self.node_id,
+            "slot_map_version": self.shard.slot_map.version,
+            "slot_ranges": self.shard.slot_map.ranges(self.shard_id),
+            "entities": self.shard.entity_counts(),
+            "inflight_requests": self.app.inflight,
+        }
+
+    async def _ask_all(self, method: str) -> dict[int, Any]:
+        async def ask(peer: int) -> Any:
+            try:
+                return await asyncio.wait_for(
+                    self.directory.control(peer, method), CONTROL_TIMEOUT_S
+                )
+            except Exception as e:
+                return e
+
+        peers = sorted(self.links)
+        answers = await asyncio.gather(*(ask(p) for p in peers))
+        return dict(zip(peers, answers, strict=True))
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        answers = await self._ask_all("info")
+        missing = [f"shard {p} does not answer" for p, a in answers.items() if isinstance(a, Exception)]
+        return not missing, {"shards": self.settings.shards, "missing": missing}
+
+    async def exposition(self) -> str:
+        answers = await self._ask_all("metrics_text")
+        texts = [self.metrics.exposition()]
+        texts += [a for a in answers.values() if isinstance(a, str)]
+        return merge_expositions(texts)
+
+    async def cluster(self) -> dict[str, Any]:
+        answers = await self._ask_all("info")
+        shards = [self.info()] + [
+            a if not isinstance(a, Exception) else {"shard": p, "error": type(a).__name__}
+            for p, a in answers.items()
+        ]
+        shards.sort(key=lambda s: s["shard"])
+        return {"slot_map_version": self.router.slot_map.version, "shards": shards}
+
+
+def http_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other grid processes on this node share (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class ShardProcess:
+    """The Ray actor: runs a ``GridNode`` on a thread with its own event loop."""
+
+    def __init__(self, shard_id: int, settings: dict[str, Any]) -> None:
+        from omnigrid.api.cluster import RayDirectory, local_node_id
+
+        logging.basicConfig(level=settings.get("log_level", "warning").upper())
+        self.settings = Settings.from_dict(settings)
+        self.loop = _new_loop()
+        self.node = GridNode(
+            shard_id, self.settings, RayDirectory(self.settings.namespace), local_node_id()
+        )
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self.node.start())
+            except BaseException as e:
+                failure.append(e)
+                started.set()
+                return
+            # Long-lived state is frozen out of the collector's view and young
+            # collections made rarer: a service allocates many short dicts.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 20)
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name=f"omnigrid-shard-{shard_id}", daemon=True)
+        self.thread.start()
+        started.wait(60)
+        if failure:
+            raise RuntimeError(f"shard {shard_id} failed to start: {failure[0]!r}")
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CONTROL_TIMEOUT_S)
+
+    def peer_address(self) -> PeerAddress:
+        return self.node.address()
+
+    def info(self) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            return self.node.info()
+
+        return self._on_loop(read())
+
+    def metrics_text(self) -> str:
+        async def read() -> str:
+            return self.node.metrics.exposition()
+
+        return self._on_loop(read())
+
+    def stop(self) -> None:
+        self._on_loop(self.node.stop())
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
+        return asyncio.new_event_loop()

@@ -1,0 +1,245 @@
+"""``/openapi.json`` and ``/docs``: the served routes, documented by FastAPI.
+
+The hot path never builds these models; they exist so the document shows each
+endpoint's exact request body, answers and problem documents. The FastAPI
+app registers one stub per row of the route table (api/routes.py) and only
+ever answers the documentation paths.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Header, Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from omnigrid.actors.cart import MAX_LINE_QTY
+from omnigrid.actors.errors import STATUS_OF_CODE
+from omnigrid.api import validation as v
+from omnigrid.api.routes import ROUTES, Route
+
+ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StockSet(_Strict):
+    on_hand: int = Field(ge=0, le=v.MAX_COUNT)
+
+
+class StockAdjustment(_Strict):
+    delta: int = Field(ge=-v.MAX_COUNT, le=v.MAX_COUNT, description="non-zero")
+    reason: str | None = Field(default=None, max_length=v.MAX_REASON_CHARS)
+
+
+class ReservationCreate(_Strict):
+    qty: int = Field(ge=1, le=v.MAX_COUNT)
+    ttl_s: int = Field(default=v.DEFAULT_TTL_S, ge=1, le=v.MAX_TTL_S)
+    ref: str | None = Field(default=None, max_length=v.MAX_REF_CHARS)
+
+
+class LineAdd(_Strict):
+    sku: str = Field(pattern=ID)
+    qty: int = Field(ge=1, le=MAX_LINE_QTY)
+
+
+class LineSet(_Strict):
+    qty: int = Field(ge=0, le=MAX_LINE_QTY, description="0 removes the line")
+
+
+class StockView(BaseModel):
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int = Field(description="on_hand - reserved, never negative")
+    version: int
+    updated_at: str | None
+
+
+class ReservationView(BaseModel):
+    reservation_id: str
+    sku: str
+    qty: int
+    status: Literal["held", "committed", "released", "expired"]
+    expires_at: str
+    ref: str | None
+    channel: str
+
+
+class CartLine(BaseModel):
+    sku: str
+    qty: int
+    added_via: str
+    updated_via: str
+    updated_at: str
+    available: int = Field(description="the SKU's live availability at the time of the read")
+    in_stock: bool = Field(description="available > 0")
+
+
+class CartView(BaseModel):
+    uid: str
+    version: int
+    updated_at: str | None
+    lines: list[CartLine]
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: Literal[tuple(sorted(STATUS_OF_CODE))]  # type: ignore[valid-type]
+    instance: str | None = None
+
+
+BODIES: dict[str, type[BaseModel]] = {
+    "put_stock": StockSet,
+    "adjust_stock": StockAdjustment,
+    "reserve": ReservationCreate,
+    "add_line": LineAdd,
+    "set_line": LineSet,
+}
+ANSWERS: dict[str, tuple[int, Any]] = {
+    "put_stock": (200, StockView),
+    "get_stock": (200, StockView),
+    "adjust_stock": (200, StockView),
+    "reserve": (201, ReservationView),
+    "get_reservation": (200, ReservationView),
+    "commit_reservation": (200, ReservationView),
+    "release_reservation": (200, ReservationView),
+    "get_cart": (200, CartView),
+    "clear_cart": (200, CartView),
+    "add_line": (200, CartView),
+    "set_line": (200, CartView),
+    "remove_line": (200, CartView),
+    "healthz": (200, dict[str, str]),
+    "readyz": (200, dict[str, Any]),
+    "metrics": (200, str),
+    "cluster": (200, dict[str, Any]),
+}
+# The problem codes each route can answer with, beyond the ones every route has.
+REFUSALS: dict[str, tuple[str, ...]] = {
+    "put_stock": ("insufficient_stock",),
+    "get_stock": ("unknown_sku",),
+    "adjust_stock": ("insufficient_stock", "unknown_sku"),
+    "reserve": ("insufficient_stock", "unknown_sku"),
+    "get_reservation": ("unknown_sku", "not_found"),
+    "commit_reservation": ("reservation_closed", "unknown_sku", "not_found"),
+    "release_reservation": ("reservation_closed", "unknown_sku", "not_found"),
+    "add_line": ("insufficient_stock", "unknown_sku", "cart_full"),
+    "set_line": ("insufficient_stock", "unknown_sku", "cart_full"),
+}
+WRITE_REFUSALS = ("unknown_channel", "version_conflict", "payload_too_large",
+                  "idempotency_key_reused")
+COMMON_REFUSALS = ("invalid_request", "overloaded", "unavailable")
+
+
+def _signature(route: Route) -> inspect.Signature:
+    params = [
+        inspect.Parameter(
+            name[1:-1],
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[str, Path(pattern=ID)],
+        )
+        for name in route.segments
+        if name.startswith("{")
+    ]
+    if route.is_write:
+        params += [
+            inspect.Parameter(
+                "x_channel",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[str, Header(description="the channel making the change")],
+            ),
+            inspect.Parameter(
+                "idempotency_key",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    str | None, Header(max_length=128, description="retry-safe key, 24 h")
+                ],
+            ),
+            inspect.Parameter(
+                "if_match",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[str | None, Header(description="expected entity version")],
+            ),
+        ]
+    body = BODIES.get(route.name)
+    if body is not None:
+        params.append(
+            inspect.Parameter(
+                "body", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[body, Body()]
+            )
+        )
+    return inspect.Signature(params)
+
+
+def _responses(route: Route) -> dict[int | str, dict[str, Any]]:
+    codes = list(REFUSALS.get(route.name, ()))
+    if route.handler is not None:
+        codes += COMMON_REFUSALS
+        if route.is_write:
+            codes += WRITE_REFUSALS
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(STATUS_OF_CODE[code], []).append(code)
+    if "invalid_request" in codes:
+        by_status.setdefault(400, []).append("invalid_request")
+    if route.name == "readyz":
+        by_status[503] = ["unavailable"]
+    return {
+        status: {
+            "model": Problem,
+            "description": "problem document: " + ", ".join(sorted(set(names))),
+        }
+        for status, names in sorted(by_status.items())
+    }
+
+
+def _problems_as_problem_json(schema: dict[str, Any]) -> dict[str, Any]:
+    """Errors are served as application/problem+json, not application/json."""
+    for operation in (op for path in schema["paths"].values() for op in path.values()):
+        for status, answer in operation["responses"].items():
+            content = answer.get("content", {})
+            if status >= "400" and "application/json" in content:
+                answer["content"] = {"application/problem+json": content["application/json"]}
+    return schema
+
+
+def docs_app() -> FastAPI:
+    app = FastAPI(
+        title="omnigrid",
+        version="1",
+        description="The live state grid behind every retail channel (contract v1).",
+    )
+    for route in ROUTES:
+
+        async def endpoint(**_: Any) -> None:  # documentation only: GridApp serves these
+            return None
+
+        endpoint.__signature__ = _signature(route)  # type: ignore[attr-defined]
+        status, model = ANSWERS[route.name]
+        app.add_api_route(
+            route.path,
+            endpoint,
+            methods=[route.method],
+            name=route.name,
+            summary=route.summary,
+            status_code=status,
+            response_model=model,
+            responses=_responses(route),
+        )
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _problems_as_problem_json(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

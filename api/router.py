@@ -1,0 +1,74 @@
+"""Key -> slot -> owner shard, then run the command where the owner lives.
+
+A command whose key this process owns runs in place, synchronously, with no
+serialisation at all; any other goes to its owner through that owner's
+``PeerLink`` micro-batcher. A "moved" answer carries the owner's newer slot
+map; the router adopts it and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from omnigrid.actors.errors import Unavailable
+from omnigrid.actors.protocol import MOVED, Command, Result
+from omnigrid.actors.shard import PEEK, Shard
+from omnigrid.actors.slots import SlotMap
+from omnigrid.api.peers import PeerLink
+
+MAX_REDIRECTS = 3
+REDIRECT_PAUSE_S = 0.05
+
+
+class Router:
+    def __init__(self, shard: Shard, links: dict[int, PeerLink]) -> None:
+        self.shard = shard
+        self.links = links
+        self.slot_map = shard.slot_map
+
+    def adopt(self, slot_map: SlotMap) -> None:
+        if slot_map.version > self.slot_map.version:
+            self.slot_map = slot_map
+
+    async def _send(self, owner: int, cmd: Command) -> Result:
+        if owner == self.shard.shard_id:
+            return self.shard.apply(cmd)
+        link = self.links.get(owner)
+        if link is None:
+            raise Unavailable(f"shard {owner} is not known to this process")
+        return await link.call(cmd)
+
+    async def call(self, cmd: Command) -> Result:
+        for attempt in range(MAX_REDIRECTS + 1):
+            result = await self._send(self.slot_map.owner(cmd.key), cmd)
+            if result.status != MOVED:
+                return result
+            self.adopt(SlotMap.from_wire(result.body))
+            if attempt:
+                await asyncio.sleep(REDIRECT_PAUSE_S)
+        raise Unavailable("the slot map is changing; try again")
+
+    async def peek(self, skus: list[str], redirects: int = 0) -> dict[str, int | None]:
+        """Live availability of many SKUs (``None``: never stocked), one command per owner."""
+        groups: dict[int, list[str]] = {}
+        for sku in dict.fromkeys(skus):
+            groups.setdefault(self.slot_map.owner("stock:" + sku), []).append(sku)
+        results = await asyncio.gather(
+            *(
+                self._send(owner, Command(PEEK, "stock:" + group[0], {"skus": group}))
+                for owner, group in groups.items()
+            )
+        )
+        out: dict[str, int | None] = {}
+        moved: list[str] = []
+        for group, result in zip(groups.values(), results, strict=True):
+            if result.status == MOVED:
+                self.adopt(SlotMap.from_wire(result.body))
+                moved.extend(group)
+            else:
+                out.update(result.body)
+        if moved:
+            if redirects >= MAX_REDIRECTS:
+                raise Unavailable("the slot map is changing; try again")
+            await asyncio.sleep(REDIRECT_PAUSE_S)
+            out.update(await self.peek(moved, redirects + 1))
+        return out

@@ -1,0 +1,64 @@
+"""Every setting of a grid, with its environment variable and default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEFAULT_CHANNELS = ("miniprogram", "app", "h5", "wechat_oa", "pos", "web", "alipay", "kiosk")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    shards: int = 2
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
+    max_inflight: int = 4096  # requests in progress per process before 429
+    max_pending: int = 10_000  # commands queued per destination shard before 429
+    peer_timeout_s: float = 5.0  # a forwarded batch not answered by then is 503
+    keepalive_s: int = 75  # HTTP keep-alive: longer than a shopper's think time
+    namespace: str = "omnigrid"  # Ray namespace of the shard actors
+    log_level: str = "warning"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Defaults, then ``OMNIGRID_*`` variables, then explicit overrides."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get("OMNIGRID_" + f.name.upper())
+            if raw is None or f.name == "extra":
+                continue
+            if f.name == "channels":
+                values[f.name] = tuple(c.strip() for c in raw.split(",") if c.strip())
+            elif f.type in ("int", int):
+                values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be at least 1")
+        if not self.channels:
+            raise ValueError("the channel registry must name at least one channel")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.max_inflight < 1 or self.max_pending < 1:
+            raise ValueError("max_inflight and max_pending must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        data = dict(data)
+        data["channels"] = tuple(data["channels"])
+        return cls(**data)

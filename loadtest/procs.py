@@ -1,0 +1,149 @@
+"""Start and stop the servers under test, each as its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """Status of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, start time) for every process we can see."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        table[int(entry)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """All descendants of ``pid`` as pid -> start time (to avoid killing a reused pid)."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for p, (pp, _) in table.items():
+        children.setdefault(pp, []).append(p)
+    found: dict[int, str] = {}
+    stack = list(children.get(pid, []))
+    while stack:
+        p = stack.pop()
+        if p in found:
+            continue
+        found[p] = table[p][1]
+        stack.extend(children.get(p, []))
+    return found
+
+
+def _alive_same(pid: int, start: str) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] == start and fields[0] != "Z"
+
+
+class Server:
+    """A server under test started by us: a subprocess in a new session."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        url: str,
+        ready_path: str,
+        cwd: Path,
+        env: dict[str, str],
+        log_path: Path,
+    ) -> None:
+        self.name, self.cmd, self.url, self.ready_path = name, cmd, url, ready_path
+        self.cwd, self.env, self.log_path = cwd, env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._known: dict[int, str] = {}
+
+    def start(self, ready_timeout_s: float) -> float:
+        """Start and wait until ready; returns seconds it took."""
+        t0 = time.monotonic()
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = t0 + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}"
+                )
+            self._known.update(descendants(self.proc.pid))
+            if http_status(self.url + self.ready_path, timeout=1.0) == 200:
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        raise TimeoutError(
+            f"{self.name} not ready after {ready_timeout_s:.0f}s; log: {self.log_path}"
+        )
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL it and any descendant we saw."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        self._known.update(descendants(proc.pid))
+        pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        # children that left the group (e.g. setsid) but were ours: by pid, if unchanged
+        deadline = time.monotonic() + 5
+        leftovers = {p: s for p, s in self._known.items() if _alive_same(p, s)}
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            leftovers = {p: s for p, s in leftovers.items() if _alive_same(p, s)}
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None

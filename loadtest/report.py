@@ -1,0 +1,174 @@
+"""Turn benchmark results into a table, a JSON file and PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SERVERS = ("baseline", "omnigrid")
+
+
+def _f(x: float | None, fmt: str = "{:.0f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if not num or not den or math.isnan(num) or math.isnan(den):
+        return None
+    return num / den
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """omnigrid/baseline for throughput (2xx req/s); baseline/omnigrid for fixed-rate p99."""
+    out: dict[str, Any] = {"throughput": {}, "fixed_rate_p99": None}
+    b, o = results.get("baseline", {}), results.get("omnigrid", {})
+    for name in b.get("scenarios", {}):
+        bs, os_ = b["scenarios"][name], o.get("scenarios", {}).get(name)
+        if os_:
+            out["throughput"][name] = _ratio(os_.get("ok_rps"), bs.get("ok_rps"))
+    bf, of = b.get("fixed_rate"), o.get("fixed_rate")
+    if bf and of:
+        out["fixed_rate_p99"] = _ratio(bf["latency_ms"].get("p99"), of["latency_ms"].get("p99"))
+    return out
+
+
+def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
+    b, o = results.get("baseline", {}), results.get("omnigrid", {})
+    names = list(dict.fromkeys([*b.get("scenarios", {}), *o.get("scenarios", {})]))
+    head = (
+        f"{'scenario':<15}{'baseline rps':>13}{'omnigrid rps':>13}{'ratio':>7}"
+        f"{'baseline p50/p99 ms':>22}{'omnigrid p50/p99 ms':>22}{'non-2xx b/o':>14}"
+    )
+    lines = [
+        "Saturation (wrk -c64, 2xx responses per second; ratio = omnigrid/baseline)",
+        head,
+        "-" * len(head),
+    ]
+    for n in names:
+        bs, os_ = b.get("scenarios", {}).get(n, {}), o.get("scenarios", {}).get(n, {})
+
+        def lat(s: dict[str, Any]) -> str:
+            lm = s.get("latency_ms", {})
+            return f"{_f(lm.get('p50'), '{:.1f}')}/{_f(lm.get('p99'), '{:.1f}')}"
+
+        lines.append(
+            f"{n:<15}{_f(bs.get('ok_rps')):>13}{_f(os_.get('ok_rps')):>13}"
+            f"{_f(rat['throughput'].get(n), '{:.2f}x'):>7}{lat(bs):>22}{lat(os_):>22}"
+            f"{_f(bs.get('non_2xx')) + '/' + _f(os_.get('non_2xx')):>14}"
+        )
+    bf, of = b.get("fixed_rate"), o.get("fixed_rate")
+    if bf or of:
+        rate = (bf or of or {}).get("offered_rps", 0)
+        lines += ["", f"Fixed offered rate: {rate:.0f} cart reads/s (h2load --rps, HTTP/1.1)"]
+        for name, fr in (("baseline", bf), ("omnigrid", of)):
+            if fr:
+                lm = fr["latency_ms"]
+                lines.append(
+                    f"  {name:<9} achieved {fr['achieved_rps']:.0f}/s"
+                    f"  p50 {_f(lm.get('p50'), '{:.1f}')}"
+                    f" ms  p99 {_f(lm.get('p99'), '{:.1f}')} ms  p99.9 "
+                    f"{_f(lm.get('p99.9'), '{:.1f}')} ms  non-2xx {fr['non_2xx']}"
+                    + ("  (SATURATED)" if fr.get("saturated") else "")
+                )
+        if rat.get("fixed_rate_p99"):
+            lines.append(f"  p99 ratio baseline/omnigrid: {rat['fixed_rate_p99']:.2f}x")
+    sweeps = {n: results.get(n, {}).get("sweep", []) for n in SERVERS}
+    if any(sweeps.values()):
+        lines += ["", "Latency vs offered load (cart reads; p50/p99 ms; * = could not keep up)"]
+        rates = sorted({r["offered_rps"] for s in sweeps.values() for r in s})
+        lines.append(f"{'offered/s':>10}" + "".join(f"{n:>26}" for n in SERVERS))
+        for rate in rates:
+            cells = []
+            for n in SERVERS:
+                pt = next((r for r in sweeps[n] if r["offered_rps"] == rate), None)
+                if pt is None:
+                    cells.append(f"{'-':>26}")
+                    continue
+                lm = pt["latency_ms"]
+                cell = (
+                    f"{pt['achieved_rps']:.0f}/s {_f(lm.get('p50'), '{:.1f}')}/"
+                    f"{_f(lm.get('p99'), '{:.1f}')}" + ("*" if pt["saturated"] else "")
+                )
+                cells.append(f"{cell:>26}")
+            lines.append(f"{rate:>10.0f}" + "".join(cells))
+    for n in SERVERS:
+        err = results.get(n, {}).get("error")
+        if err:
+            lines += ["", f"{n}: ERROR {err}"]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+def plot_latency(results: dict[str, Any], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drew = False
+    for name, color in zip(SERVERS, ("tab:gray", "tab:blue"), strict=True):
+        pts = sorted(results.get(name, {}).get("sweep", []), key=lambda r: r["offered_rps"])
+        if not pts:
+            continue
+        drew = True
+        x = [p["offered_rps"] for p in pts]
+        for pct, style in (("p99", "-"), ("p50", "--")):
+            y = [p["latency_ms"].get(pct, math.nan) for p in pts]
+            ax.plot(x, y, style, color=color, marker="o", label=f"{name} {pct}")
+        sat = [p for p in pts if p["saturated"]]
+        if sat:
+            ax.scatter(
+                [p["offered_rps"] for p in sat],
+                [p["latency_ms"].get("p99", math.nan) for p in sat],
+                marker="x",
+                s=90,
+                color="red",
+                zorder=5,
+            )
+    if not drew:
+        plt.close(fig)
+        return False
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load, cart reads/s (open loop, h2load --rps)")
+    ax.set_ylabel("latency, ms (log scale)")
+    ax.set_title("Cart read latency vs offered load (x = server could not keep up)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_ratios(rat: dict[str, Any], path: Path) -> bool:
+    items = [(k, v) for k, v in rat.get("throughput", {}).items() if v]
+    if not items:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.axhline(1.0, color="black", linewidth=1)
+    for i, (_, v) in enumerate(items):
+        ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom")
+    ax.set_ylabel("throughput omnigrid / baseline")
+    ax.set_title("Saturation throughput ratio (wrk -c64, 2xx/s)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

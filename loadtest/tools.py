@@ -1,0 +1,288 @@
+"""Load generators: wrk (closed loop, saturation) and h2load (fixed offered rate).
+
+wrk scenarios are generated as Lua scripts whose ``request()`` draws a random uid or
+SKU and a random channel for every request. Fixed-rate runs use h2load over HTTP/1.1
+with ``--rps`` (per connection, so total rate = rps x connections) and ``-i`` (a file
+of cart URIs); latency percentiles come from h2load's per-request ``--log-file``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHANNELS = ("miniprogram", "app", "h5", "wechat_oa", "pos", "web", "alipay", "kiosk")
+SKU_LUA_FMT = "sku-%05d"
+HOT_SKU = "flash-1"
+
+
+def sku_name(i: int) -> str:
+    return f"sku-{i:05d}"
+
+
+def cart_add_uid(i: int) -> str:
+    return f"u-{i}"
+
+
+def read_cart_uid(i: int) -> str:
+    return f"r-{i}"
+
+
+# --- wrk Lua scripts -----------------------------------------------------------
+
+_LUA_COMMON = """
+local channels = {%(channels)s}
+local counter = 1
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
+  math.random(); math.random()
+end
+local function hdrs()
+  return {["Content-Type"] = "application/json",
+          ["X-Channel"] = channels[math.random(1, %(nch)d)]}
+end
+"""
+
+_LUA_REQUEST = {
+    "cart_add": """
+function request()
+  local path = string.format("/v1/carts/u-%%d/lines", math.random(0, %(users)d - 1))
+  local body = string.format('{"sku":"%(sku_fmt)s","qty":1}', math.random(0, %(skus)d - 1))
+  return wrk.format("POST", path, hdrs(), body)
+end
+""",
+    "cart_read": """
+function request()
+  return wrk.format("GET", string.format("/v1/carts/r-%%d", math.random(0, %(carts)d - 1)),
+                    hdrs(), nil)
+end
+""",
+    "reserve_spread": """
+local body = '{"qty":1,"ttl_s":60}'
+function request()
+  local path = string.format("/v1/skus/%(sku_fmt)s/reservations", math.random(0, %(skus)d - 1))
+  return wrk.format("POST", path, hdrs(), body)
+end
+""",
+    "reserve_hot": """
+local body = '{"qty":1,"ttl_s":60}'
+function request()
+  return wrk.format("POST", "/v1/skus/%(hot)s/reservations", hdrs(), body)
+end
+""",
+}
+
+SCENARIOS: tuple[str, ...] = tuple(_LUA_REQUEST)
+
+
+def wrk_script(scenario: str, *, skus: int, users: int, carts: int) -> str:
+    """Lua source for one scenario (request() varies uid/sku and X-Channel per request)."""
+    params: dict[str, Any] = {
+        "channels": ", ".join(f'"{c}"' for c in CHANNELS),
+        "nch": len(CHANNELS),
+        "skus": skus,
+        "users": users,
+        "carts": carts,
+        "sku_fmt": SKU_LUA_FMT,
+        "hot": HOT_SKU,
+    }
+    return (_LUA_COMMON % params) + (_LUA_REQUEST[scenario] % params)
+
+
+# --- wrk -------------------------------------------------------------------------
+
+_UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _to_ms(value: str, unit: str) -> float:
+    return float(value) * _UNITS_S[unit] * 1000.0
+
+
+@dataclass
+class WrkResult:
+    requests: int = 0
+    duration_s: float = 0.0
+    rps: float = 0.0
+    ok_rps: float = 0.0
+    non_2xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    raw: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_wrk(text: str) -> WrkResult:
+    res = WrkResult(raw=text)
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text)
+    if m:
+        res.requests = int(m.group(1))
+        res.duration_s = _to_ms(m.group(2), m.group(3)) / 1000.0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        res.rps = float(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        res.non_2xx = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        res.socket_errors = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True)
+        )
+    m = re.search(
+        r"^\s+Latency\s+([\d.]+)(us|ms|s|m|h)\s+([\d.]+)(us|ms|s|m|h)\s+"
+        r"([\d.]+)(us|ms|s|m|h)",
+        text,
+        re.M,
+    )
+    if m:
+        res.latency_ms["mean"] = _to_ms(m.group(1), m.group(2))
+        res.latency_ms["max"] = _to_ms(m.group(5), m.group(6))
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)", text, re.M):
+        res.latency_ms[f"p{pct}"] = _to_ms(value, unit)
+    if res.duration_s > 0:
+        res.ok_rps = (res.requests - res.non_2xx) / res.duration_s
+    return res
+
+
+def run_wrk(
+    base_url: str,
+    script: Path,
+    *,
+    duration_s: float,
+    connections: int = 64,
+    threads: int = 2,
+    timeout_s: float = 5.0,
+) -> WrkResult:
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--latency",
+        f"--timeout={timeout_s:g}s",
+        "-s",
+        str(script),
+        base_url,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
+    return parse_wrk(proc.stdout)
+
+
+# --- h2load (fixed offered rate) ----------------------------------------------------
+
+
+@dataclass
+class RateResult:
+    offered_rps: float
+    connections: int
+    duration_s: float
+    requests: int = 0
+    achieved_rps: float = 0.0
+    non_2xx: int = 0
+    failed: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    saturated: bool = False
+    summary: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def parse_h2load_log(path: Path) -> tuple[list[float], int]:
+    """(sorted latencies in ms, number of non-2xx) from an h2load --log-file."""
+    lat: list[float] = []
+    bad = 0
+    with path.open() as fh:
+        for line in fh:
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            status = int(parts[1])
+            if not 200 <= status < 300:
+                bad += 1
+            lat.append(int(parts[2]) / 1000.0)
+    lat.sort()
+    return lat, bad
+
+
+def run_h2load(
+    uri_file: Path,
+    *,
+    rate: float,
+    connections: int,
+    duration_s: float,
+    warmup_s: float,
+    log_path: Path,
+) -> RateResult:
+    """Offer ``rate`` req/s over ``connections`` HTTP/1.1 connections for ``duration_s``."""
+    per_conn = rate / connections
+    cmd = [
+        "h2load",
+        "--h1",
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-m",
+        "1",
+        "--rps",
+        f"{per_conn:.4f}",
+        "-D",
+        f"{duration_s:g}",
+        "--warm-up-time",
+        f"{warmup_s:g}",
+        "-i",
+        str(uri_file),
+        "--log-file",
+        str(log_path),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=duration_s + warmup_s + 60, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"h2load failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
+    res = RateResult(offered_rps=rate, connections=connections, duration_s=duration_s)
+    res.summary = "\n".join(
+        ln
+        for ln in proc.stdout.splitlines()
+        if ln.startswith(("finished in", "requests:", "status codes:"))
+    )
+    m = re.search(
+        r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", proc.stdout
+    )
+    if m:
+        res.failed = int(m.group(1))
+    lat, res.non_2xx = parse_h2load_log(log_path)
+    res.requests = len(lat)
+    res.achieved_rps = len(lat) / duration_s
+    for pct in (50.0, 90.0, 99.0, 99.9):
+        res.latency_ms[f"p{pct:g}"] = percentile(lat, pct)
+    if lat:
+        res.latency_ms["max"] = lat[-1]
+    res.saturated = res.achieved_rps < 0.97 * rate
+    return res
+
+
+def missing_tools(names: tuple[str, ...] = ("wrk", "h2load")) -> list[str]:
+    return [n for n in names if shutil.which(n) is None]
