@@ -113,6 +113,10 @@ class PeerLink:
             self._sending = False
 
     async def _round_trip(self, batch: list[tuple[list[Any], asyncio.Future[Result]]]) -> Any:
+        if self._reader is not None and self._reader.at_eof():
+            # The peer hung up while idle (it died or restarted): nothing of this
+            # batch was sent yet, so a fresh connection is safe.
+            await self._close()
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None

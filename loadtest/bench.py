@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=3000.0, help="fixed offered cart reads/s")
     p.add_argument(
         "--sweep",
-        default="1000,2000,3000,4000,5000",
+        default="1000,2000,3000,4000,5000,6000,8000",
         help="offered rates for the latency curve ('' to skip)",
     )
     p.add_argument("--sweep-duration", type=float, default=8.0, help="seconds per sweep point")
