@@ -1,0 +1,60 @@
+"""Metrics, the OpenAPI document and the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from omnigrid.api.routes import ROUTES
+from tests.api.test_contract import stock
+from tests.conftest import new_id, write_headers
+
+
+def test_metrics_cover_every_process(client: httpx.Client) -> None:
+    sku = stock(client, 100)
+    for channel in ("pos", "app"):
+        for _ in range(10):
+            client.post(f"/v1/carts/{new_id('u')}/lines", json={"sku": sku, "qty": 1},
+                        headers=write_headers(channel))
+    client.get(f"/v1/skus/{new_id('nope')}/stock")
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = families["omnigrid_http_requests"].samples
+    shards = {s.labels["shard"] for s in requests}
+    assert shards == {"0", "1"}, "both processes' metrics are merged"
+    channels = {s.labels["channel"] for s in requests if s.labels["route"] == "add_line"}
+    assert {"pos", "app"} <= channels
+    errors = families["omnigrid_http_errors"].samples
+    assert any(s.labels["code"] == "unknown_sku" for s in errors)
+    assert "omnigrid_http_request_duration_seconds" in families
+    assert {s.labels["shard"] for s in families["omnigrid_shard_queue_depth"].samples} == {"0", "1"}
+    assert "omnigrid_shard_forward_batch_size" in families
+    assert "omnigrid_shard_entities" in families
+
+
+def test_openapi_documents_every_route(client: httpx.Client) -> None:
+    doc = client.get("/openapi.json").json()
+    for route in ROUTES:
+        operation = doc["paths"][route.path][route.method.lower()]
+        if route.name in ("put_stock", "adjust_stock", "reserve", "add_line", "set_line"):
+            assert "requestBody" in operation, route.name
+        if route.handler is not None:
+            problems = [a for s, a in operation["responses"].items() if s >= "400"]
+            assert problems and all("application/problem+json" in a["content"] for a in problems)
+    schemas = doc["components"]["schemas"]
+    assert schemas["LineAdd"]["additionalProperties"] is False
+    assert set(schemas["CartLine"]["properties"]) == {
+        "sku", "qty", "added_via", "updated_via", "updated_at", "available", "in_stock"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_cli_help_lists_serve_and_settings() -> None:
+    out = subprocess.run([sys.executable, "-m", "omnigrid.api.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "serve" in out and "OMNIGRID_SHARDS" in out and "RAY_ADDRESS" in out
+    bad = subprocess.run([sys.executable, "-m", "omnigrid.api.cli", "serve", "--shards", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "shards must be at least 1" in bad.stderr
