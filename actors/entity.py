@@ -26,9 +26,7 @@ def rfc3339(ts: float | None) -> str | None:
     """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

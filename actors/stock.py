@@ -122,9 +122,7 @@ class Stock(Entity):
         self._require_stocked()
         qty: int = args["qty"]
         if qty > self.available:
-            raise GridError(
-                "insufficient_stock", f"asked for {qty}, {self.available} available"
-            )
+            raise GridError("insufficient_stock", f"asked for {qty}, {self.available} available")
         rid = "r" + secrets.token_hex(10)
         r = Reservation(rid, qty, "held", now + args["ttl_s"], args.get("ref"), channel)
         self.reservations[rid] = r

@@ -35,8 +35,18 @@ log = logging.getLogger("omnigrid.api")
 JSON = b"application/json"
 TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 DOCS_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
-ENTITY_ROUTES = frozenset({"put_stock", "get_stock", "adjust_stock", "get_cart", "clear_cart",
-                           "add_line", "set_line", "remove_line"})
+ENTITY_ROUTES = frozenset(
+    {
+        "put_stock",
+        "get_stock",
+        "adjust_stock",
+        "get_cart",
+        "clear_cart",
+        "add_line",
+        "set_line",
+        "remove_line",
+    }
+)
 
 
 class Operations(Protocol):
@@ -137,8 +147,10 @@ class GridApp:
             if length_raw is not None and (
                 not length_raw.isdigit() or int(length_raw) > v.MAX_BODY_BYTES
             ):
-                raise v.too_large() if length_raw.isdigit() else MalformedRequest(
-                    "Content-Length must be a number"
+                raise (
+                    v.too_large()
+                    if length_raw.isdigit()
+                    else MalformedRequest("Content-Length must be a number")
                 )
             if self.inflight > self.max_inflight:
                 raise Overloaded(f"{self.inflight - 1} requests are already in progress here")
@@ -169,7 +181,9 @@ class GridApp:
         headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)] if status in (429, 503) else []
         return status, doc, PROBLEM_CONTENT_TYPE, headers, channel
 
-    async def _operations(self, route: Route) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], str]:
+    async def _operations(
+        self, route: Route
+    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], str]:
         if route.name == "healthz":
             return 200, b'{"status":"ok"}', JSON, [], "none"
         if route.name == "readyz":

@@ -74,7 +74,7 @@ def init_ray(settings: Settings) -> str:
 
 def start_shards(settings: Settings) -> list[Any]:
     """Create the shard actors and wait until every one serves."""
-    actor = ray.remote(ShardProcess)
+    actor: Any = ray.remote(ShardProcess)
     handles = [
         actor.options(
             name=actor_name(i),

@@ -39,7 +39,9 @@ def _fingerprint(op: str, key: str, body: dict[str, Any]) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def _command(op: str, key: str, args: dict[str, Any], call: Call, fp_body: dict[str, Any]) -> Command:
+def _command(
+    op: str, key: str, args: dict[str, Any], call: Call, fp_body: dict[str, Any]
+) -> Command:
     return Command(
         op,
         key,
@@ -143,7 +145,9 @@ async def _live_view(router: Router, status: int, view: dict[str, Any]) -> tuple
 
 
 async def get_cart(router: Router, call: Call) -> tuple[int, Any]:
-    return await _live_view(router, *_answer(await router.call(Command("cart.get", _cart_key(call)))))
+    return await _live_view(
+        router, *_answer(await router.call(Command("cart.get", _cart_key(call))))
+    )
 
 
 async def add_line(router: Router, call: Call) -> tuple[int, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -76,7 +76,13 @@ class GridMetrics:
     def forwarded(self, to_shard: int, size: int) -> None:
         self.batch_size.labels(self.shard, str(to_shard)).observe(size)
 
-    def add_gauges(self, name: str, doc: str, labels: list[str], read: Callable[[], Iterable[tuple[list[str], float]]]) -> None:
+    def add_gauges(
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
+        read: Callable[[], Iterable[tuple[list[str], float]]],
+    ) -> None:
         """A gauge read at scrape time (queue depths, entity counts)."""
         self.registry.register(_ReadGauge(name, doc, ["shard", *labels], self.shard, read))
 
@@ -93,12 +99,20 @@ class _ReadGauge(Collector):
         shard: str,
         read: Callable[[], Iterable[tuple[list[str], float]]],
     ) -> None:
-        self._name, self._doc, self._labels, self._shard, self._read = name, doc, labels, shard, read
+        self._name, self._doc, self._labels, self._shard, self._read = (
+            name,
+            doc,
+            labels,
+            shard,
+            read,
+        )
 
     def collect(self) -> Iterator[Metric]:
         gauge = Metric(self._name, self._doc, "gauge")
         for values, number in self._read():
-            gauge.add_sample(self._name, dict(zip(self._labels, [self._shard, *values], strict=True)), number)
+            gauge.add_sample(
+                self._name, dict(zip(self._labels, [self._shard, *values], strict=True)), number
+            )
         yield gauge
 
     def describe(self) -> list[Metric]:

@@ -53,7 +53,9 @@ class Directory(Protocol):
 
 
 class GridNode:
-    def __init__(self, shard_id: int, settings: Settings, directory: Directory, node_id: str) -> None:
+    def __init__(
+        self, shard_id: int, settings: Settings, directory: Directory, node_id: str
+    ) -> None:
         self.shard_id = shard_id
         self.settings = settings
         self.directory = directory
@@ -193,7 +195,9 @@ class GridNode:
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         answers = await self._ask_all("info")
-        missing = [f"shard {p} does not answer" for p, a in answers.items() if isinstance(a, Exception)]
+        missing = [
+            f"shard {p} does not answer" for p, a in answers.items() if isinstance(a, Exception)
+        ]
         return not missing, {"shards": self.settings.shards, "missing": missing}
 
     async def exposition(self) -> str:

@@ -132,8 +132,12 @@ REFUSALS: dict[str, tuple[str, ...]] = {
     "add_line": ("insufficient_stock", "unknown_sku", "cart_full"),
     "set_line": ("insufficient_stock", "unknown_sku", "cart_full"),
 }
-WRITE_REFUSALS = ("unknown_channel", "version_conflict", "payload_too_large",
-                  "idempotency_key_reused")
+WRITE_REFUSALS = (
+    "unknown_channel",
+    "version_conflict",
+    "payload_too_large",
+    "idempotency_key_reused",
+)
 COMMON_REFUSALS = ("invalid_request", "overloaded", "unavailable")
 
 

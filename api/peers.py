@@ -48,7 +48,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 
 
 def frame(payload: Any) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     return _LENGTH.pack(len(body)) + body
 
 

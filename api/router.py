@@ -9,6 +9,7 @@ map; the router adopts it and tries again.
 from __future__ import annotations
 
 import asyncio
+
 from omnigrid.actors.errors import Unavailable
 from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.shard import PEEK, Shard

@@ -74,7 +74,9 @@ def fields(body: dict[str, Any], required: set[str], optional: set[str] = frozen
         raise InvalidRequest(f"missing field(s): {', '.join(sorted(missing))}")
 
 
-def integer(body: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
+def integer(
+    body: dict[str, Any], name: str, low: int, high: int, default: int | None = None
+) -> int:
     value = body.get(name, default)
     # bool is an int in Python; in JSON it is not a number.
     if type(value) is not int:

@@ -34,8 +34,18 @@ class Grid:
         child_env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
         child_env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omnigrid.api.cli", "serve", "--port", str(self.port),
-             "--shards", str(shards), "--log-level", "error"],
+            [
+                sys.executable,
+                "-m",
+                "omnigrid.api.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--shards",
+                str(shards),
+                "--log-level",
+                "error",
+            ],
             env=child_env,
             start_new_session=True,
         )

@@ -64,8 +64,11 @@ def test_wrong_cart_line_bodies(client: httpx.Client, body: dict[str, object]) -
 )
 def test_wrong_stock_bodies(client: httpx.Client, path: str, body: dict[str, object]) -> None:
     sku = stock(client, 5)
-    url = {"stock": f"/v1/skus/{sku}/stock", "adjustments": f"/v1/skus/{sku}/stock/adjustments",
-           "reservations": f"/v1/skus/{sku}/reservations"}[path]
+    url = {
+        "stock": f"/v1/skus/{sku}/stock",
+        "adjustments": f"/v1/skus/{sku}/stock/adjustments",
+        "reservations": f"/v1/skus/{sku}/reservations",
+    }[path]
     method = "PUT" if path == "stock" else "POST"
     r = client.request(method, url, json=body, headers=write_headers("pos"))
     assert_problem(r, 422, "invalid_request")
@@ -108,12 +111,18 @@ def test_large_body_is_413(client: httpx.Client) -> None:
 def test_bad_headers(client: httpx.Client) -> None:
     sku = stock(client, 5)
     for key in (b"", b"k" * 129, "caf\u00e9".encode(), b"tab\there"):
-        r = client.post(f"/v1/skus/{sku}/reservations", json={"qty": 1},
-                        headers={"X-Channel": "app", "Idempotency-Key": key})  # type: ignore[dict-item]
+        r = client.post(
+            f"/v1/skus/{sku}/reservations",
+            json={"qty": 1},
+            headers={b"X-Channel": b"app", b"Idempotency-Key": key},
+        )  # type: ignore[dict-item]
         assert_problem(r, 400, "invalid_request")
     for tag in ("abc", "-1", "1.5", "9" * 30):
-        r = client.put(f"/v1/skus/{sku}/stock", json={"on_hand": 6},
-                       headers={"X-Channel": "pos", "If-Match": tag})
+        r = client.put(
+            f"/v1/skus/{sku}/stock",
+            json={"on_hand": 6},
+            headers={"X-Channel": "pos", "If-Match": tag},
+        )
         assert_problem(r, 400, "invalid_request")
     assert client.get(f"/v1/skus/{sku}/stock").json()["version"] == 1
 

@@ -20,8 +20,9 @@ async def _race_reservations(url: str, sku: str) -> list[int]:
         channels = itertools.cycle(CHANNELS)
 
         async def one(channel: str) -> int:
-            r = await c.post(f"/v1/skus/{sku}/reservations", json={"qty": 1},
-                             headers={"X-Channel": channel})
+            r = await c.post(
+                f"/v1/skus/{sku}/reservations", json={"qty": 1}, headers={"X-Channel": channel}
+            )
             return r.status_code
 
         return await asyncio.gather(*(one(next(channels)) for _ in range(RACERS)))
@@ -37,12 +38,16 @@ def test_reservations_race_for_small_stock(grid: Grid, client: httpx.Client) -> 
 
 
 async def _race_cart_adds(url: str, uid: str, skus: list[str], per_channel: int) -> list[int]:
-    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=64),
-                                 timeout=30) as c:
+    async with httpx.AsyncClient(
+        base_url=url, limits=httpx.Limits(max_connections=64), timeout=30
+    ) as c:
 
         async def one(channel: str, sku: str) -> int:
-            r = await c.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1},
-                             headers={"X-Channel": channel})
+            r = await c.post(
+                f"/v1/carts/{uid}/lines",
+                json={"sku": sku, "qty": 1},
+                headers={"X-Channel": channel},
+            )
             return r.status_code
 
         return await asyncio.gather(

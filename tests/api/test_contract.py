@@ -11,7 +11,9 @@ from tests.conftest import new_id, write_headers
 
 def stock(client: httpx.Client, on_hand: int, channel: str = "pos") -> str:
     sku = new_id("sku")
-    r = client.put(f"/v1/skus/{sku}/stock", json={"on_hand": on_hand}, headers=write_headers(channel))
+    r = client.put(
+        f"/v1/skus/{sku}/stock", json={"on_hand": on_hand}, headers=write_headers(channel)
+    )
     assert r.status_code == 200, r.text
     return sku
 
@@ -32,7 +34,11 @@ def test_stock_put_get_adjust(client: httpx.Client) -> None:
     assert r.status_code == 200
     view = r.json()
     assert {k: view[k] for k in ("sku", "on_hand", "reserved", "available", "version")} == {
-        "sku": sku, "on_hand": 10, "reserved": 0, "available": 10, "version": 1
+        "sku": sku,
+        "on_hand": 10,
+        "reserved": 0,
+        "available": 10,
+        "version": 1,
     }
     assert r.headers["etag"] == '"1"'
     r = client.post(
@@ -51,8 +57,9 @@ def test_unknown_sku(client: httpx.Client) -> None:
     assert_problem(r, 404, "unknown_sku")
     r = client.post(f"/v1/skus/{sku}/reservations", json={"qty": 1}, headers=write_headers())
     assert_problem(r, 404, "unknown_sku")
-    r = client.post(f"/v1/carts/{new_id('u')}/lines", json={"sku": sku, "qty": 1},
-                    headers=write_headers())
+    r = client.post(
+        f"/v1/carts/{new_id('u')}/lines", json={"sku": sku, "qty": 1}, headers=write_headers()
+    )
     assert_problem(r, 404, "unknown_sku")
     # the failed writes created nothing
     assert_problem(client.get(f"/v1/skus/{sku}/stock"), 404, "unknown_sku")
@@ -60,24 +67,42 @@ def test_unknown_sku(client: httpx.Client) -> None:
 
 def test_stock_below_reserved_is_refused(client: httpx.Client) -> None:
     sku = stock(client, 5)
-    assert client.post(f"/v1/skus/{sku}/reservations", json={"qty": 4},
-                       headers=write_headers()).status_code == 201
-    assert_problem(client.put(f"/v1/skus/{sku}/stock", json={"on_hand": 3},
-                              headers=write_headers("pos")), 409, "insufficient_stock")
-    assert_problem(client.post(f"/v1/skus/{sku}/stock/adjustments", json={"delta": -2},
-                               headers=write_headers("pos")), 409, "insufficient_stock")
+    assert (
+        client.post(
+            f"/v1/skus/{sku}/reservations", json={"qty": 4}, headers=write_headers()
+        ).status_code
+        == 201
+    )
+    assert_problem(
+        client.put(f"/v1/skus/{sku}/stock", json={"on_hand": 3}, headers=write_headers("pos")),
+        409,
+        "insufficient_stock",
+    )
+    assert_problem(
+        client.post(
+            f"/v1/skus/{sku}/stock/adjustments", json={"delta": -2}, headers=write_headers("pos")
+        ),
+        409,
+        "insufficient_stock",
+    )
     view = client.get(f"/v1/skus/{sku}/stock").json()
     assert (view["on_hand"], view["reserved"], view["available"], view["version"]) == (5, 4, 1, 2)
 
 
 def test_reservation_lifecycle(client: httpx.Client) -> None:
     sku = stock(client, 10)
-    r = client.post(f"/v1/skus/{sku}/reservations", json={"qty": 3, "ttl_s": 60, "ref": "order-1"},
-                    headers=write_headers("miniprogram"))
+    r = client.post(
+        f"/v1/skus/{sku}/reservations",
+        json={"qty": 3, "ttl_s": 60, "ref": "order-1"},
+        headers=write_headers("miniprogram"),
+    )
     assert r.status_code == 201, r.text
     res = r.json()
     assert {k: res[k] for k in ("sku", "qty", "status", "ref")} == {
-        "sku": sku, "qty": 3, "status": "held", "ref": "order-1"
+        "sku": sku,
+        "qty": 3,
+        "status": "held",
+        "ref": "order-1",
     }
     assert res["expires_at"].endswith("Z")
     rid = res["reservation_id"]
@@ -86,40 +111,60 @@ def test_reservation_lifecycle(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["status"] == "committed"
     view = client.get(f"/v1/skus/{sku}/stock").json()
     assert (view["on_hand"], view["reserved"], view["available"]) == (7, 0, 7)
-    assert_problem(client.delete(f"/v1/skus/{sku}/reservations/{rid}", headers=write_headers()),
-                   409, "reservation_closed")
-    assert_problem(client.post(f"/v1/skus/{sku}/reservations/{rid}/commit",
-                               headers=write_headers()), 409, "reservation_closed")
+    assert_problem(
+        client.delete(f"/v1/skus/{sku}/reservations/{rid}", headers=write_headers()),
+        409,
+        "reservation_closed",
+    )
+    assert_problem(
+        client.post(f"/v1/skus/{sku}/reservations/{rid}/commit", headers=write_headers()),
+        409,
+        "reservation_closed",
+    )
     assert client.get(f"/v1/skus/{sku}/reservations/{rid}").json()["status"] == "committed"
 
 
 def test_release_then_commit_is_closed(client: httpx.Client) -> None:
     sku = stock(client, 2)
-    rid = client.post(f"/v1/skus/{sku}/reservations", json={"qty": 2},
-                      headers=write_headers()).json()["reservation_id"]
+    rid = client.post(
+        f"/v1/skus/{sku}/reservations", json={"qty": 2}, headers=write_headers()
+    ).json()["reservation_id"]
     r = client.delete(f"/v1/skus/{sku}/reservations/{rid}", headers=write_headers())
     assert r.status_code == 200 and r.json()["status"] == "released"
     assert client.get(f"/v1/skus/{sku}/stock").json()["available"] == 2
-    assert_problem(client.post(f"/v1/skus/{sku}/reservations/{rid}/commit",
-                               headers=write_headers()), 409, "reservation_closed")
-    assert_problem(client.post(f"/v1/skus/{sku}/reservations/rnope/commit",
-                               headers=write_headers()), 404, "not_found")
+    assert_problem(
+        client.post(f"/v1/skus/{sku}/reservations/{rid}/commit", headers=write_headers()),
+        409,
+        "reservation_closed",
+    )
+    assert_problem(
+        client.post(f"/v1/skus/{sku}/reservations/rnope/commit", headers=write_headers()),
+        404,
+        "not_found",
+    )
 
 
 def test_reservation_expires_by_itself(client: httpx.Client) -> None:
     sku = stock(client, 3)
-    r = client.post(f"/v1/skus/{sku}/reservations", json={"qty": 3, "ttl_s": 1},
-                    headers=write_headers())
+    r = client.post(
+        f"/v1/skus/{sku}/reservations", json={"qty": 3, "ttl_s": 1}, headers=write_headers()
+    )
     rid = r.json()["reservation_id"]
-    assert_problem(client.post(f"/v1/skus/{sku}/reservations", json={"qty": 1},
-                               headers=write_headers()), 409, "insufficient_stock")
+    assert_problem(
+        client.post(f"/v1/skus/{sku}/reservations", json={"qty": 1}, headers=write_headers()),
+        409,
+        "insufficient_stock",
+    )
     deadline = time.monotonic() + 10
     while client.get(f"/v1/skus/{sku}/stock").json()["available"] != 3:
         assert time.monotonic() < deadline, "the reservation never expired"
         time.sleep(0.2)
     assert client.get(f"/v1/skus/{sku}/reservations/{rid}").json()["status"] == "expired"
-    assert_problem(client.post(f"/v1/skus/{sku}/reservations/{rid}/commit",
-                               headers=write_headers()), 409, "reservation_closed")
+    assert_problem(
+        client.post(f"/v1/skus/{sku}/reservations/{rid}/commit", headers=write_headers()),
+        409,
+        "reservation_closed",
+    )
 
 
 def test_cart_add_set_remove_clear(client: httpx.Client) -> None:
@@ -127,10 +172,13 @@ def test_cart_add_set_remove_clear(client: httpx.Client) -> None:
     uid = new_id("u")
     empty = client.get(f"/v1/carts/{uid}").json()
     assert empty == {"uid": uid, "version": 0, "updated_at": None, "lines": []}
-    r = client.post(f"/v1/carts/{uid}/lines", json={"sku": a, "qty": 2},
-                    headers=write_headers("miniprogram"))
+    r = client.post(
+        f"/v1/carts/{uid}/lines", json={"sku": a, "qty": 2}, headers=write_headers("miniprogram")
+    )
     assert r.status_code == 200, r.text
-    r = client.post(f"/v1/carts/{uid}/lines", json={"sku": a, "qty": 3}, headers=write_headers("h5"))
+    r = client.post(
+        f"/v1/carts/{uid}/lines", json={"sku": a, "qty": 3}, headers=write_headers("h5")
+    )
     line = r.json()["lines"][0]
     assert (line["qty"], line["added_via"], line["updated_via"]) == (5, "miniprogram", "h5")
     assert (line["available"], line["in_stock"]) == (50, True)
@@ -161,16 +209,30 @@ def test_cart_view_shows_live_availability(client: httpx.Client) -> None:
 def test_cart_limits(client: httpx.Client) -> None:
     sku = stock(client, 20_000)
     uid = new_id("u")
-    assert_problem(client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 10_000},
-                               headers=write_headers()), 422, "invalid_request")
+    assert_problem(
+        client.post(
+            f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 10_000}, headers=write_headers()
+        ),
+        422,
+        "invalid_request",
+    )
     client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 9_999}, headers=write_headers())
-    assert_problem(client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1},
-                               headers=write_headers()), 422, "invalid_request")
+    assert_problem(
+        client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1}, headers=write_headers()),
+        422,
+        "invalid_request",
+    )
     few = stock(client, 3)
-    assert_problem(client.post(f"/v1/carts/{uid}/lines", json={"sku": few, "qty": 4},
-                               headers=write_headers()), 409, "insufficient_stock")
-    assert_problem(client.put(f"/v1/carts/{uid}/lines/{few}", json={"qty": 4},
-                              headers=write_headers()), 409, "insufficient_stock")
+    assert_problem(
+        client.post(f"/v1/carts/{uid}/lines", json={"sku": few, "qty": 4}, headers=write_headers()),
+        409,
+        "insufficient_stock",
+    )
+    assert_problem(
+        client.put(f"/v1/carts/{uid}/lines/{few}", json={"qty": 4}, headers=write_headers()),
+        409,
+        "insufficient_stock",
+    )
     assert client.get(f"/v1/carts/{uid}").json()["version"] == 1
 
 
@@ -182,10 +244,17 @@ def test_cart_full(client: httpx.Client) -> None:
     for s in skus:
         client.put(f"/v1/skus/{s}/stock", json={"on_hand": 1}, headers=write_headers("pos"))
     for s in skus[:200]:
-        assert client.post(f"/v1/carts/{uid}/lines", json={"sku": s, "qty": 1},
-                           headers=write_headers()).status_code == 200
-    assert_problem(client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1},
-                               headers=write_headers()), 409, "cart_full")
+        assert (
+            client.post(
+                f"/v1/carts/{uid}/lines", json={"sku": s, "qty": 1}, headers=write_headers()
+            ).status_code
+            == 200
+        )
+    assert_problem(
+        client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1}, headers=write_headers()),
+        409,
+        "cart_full",
+    )
     view = client.get(f"/v1/carts/{uid}").json()
     assert len(view["lines"]) == 200 and view["version"] == 200
 
@@ -198,8 +267,11 @@ def test_idempotency_key(client: httpx.Client) -> None:
     assert first.status_code == again.status_code == 201
     assert first.json() == again.json()
     assert client.get(f"/v1/skus/{sku}/stock").json()["reserved"] == 2
-    assert_problem(client.post(f"/v1/skus/{sku}/reservations", json={"qty": 3}, headers=h),
-                   422, "idempotency_key_reused")
+    assert_problem(
+        client.post(f"/v1/skus/{sku}/reservations", json={"qty": 3}, headers=h),
+        422,
+        "idempotency_key_reused",
+    )
     uid = new_id("u")
     hk = write_headers("h5", **{"Idempotency-Key": "add-1"})
     for _ in range(3):
@@ -211,20 +283,39 @@ def test_idempotency_key(client: httpx.Client) -> None:
 def test_if_match(client: httpx.Client) -> None:
     sku = stock(client, 10)
     uid = new_id("u")
-    v1 = client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1},
-                     headers=write_headers()).json()["version"]
-    r = client.put(f"/v1/carts/{uid}/lines/{sku}", json={"qty": 2},
-                   headers=write_headers(**{"If-Match": f'"{v1}"'}))
+    v1 = client.post(
+        f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1}, headers=write_headers()
+    ).json()["version"]
+    r = client.put(
+        f"/v1/carts/{uid}/lines/{sku}",
+        json={"qty": 2},
+        headers=write_headers(**{"If-Match": f'"{v1}"'}),
+    )
     assert r.status_code == 200 and r.json()["version"] == v1 + 1
-    doc = assert_problem(client.put(f"/v1/carts/{uid}/lines/{sku}", json={"qty": 3},
-                                    headers=write_headers(**{"If-Match": str(v1)})),
-                         412, "version_conflict")
+    doc = assert_problem(
+        client.put(
+            f"/v1/carts/{uid}/lines/{sku}",
+            json={"qty": 3},
+            headers=write_headers(**{"If-Match": str(v1)}),
+        ),
+        412,
+        "version_conflict",
+    )
     assert str(v1 + 1) in str(doc["detail"])
     assert client.get(f"/v1/carts/{uid}").json()["lines"][0]["qty"] == 2
-    assert_problem(client.put(f"/v1/skus/{sku}/stock", json={"on_hand": 1},
-                              headers=write_headers(**{"If-Match": "7"})), 412, "version_conflict")
-    assert client.put(f"/v1/skus/{sku}/stock", json={"on_hand": 1},
-                      headers=write_headers(**{"If-Match": "1"})).status_code == 200
+    assert_problem(
+        client.put(
+            f"/v1/skus/{sku}/stock", json={"on_hand": 1}, headers=write_headers(**{"If-Match": "7"})
+        ),
+        412,
+        "version_conflict",
+    )
+    assert (
+        client.put(
+            f"/v1/skus/{sku}/stock", json={"on_hand": 1}, headers=write_headers(**{"If-Match": "1"})
+        ).status_code
+        == 200
+    )
 
 
 def test_operations(client: httpx.Client) -> None:

@@ -17,8 +17,11 @@ def test_metrics_cover_every_process(client: httpx.Client) -> None:
     sku = stock(client, 100)
     for channel in ("pos", "app"):
         for _ in range(10):
-            client.post(f"/v1/carts/{new_id('u')}/lines", json={"sku": sku, "qty": 1},
-                        headers=write_headers(channel))
+            client.post(
+                f"/v1/carts/{new_id('u')}/lines",
+                json={"sku": sku, "qty": 1},
+                headers=write_headers(channel),
+            )
     client.get(f"/v1/skus/{new_id('nope')}/stock")
     text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -47,14 +50,28 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["LineAdd"]["additionalProperties"] is False
     assert set(schemas["CartLine"]["properties"]) == {
-        "sku", "qty", "added_via", "updated_via", "updated_at", "available", "in_stock"}
+        "sku",
+        "qty",
+        "added_via",
+        "updated_via",
+        "updated_at",
+        "available",
+        "in_stock",
+    }
     assert client.get("/docs").status_code == 200
 
 
 def test_cli_help_lists_serve_and_settings() -> None:
-    out = subprocess.run([sys.executable, "-m", "omnigrid.api.cli", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "omnigrid.api.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "serve" in out and "OMNIGRID_SHARDS" in out and "RAY_ADDRESS" in out
-    bad = subprocess.run([sys.executable, "-m", "omnigrid.api.cli", "serve", "--shards", "0"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "omnigrid.api.cli", "serve", "--shards", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "shards must be at least 1" in bad.stderr

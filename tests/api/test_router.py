@@ -38,9 +38,7 @@ async def peer_server(shard: Shard) -> AsyncIterator[PeerAddress]:
     def serve(batch: list[Any]) -> list[Any]:
         return [r.to_wire() for r in shard.apply_batch([Command.from_wire(w) for w in batch])]
 
-    server = await asyncio.start_unix_server(
-        lambda r, w: serve_connection(r, w, serve), path
-    )
+    server = await asyncio.start_unix_server(lambda r, w: serve_connection(r, w, serve), path)
     try:
         yield PeerAddress("node", path, "127.0.0.1", 0)
     finally:
@@ -69,8 +67,10 @@ def test_forwarded_commands_travel_in_batches() -> None:
             key = key_on(smap, 0)
             await router.call(Command("stock.set", key, {"on_hand": 1000}, "pos"))
             results = await asyncio.gather(
-                *(router.call(Command("stock.reserve", key, {"qty": 1, "ttl_s": 60}, "app"))
-                  for _ in range(300))
+                *(
+                    router.call(Command("stock.reserve", key, {"qty": 1, "ttl_s": 60}, "app"))
+                    for _ in range(300)
+                )
             )
             await link.close()
         assert all(r.status == 201 for r in results)
@@ -95,7 +95,9 @@ def test_moved_answer_makes_the_router_adopt_the_newer_map() -> None:
             assert key in owner.entities and key not in local.entities
             # peeks regroup by the new map too
             assert await router.peek([key.removeprefix("stock:"), "nope"]) == {
-                key.removeprefix("stock:"): 3, "nope": None}
+                key.removeprefix("stock:"): 3,
+                "nope": None,
+            }
             await router.links[0].close()
 
     run(scenario)
@@ -143,8 +145,9 @@ def test_http_answers_503_with_retry_after_when_the_owner_is_down() -> None:
         sku = key_on(smap, 0).removeprefix("stock:")
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://grid") as c:
-            r = await c.put(f"/v1/skus/{sku}/stock", json={"on_hand": 1},
-                            headers={"X-Channel": "pos"})
+            r = await c.put(
+                f"/v1/skus/{sku}/stock", json={"on_hand": 1}, headers={"X-Channel": "pos"}
+            )
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert r.json()["code"] == "unavailable"
 
@@ -155,8 +158,9 @@ def test_http_answers_429_when_too_much_is_in_progress() -> None:
     async def scenario() -> None:
         smap = SlotMap.even(1)
         router = Router(Shard(0, smap), {})
-        app = GridApp(router, _Ops(), GridMetrics(0), frozenset(DEFAULT_CHANNELS), docs_app(),
-                      max_inflight=1)
+        app = GridApp(
+            router, _Ops(), GridMetrics(0), frozenset(DEFAULT_CHANNELS), docs_app(), max_inflight=1
+        )
         app.inflight = 1  # one request is already in progress
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://grid") as c:

@@ -32,7 +32,10 @@ def test_killed_shard_answers_again(grid: Grid, client: httpx.Client) -> None:
         try:
             cluster = client.get("/v1/cluster").json()
             pids = {s["shard"]: s.get("pid") for s in cluster["shards"]}
-            if pids.get(1) not in (None, victim["pid"]) and client.get("/readyz").status_code == 200:
+            if (
+                pids.get(1) not in (None, victim["pid"])
+                and client.get("/readyz").status_code == 200
+            ):
                 break
         except httpx.HTTPError:
             pass
