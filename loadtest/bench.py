@@ -4,7 +4,7 @@ For each server (one at a time): start it (or use --*-url), seed it over HTTP, r
 wrk scenarios (closed loop, -c64) and then cart reads at fixed offered rates (h2load,
 open loop). Prints a table, writes loadtest/results/bench-<date>.json and PNG plots.
 
-    python loadtest/bench.py                      # full run, both servers (~7 min)
+    python loadtest/bench.py                      # full run, both servers (~6 min)
     python loadtest/bench.py --only baseline -d 3 --warmup 1 --sweep 1000,2000
 """
 
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,7 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--results-dir", type=Path, default=REPO / "loadtest" / "results")
     p.add_argument("--no-plot", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--seed-timeout", type=float, default=300.0, help="seconds for all seeding")
+    args = p.parse_args(argv)
+    unknown = set(args.scenarios.split(",")) - set(tools.SCENARIOS) - {""}
+    if unknown:
+        p.error(f"unknown scenarios {sorted(unknown)}; choose from {list(tools.SCENARIOS)}")
+    return args
 
 
 def _log(msg: str) -> None:
@@ -269,6 +276,7 @@ def bench_server(
             on_hand=args.on_hand,
             hot_on_hand=args.hot_on_hand,
             concurrency=args.seed_concurrency,
+            timeout_s=args.seed_timeout,
         )
         _log(
             f"{name}: seeded in {out['seed']['stock']['seconds']:.1f}s + "
@@ -294,6 +302,27 @@ def bench_server(
             signal.signal(signal.SIGINT, old)
 
 
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    try:
+        out["omnigrid"] = importlib.metadata.version("omnigrid")
+    except importlib.metadata.PackageNotFoundError:
+        out["omnigrid"] = None
+    git = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out["git"] = git.stdout.strip() or None
+    for tool, flag in (("wrk", "-v"), ("h2load", "--version")):
+        proc = subprocess.run([tool, flag], capture_output=True, text=True, check=False)
+        out[tool] = (
+            (proc.stdout or proc.stderr).splitlines()[0] if proc.stdout or proc.stderr else None
+        )
+    return out
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -305,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     servers = [args.only] if args.only else list(report.SERVERS)
     doc: dict[str, Any] = {
@@ -317,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": {},
     }
+    doc["versions"] = _versions()
     t0 = time.monotonic()
     code = 0
     with tempfile.TemporaryDirectory(prefix="omnigrid-bench-") as tmpname:

@@ -79,7 +79,10 @@ def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
             lines.append(f"  p99 ratio baseline/omnigrid: {rat['fixed_rate_p99']:.2f}x")
     sweeps = {n: results.get(n, {}).get("sweep", []) for n in SERVERS}
     if any(sweeps.values()):
-        lines += ["", "Latency vs offered load (cart reads; p50/p99 ms; * = could not keep up)"]
+        lines += [
+            "",
+            "Latency vs offered load (cart reads; achieved/s p50/p99 ms; * = rate not kept)",
+        ]
         rates = sorted({r["offered_rps"] for s in sweeps.values() for r in s})
         lines.append(f"{'offered/s':>10}" + "".join(f"{n:>26}" for n in SERVERS))
         for rate in rates:
@@ -141,7 +144,7 @@ def plot_latency(results: dict[str, Any], path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("offered load, cart reads/s (open loop, h2load --rps)")
     ax.set_ylabel("latency, ms (log scale)")
-    ax.set_title("Cart read latency vs offered load (x = server could not keep up)")
+    ax.set_title("Cart read latency vs offered load (x = offered rate not kept)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -64,7 +64,7 @@ async def run_calls(base: str, calls: list[Call], concurrency: int = 32) -> Call
         queue.put_nowait(c)
     rng = random.Random(7)
     t0 = time.monotonic()
-    timeout = aiohttp.ClientTimeout(total=30)
+    timeout = aiohttp.ClientTimeout(total=10)
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
 
@@ -116,17 +116,31 @@ async def probe(base: str, call: Call) -> tuple[int, str]:
 
 
 def seed_server(
-    base: str, *, skus: int, carts: int, on_hand: int, hot_on_hand: int, concurrency: int = 32
+    base: str,
+    *,
+    skus: int,
+    carts: int,
+    on_hand: int,
+    hot_on_hand: int,
+    concurrency: int = 32,
+    timeout_s: float = 300.0,
 ) -> dict[str, Any]:
-    """Seed stock then read carts; returns a summary (raises if anything failed)."""
+    """Seed stock then read carts; returns a summary (raises if anything failed or the
+    whole seeding took over ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+
+    def bounded(calls: list[Call]) -> CallStats:
+        left = max(1.0, deadline - time.monotonic())
+        return asyncio.run(asyncio.wait_for(run_calls(base, calls, concurrency), left))
+
     out: dict[str, Any] = {}
-    st = asyncio.run(run_calls(base, stock_calls(skus, on_hand, hot_on_hand), concurrency))
+    st = bounded(stock_calls(skus, on_hand, hot_on_hand))
     out["stock"] = vars(st)
     if st.failed:
         raise RuntimeError(f"seeding stock failed {st.failed}x: {st.first_errors}")
     total = CallStats()
     for batch in cart_line_calls(carts, skus):
-        b = asyncio.run(run_calls(base, batch, concurrency))
+        b = bounded(batch)
         total.ok += b.ok
         total.failed += b.failed
         total.retried += b.retried
