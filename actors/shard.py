@@ -43,7 +43,11 @@ class Shard:
         self.clock = clock
         self.entities: dict[str, Entity] = {}
         self.commands = Counter[str]()
+        # Timed work: a heap of (when, key) with at most one live entry per
+        # entity (``_scheduled``); a flash sale's 100,000 reservations of one
+        # SKU are one entry, not 100,000 to pop and push again on every tick.
         self._deadlines: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
         self._pending: list[Event] = []
 
     # -- slot ownership -------------------------------------------------------
@@ -142,10 +146,17 @@ class Shard:
         entity.updated_at = now
         view = entity.view()
         self._pending.append(Event(entity.kind, entity.key, entity.version, channel, op, now, view))
-        deadline = entity.next_deadline()
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, entity.key))
+        self._schedule(entity)
         return view
+
+    def _schedule(self, entity: Entity) -> None:
+        deadline = entity.next_deadline()
+        if deadline is None:
+            return
+        scheduled = self._scheduled.get(entity.key)
+        if scheduled is None or deadline < scheduled:
+            self._scheduled[entity.key] = deadline
+            heapq.heappush(self._deadlines, (deadline, entity.key))
 
     def _expire(self, entity: Entity, now: float) -> None:
         if entity.expire(now):
@@ -175,13 +186,17 @@ class Shard:
         touched = 0
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            _, key = heapq.heappop(heap)
+            when, key = heapq.heappop(heap)
+            if self._scheduled.get(key) != when:
+                continue  # superseded by an earlier deadline for the same entity
+            del self._scheduled[key]
             entity = self.entities.get(key)
             if entity is None:
                 continue
             before = entity.version
             self._expire(entity, now)
             touched += entity.version != before
+            self._schedule(entity)
         self.flush()
         return touched
 

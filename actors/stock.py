@@ -71,7 +71,10 @@ class Stock(Entity):
     # -- timed work ---------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self._held_by_expiry[0][0] if self._held_by_expiry else None
+        heap = self._held_by_expiry
+        while heap and getattr(self.reservations.get(heap[0][1]), "status", None) != "held":
+            heapq.heappop(heap)  # committed or released before it was due
+        return heap[0][0] if heap else None
 
     def expire(self, now: float) -> bool:
         """Give back the quantity of every held reservation past its expiry."""
