@@ -180,12 +180,18 @@ class Shard:
 
     # -- timed work ---------------------------------------------------------------
 
-    def tick(self) -> int:
-        """Run the timed work that is due (reservation expiry); return entities touched."""
+    def tick(self, budget: int = 200) -> int:
+        """Run up to ``budget`` entities' due timed work (reservation expiry).
+
+        Returns how many entities changed. ``due()`` tells whether more is
+        waiting, so the caller can yield to its event loop between slices: an
+        expiry wave of a million reservations then costs requests a few
+        milliseconds at a time, never one long stall.
+        """
         now = self.clock()
         touched = 0
         heap = self._deadlines
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and budget > 0:
             when, key = heapq.heappop(heap)
             if self._scheduled.get(key) != when:
                 continue  # superseded by an earlier deadline for the same entity
@@ -193,12 +199,17 @@ class Shard:
             entity = self.entities.get(key)
             if entity is None:
                 continue
+            budget -= 1
             before = entity.version
             self._expire(entity, now)
             touched += entity.version != before
             self._schedule(entity)
         self.flush()
         return touched
+
+    def due(self) -> bool:
+        """Whether timed work is due now (``tick`` left some for the next slice)."""
+        return bool(self._deadlines) and self._deadlines[0][0] <= self.clock()
 
     # -- introspection ------------------------------------------------------------
 

@@ -161,11 +161,14 @@ class GridNode:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
             try:
                 self.shard.tick()
+                more = self.shard.due()
             except Exception:
                 log.exception("timed work failed on shard %d", self.shard_id)
+                more = False
+            # With more due, only let waiting requests run first.
+            await asyncio.sleep(0 if more else TICK_S)
 
     # -- operations (what GridApp asks) ---------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -60,7 +62,7 @@ def test_even_ranges_cover_every_slot_contiguously(shards: int) -> None:
     # ... in shard order, starting at 0, each beginning where the previous ended, ending at 16383
     assert flat[0][0] == 0
     assert flat[-1][1] == SLOT_COUNT - 1
-    for (_, end), (start, _) in zip(flat, flat[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(flat):
         assert start == end + 1
     sizes = [end - start + 1 for start, end in flat]
     assert sum(sizes) == SLOT_COUNT
