@@ -8,6 +8,8 @@ lookup, not prometheus_client's label resolution, per request.
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -56,7 +58,27 @@ class GridMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "omnigrid_gc_pause_seconds",
+            "Python garbage-collector pauses in this process, by generation.",
+            ["shard", "generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._cache: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Time every collection: a stalled event loop is often the collector."""
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            else:
+                pause = time.perf_counter() - self._gc_started
+                self.gc_pause.labels(self.shard, str(info["generation"])).observe(pause)
+
+        gc.callbacks.append(on_gc)
 
     def observe(self, channel: str, route: str, method: str, status: int, seconds: float) -> None:
         key = (channel, route, method, status)
