@@ -13,6 +13,7 @@ def entity_key(kind: str, ident: str) -> str:
     return f"{kind}:{ident}"
 
 
-def split_key(key: str) -> tuple[type[Entity], str]:
+def split_key(key: str) -> tuple[type[Entity] | None, str]:
+    """The entity class a key names (``None`` for an unknown kind) and its ident."""
     kind, _, ident = key.partition(":")
-    return ENTITY_KINDS[kind], ident
+    return ENTITY_KINDS.get(kind), ident

@@ -91,8 +91,8 @@ class Shard:
         if not self.owns(cmd.key):
             return self._moved()
         kind, ident = split_key(cmd.key)
-        handler = kind.handlers.get(cmd.op)
-        if handler is None:
+        handler = kind.handlers.get(cmd.op) if kind is not None else None
+        if kind is None or handler is None:
             return Result(422, None, "invalid_request", f"{cmd.op!r} is not an operation")
         now = self.clock()
         entity = self.entities.get(cmd.key)
@@ -112,7 +112,7 @@ class Shard:
         if idem is not None:
             record = entity.idempotency.get(idem)
             if record is not None:
-                if record.fingerprint != cmd.fingerprint:
+                if record.fingerprint != (cmd.fingerprint or ""):
                     return Result(
                         422,
                         None,

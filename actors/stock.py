@@ -106,8 +106,9 @@ class Stock(Entity):
                 "insufficient_stock",
                 f"on_hand {on_hand} is below the {self.reserved} currently reserved",
             )
+        changed = on_hand != self.on_hand or not self.exists
         self.on_hand = on_hand
-        return Outcome(200, None, changed=True)
+        return Outcome(200, None, changed=changed)
 
     def adjust(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
         self._require_stocked()

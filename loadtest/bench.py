@@ -55,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--on-hand", type=int, default=1_000_000, help="stock per SKU")
     p.add_argument("--hot-on-hand", type=int, default=100_000_000, help="stock of flash-1")
     p.add_argument("--seed-concurrency", type=int, default=32)
+    p.add_argument(
+        "--ttl",
+        type=int,
+        default=900,
+        help="reservation ttl_s in the reserve scenarios (900, the contract's default hold, "
+        "keeps their expiry out of the fixed-rate run; 60 puts an expiry wave inside it)",
+    )
     p.add_argument("--rate", type=float, default=3000.0, help="fixed offered cart reads/s")
     p.add_argument(
         "--sweep",
@@ -159,6 +166,9 @@ def _make_server(name: str, args: argparse.Namespace, tmp: Path, stamp: str) -> 
     )
 
 
+PROBE_TTL_S = 60
+
+
 def _probe_call(scenario: str) -> seed.Call:
     sku0 = tools.sku_name(0)
     return {
@@ -167,10 +177,10 @@ def _probe_call(scenario: str) -> seed.Call:
         ),
         "cart_read": seed.Call("GET", f"/v1/carts/{tools.read_cart_uid(0)}"),
         "reserve_spread": seed.Call(
-            "POST", f"/v1/skus/{sku0}/reservations", {"qty": 1, "ttl_s": 60}
+            "POST", f"/v1/skus/{sku0}/reservations", {"qty": 1, "ttl_s": PROBE_TTL_S}
         ),
         "reserve_hot": seed.Call(
-            "POST", f"/v1/skus/{tools.HOT_SKU}/reservations", {"qty": 1, "ttl_s": 60}
+            "POST", f"/v1/skus/{tools.HOT_SKU}/reservations", {"qty": 1, "ttl_s": PROBE_TTL_S}
         ),
     }[scenario]
 
@@ -179,7 +189,9 @@ def run_scenarios(base: str, args: argparse.Namespace, tmp: Path, out: dict[str,
     for scenario in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
         script = tmp / f"{scenario}.lua"
         script.write_text(
-            tools.wrk_script(scenario, skus=args.skus, users=args.users, carts=args.carts)
+            tools.wrk_script(
+                scenario, skus=args.skus, users=args.users, carts=args.carts, ttl=args.ttl
+            )
         )
         status, body = asyncio.run(seed.probe(base, _probe_call(scenario)))
         if not 200 <= status < 300:

@@ -67,14 +67,14 @@ function request()
 end
 """,
     "reserve_spread": """
-local body = '{"qty":1,"ttl_s":60}'
+local body = '{"qty":1,"ttl_s":%(ttl)d}'
 function request()
   local path = string.format("/v1/skus/%(sku_fmt)s/reservations", math.random(0, %(skus)d - 1))
   return wrk.format("POST", path, hdrs(), body)
 end
 """,
     "reserve_hot": """
-local body = '{"qty":1,"ttl_s":60}'
+local body = '{"qty":1,"ttl_s":%(ttl)d}'
 function request()
   return wrk.format("POST", "/v1/skus/%(hot)s/reservations", hdrs(), body)
 end
@@ -84,7 +84,7 @@ end
 SCENARIOS: tuple[str, ...] = tuple(_LUA_REQUEST)
 
 
-def wrk_script(scenario: str, *, skus: int, users: int, carts: int) -> str:
+def wrk_script(scenario: str, *, skus: int, users: int, carts: int, ttl: int) -> str:
     """Lua source for one scenario (request() varies uid/sku and X-Channel per request)."""
     params: dict[str, Any] = {
         "channels": ", ".join(f'"{c}"' for c in CHANNELS),
@@ -92,6 +92,7 @@ def wrk_script(scenario: str, *, skus: int, users: int, carts: int) -> str:
         "skus": skus,
         "users": users,
         "carts": carts,
+        "ttl": ttl,
         "sku_fmt": SKU_LUA_FMT,
         "hot": HOT_SKU,
     }

@@ -4,12 +4,16 @@ Every rule sends real commands to a ``Shard`` and computes, in the model, what t
 answer must be. Reservation expiry is modelled the way the grid promises it: a held
 reservation past its ``expires_at`` gives its quantity back the next time its SKU is
 touched (any command, a peek, or a tick), one version bump per touch that expires
-anything. The invariants compare the shard's entities, read directly (so no check
-triggers an expiry of its own), and its journal with the model after every step.
+anything; a tick (run in budgeted slices while ``due()``) must expire everything due by
+itself. The invariants compare the shard's entities, read directly (so no check
+triggers an expiry of its own), and its journal with the model after every step, and
+look ahead on a deep copy of the shard that ticks alone will expire every held
+reservation in time.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,6 +121,8 @@ hows = st.builds(
 )
 skus = st.sampled_from(SKUS)
 cart_skus = st.sampled_from((*SKUS, NEVER_STOCKED))
+# a cart line is mostly of a SKU that may be stocked, sometimes of one never stocked
+line_skus = st.one_of(skus, skus, skus, st.just(NEVER_STOCKED))
 uids = st.sampled_from(UIDS)
 durations = st.one_of(st.integers(0, 40), st.floats(0, 40, allow_nan=False))
 ttls = st.one_of(st.integers(1, 60), st.floats(0.5, 60, allow_nan=False))
@@ -274,7 +280,11 @@ class GridModel(RuleBasedStateMachine):
         if on_hand < self.reserved(sku):
             self.refused(result, 409, "insufficient_stock")
             return
+        existed = sku in self.stocks
         s = self.stocks.setdefault(sku, MStock())
+        if existed and on_hand == s.on_hand:  # setting what is there changes nothing
+            assert result == Result(200, self.stock_view(sku))
+            return
         delta = on_hand - s.on_hand
         s.stocked_in += max(delta, 0)
         s.net_in += delta
@@ -446,13 +456,23 @@ class GridModel(RuleBasedStateMachine):
 
     # -- time -------------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """The shard's timed work alone must expire everything due, once per SKU."""
-        expected = [sku for sku in SKUS if self.touch(sku)]
-        assert self.shard.tick() == len(expected)
+    def tick(self, budget: int) -> None:
+        """The shard's timed work alone must expire everything due, once per SKU.
 
-    @rule(dt=durations, ticking=st.booleans())
-    def time_passes(self, dt: float, ticking: bool) -> None:
+        It runs in slices of ``budget`` entities while ``due()`` says more is waiting,
+        the way a node's loop runs it.
+        """
+        expected = [sku for sku in SKUS if self.touch(sku)]
+        touched = self.shard.tick(budget=budget)
+        for _ in range(len(SKUS) + 2):
+            if not self.shard.due():
+                break
+            touched += self.shard.tick(budget=budget)
+        assert not self.shard.due()
+        assert touched == len(expected)
+
+    @rule(dt=durations, ticking=st.booleans(), budget=st.integers(1, 3))
+    def time_passes(self, dt: float, ticking: bool, budget: int) -> None:
         """Move the clock by ``dt``.
 
         Ticking, the shard's timed work runs every ``TICK_EVERY_S`` on the way (as a node's
@@ -462,9 +482,9 @@ class GridModel(RuleBasedStateMachine):
             end = self.clock.now + dt
             while self.clock.now + TICK_EVERY_S < end:
                 self.clock.now += TICK_EVERY_S
-                self.tick()
+                self.tick(budget)
             self.clock.now = end
-            self.tick()
+            self.tick(budget)
         else:
             self.clock.now += dt
 
@@ -547,21 +567,22 @@ class GridModel(RuleBasedStateMachine):
         else:
             assert result == Result(200, self.cart_view(uid))
 
-    @rule(
-        data=st.data(),
-        op=st.sampled_from(["add", "set", "remove", "clear"]),
-        uid=uids,
-        how=hows,
-    )
-    def cart_write(self, data: st.DataObject, op: str, uid: str, how: How) -> None:
-        if op == "add":
-            self.cart_add(uid, data.draw(cart_skus), data.draw(st.integers(1, 6)), how)
-        elif op == "set":
-            self.cart_set(uid, data.draw(cart_skus), data.draw(st.integers(0, 6)), how)
-        elif op == "remove":
-            self.cart_remove(uid, data.draw(cart_skus), how)
+    @rule(data=st.data(), add=st.booleans(), uid=uids, how=hows)
+    def cart_line(self, data: st.DataObject, add: bool, uid: str, how: How) -> None:
+        """Add to a line, or set its quantity (0 removes it)."""
+        sku = data.draw(line_skus)
+        if add:
+            self.cart_add(uid, sku, data.draw(st.integers(1, 6)), how)
         else:
+            self.cart_set(uid, sku, data.draw(st.integers(0, 6)), how)
+
+    @rule(data=st.data(), clear=st.booleans(), uid=uids, how=hows)
+    def cart_drop(self, data: st.DataObject, clear: bool, uid: str, how: How) -> None:
+        """Remove one line, or clear the cart."""
+        if clear:
             self.cart_clear(uid, how)
+        else:
+            self.cart_remove(uid, data.draw(line_skus), how)
 
     # -- idempotency --------------------------------------------------------------------------
 
@@ -618,6 +639,35 @@ class GridModel(RuleBasedStateMachine):
             else:
                 assert isinstance(entity, Cart)
                 assert entity.view() == self.cart_view(uid)
+
+    @invariant()
+    def ticks_alone_will_expire_every_held_reservation(self) -> None:
+        """Look ahead on a copy: with no command at all, ticks expire each hold in time.
+
+        A lost deadline shows here as soon as it is lost, not only if a later tick
+        happens to land after the hold's expiry with nothing touching the SKU first.
+        """
+        deadlines = sorted({r.expires_at for r in self.reservations.values() if r.status == "held"})
+        if not deadlines:
+            return
+        shadow = copy.deepcopy(self.shard)
+        clock = shadow.clock
+        assert isinstance(clock, Clock) and clock is not self.clock
+        for when in deadlines:
+            clock.now = max(when, self.clock.now)
+            shadow.tick()
+            for _ in range(len(SKUS) + 2):
+                if not shadow.due():
+                    break
+                shadow.tick()
+            for sku in SKUS:
+                stock = shadow.entities.get("stock:" + sku)
+                if stock is None:
+                    continue
+                assert isinstance(stock, Stock)
+                assert stock.reserved == sum(
+                    r.qty for r in self.held(sku) if r.expires_at > clock.now
+                ), (sku, clock.now - T0)
 
     @invariant()
     def journal_matches_the_model(self) -> None:

@@ -446,6 +446,70 @@ def test_tick_keeps_every_held_deadline_through_many_closes(g: Grid) -> None:
     assert expired == len(held)
 
 
+def test_tick_works_in_slices_of_a_budget_of_entities(g: Grid) -> None:
+    for sku in ("a", "b", "c"):
+        g.stocked(sku, 5)
+        g.reserve(sku, 2, ttl_s=10)
+    assert not g.shard.due()
+    g.clock.now = T0 + 10
+    assert g.shard.due()
+    assert g.shard.tick(budget=1) == 1
+    assert g.shard.due()
+    assert g.shard.tick(budget=2) == 2
+    assert not g.shard.due()
+    assert g.shard.tick() == 0
+    for sku in ("a", "b", "c"):
+        state = g.entity_state("stock:" + sku)
+        assert state is not None
+        assert (state[0], state[1]["reserved"]) == (3, 0)
+
+
+def test_a_flash_sale_of_one_sku_is_one_unit_of_timed_work(g: Grid) -> None:
+    g.stocked("a", 1_000)
+    for _ in range(1_000):
+        g.reserve("a", 1, ttl_s=60)
+    g.clock.now = T0 + 59
+    assert g.shard.tick(budget=1) == 0
+    g.clock.now = T0 + 60
+    assert g.shard.tick(budget=1) == 1  # every reservation of the SKU, in one version
+    assert not g.shard.due()
+    state = g.entity_state("stock:a")
+    assert state is not None
+    assert (state[0], state[1]["reserved"], state[1]["available"]) == (1_002, 0, 1_000)
+
+
+def test_an_earlier_deadline_supersedes_a_later_one(g: Grid) -> None:
+    g.stocked("a", 5)
+    g.reserve("a", 1, ttl_s=100)
+    g.reserve("a", 2, ttl_s=10)  # now the SKU's first deadline
+    g.clock.now = T0 + 10
+    assert g.shard.tick(budget=1) == 1
+    state = g.entity_state("stock:a")
+    assert state is not None and state[1]["reserved"] == 1
+    g.clock.now = T0 + 99.9
+    assert g.shard.tick() == 0
+    g.clock.now = T0 + 100
+    assert g.shard.tick(budget=1) == 1
+    assert g.shard.tick(budget=1) == 0  # whatever is left in the queue is stale
+    assert not g.shard.due()
+    state = g.entity_state("stock:a")
+    assert state is not None
+    assert (state[0], state[1]["reserved"]) == (5, 0)
+
+
+def test_lazy_expiry_then_tick_keeps_the_next_deadline(g: Grid) -> None:
+    g.stocked("a", 5)
+    g.reserve("a", 1, ttl_s=10)
+    g.reserve("a", 2, ttl_s=30)
+    g.clock.now = T0 + 12
+    assert g.stock("a")["reserved"] == 2  # expired on access, before any tick
+    assert g.shard.tick() == 0  # the passed deadline is due but nothing is left to do
+    g.clock.now = T0 + 30
+    assert g.shard.tick() == 1
+    state = g.entity_state("stock:a")
+    assert state is not None and state[1]["reserved"] == 0
+
+
 # -- idempotency ------------------------------------------------------------------------
 
 
