@@ -29,6 +29,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# status, body, content type, extra headers, channel label, problem code (None: success)
+Answer = tuple[int, bytes, bytes, list[tuple[bytes, bytes]], str, str | None]
 
 log = logging.getLogger("omnigrid.api")
 
@@ -96,19 +98,18 @@ class GridApp:
         started = time.perf_counter()
         method: str = scope["method"]
         route, params, path_known = self.table.match(method, path)
-        channel = "none"
         name = route.name if route is not None else "unmatched"
         self.inflight += 1
         try:
-            status, body, content_type, headers, channel = await self._dispatch(
+            status, body, content_type, headers, channel, error_code = await self._dispatch(
                 route, params, path_known, scope, receive
             )
         except _Disconnected:
             return
         finally:
             self.inflight -= 1
-        if content_type is PROBLEM_CONTENT_TYPE:
-            self.metrics.error(channel, name, orjson.loads(body)["code"])
+        if error_code is not None:
+            self.metrics.error(channel, name, error_code)
         headers.append((b"content-type", content_type))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -122,7 +123,7 @@ class GridApp:
         path_known: bool,
         scope: Scope,
         receive: Receive,
-    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], str]:
+    ) -> Answer:
         channel_raw: bytes | None = None
         idem_raw: bytes | None = None
         if_match_raw: bytes | None = None
@@ -170,32 +171,33 @@ class GridApp:
             headers: list[tuple[bytes, bytes]] = []
             if route.name in ENTITY_ROUTES:
                 headers.append((b"etag", b'"%d"' % answer["version"]))
-            return status, orjson.dumps(answer), JSON, headers, channel
+            return status, orjson.dumps(answer), JSON, headers, channel, None
         except GridError as err:
+            code = err.code
             status, doc = from_error(err, instance)
         except _Disconnected:
             raise
         except Exception:  # a bug, never the client's fault: log it, show no trace
             log.exception("unhandled error on %s %s", scope["method"], instance)
-            status, doc = 500, problem_bytes(500, "internal_error", "an internal error", instance)
+            code = "internal_error"
+            status, doc = 500, problem_bytes(500, code, "an internal error", instance)
         headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)] if status in (429, 503) else []
-        return status, doc, PROBLEM_CONTENT_TYPE, headers, channel
+        return status, doc, PROBLEM_CONTENT_TYPE, headers, channel, code
 
-    async def _operations(
-        self, route: Route
-    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]], str]:
+    async def _operations(self, route: Route) -> Answer:
         if route.name == "healthz":
-            return 200, b'{"status":"ok"}', JSON, [], "none"
+            return 200, b'{"status":"ok"}', JSON, [], "none", None
         if route.name == "readyz":
             ok, details = await self.operations.ready()
             if ok:
-                return 200, orjson.dumps({"status": "ready", **details}), JSON, [], "none"
+                return 200, orjson.dumps({"status": "ready", **details}), JSON, [], "none", None
             doc = orjson.loads(problem_bytes(503, "unavailable", "the grid is not ready"))
             headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)]
-            return 503, orjson.dumps({**doc, **details}), PROBLEM_CONTENT_TYPE, headers, "none"
+            body = orjson.dumps({**doc, **details})
+            return 503, body, PROBLEM_CONTENT_TYPE, headers, "none", "unavailable"
         if route.name == "metrics":
-            return 200, (await self.operations.exposition()).encode(), TEXT, [], "none"
-        return 200, orjson.dumps(await self.operations.cluster()), JSON, [], "none"
+            return 200, (await self.operations.exposition()).encode(), TEXT, [], "none", None
+        return 200, orjson.dumps(await self.operations.cluster()), JSON, [], "none", None
 
 
 async def _read_body(receive: Receive) -> bytes:
