@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from omnigrid.actors.entity import Entity
@@ -21,7 +21,7 @@ from omnigrid.actors.kinds import ENTITY_KINDS, split_key
 from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import Journal, NullJournal
+from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
 
 # A read of many SKUs' availability at once: one command per owner shard, so a
 # cart view costs one message per shard, not one per line.
@@ -48,6 +48,7 @@ class Shard:
         # SKU are one entry, not 100,000 to pop and push again on every tick.
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
+        self._broken: str | None = None  # why the journal failed, until a rebuild works
         self._pending: list[Event] = []
 
     # -- slot ownership -------------------------------------------------------
@@ -68,21 +69,86 @@ class Shard:
     # -- commands ---------------------------------------------------------------
 
     def apply_batch(self, commands: Sequence[Command]) -> list[Result]:
-        """Run a batch in order as one turn and hand its events to the journal."""
+        """Run a batch in order as one turn; its answers count only once journaled.
+
+        If the journal cannot take the batch, every answer of the batch is 503
+        and the shard rebuilds its state from the journal, so the refused
+        changes are undone: nothing is acknowledged that is not durable, and a
+        failed request changes nothing.
+        """
+        if self._broken is not None and not self._rebuild():
+            return [self._unavailable() for _ in commands]
         results = [self._apply(cmd) for cmd in commands]
-        self.flush()
+        if not self.flush():
+            return [self._unavailable() for _ in commands]
         return results
 
     def apply(self, cmd: Command) -> Result:
         """Run one command as a turn of its own."""
-        result = self._apply(cmd)
-        self.flush()
-        return result
+        return self.apply_batch([cmd])[0]
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Hand pending events to the journal; False (and a rebuild due) if it failed."""
         if self._pending:
             events, self._pending = self._pending, []
-            self.journal.append(events)
+            try:
+                self.journal.append(events)
+            except JournalUnavailable as e:
+                self._broken = str(e)
+                self._rebuild()
+                return False
+        return True
+
+    def _unavailable(self) -> Result:
+        return Result(503, None, "unavailable", f"the journal is unavailable: {self._broken}")
+
+    def _rebuild(self) -> bool:
+        """Throw memory away and replay the journal; False while it cannot be read."""
+        self.entities.clear()
+        self._deadlines.clear()
+        self._scheduled.clear()
+        self._pending.clear()
+        try:
+            self.recover(self.journal.replay())
+        except JournalUnavailable as e:
+            self._broken = str(e)
+            return False
+        self._broken = None
+        return True
+
+    def recover(self, events: Iterable[Event]) -> int:
+        """Rebuild state by running journaled changes again, at their own times.
+
+        Every change's command carries the decisions it made (reservation ids,
+        the availability a cart line was checked against), so the same
+        commands at the same clock reach the same state, versions and
+        idempotency records. Returns the number of events replayed.
+        """
+        clock = self.clock
+        count = 0
+        try:
+            for event in events:
+                self.clock = lambda at=event.at: at  # type: ignore[misc]
+                if event.op.endswith(".expire"):
+                    entity = self.entities.get(event.key)
+                    if entity is not None:
+                        self._expire(entity, event.at)
+                else:
+                    self._apply(
+                        Command(
+                            event.op,
+                            event.key,
+                            dict(event.args),
+                            event.channel,
+                            event.idempotency_key,
+                            event.fingerprint,
+                        )
+                    )
+                count += 1
+        finally:
+            self.clock = clock
+            self._pending.clear()  # what was replayed is in the journal already
+        return count
 
     def _apply(self, cmd: Command) -> Result:
         self.commands[cmd.op] += 1
@@ -133,7 +199,7 @@ class Shard:
             return Result(e.status, None, e.code, e.detail)
         view: dict[str, Any] | None = None
         if outcome.changed:
-            view = self._changed(entity, cmd.channel, cmd.op, now)
+            view = self._changed(entity, cmd.channel, cmd.op, now, cmd)
         body = outcome.body if outcome.body is not None else (view or entity.view())
         if idem is not None:
             entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
@@ -141,11 +207,25 @@ class Shard:
             self.entities[cmd.key] = entity
         return Result(outcome.status, body)
 
-    def _changed(self, entity: Entity, channel: str, op: str, now: float) -> dict[str, Any]:
+    def _changed(
+        self, entity: Entity, channel: str, op: str, now: float, cmd: Command | None = None
+    ) -> dict[str, Any]:
         entity.version += 1
         entity.updated_at = now
         view = entity.view()
-        self._pending.append(Event(entity.kind, entity.key, entity.version, channel, op, now, view))
+        event = Event(
+            entity.kind,
+            entity.key,
+            entity.version,
+            channel,
+            op,
+            now,
+            view,
+            dict(cmd.args) if cmd is not None else {},
+            cmd.idempotency_key if cmd is not None else None,
+            cmd.fingerprint if cmd is not None else None,
+        )
+        self._pending.append(event)
         self._schedule(entity)
         return view
 
@@ -188,6 +268,8 @@ class Shard:
         expiry wave of a million reservations then costs requests a few
         milliseconds at a time, never one long stall.
         """
+        if self._broken is not None and not self._rebuild():
+            return 0
         now = self.clock()
         touched = 0
         heap = self._deadlines

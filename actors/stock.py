@@ -127,7 +127,10 @@ class Stock(Entity):
         qty: int = args["qty"]
         if qty > self.available:
             raise GridError("insufficient_stock", f"asked for {qty}, {self.available} available")
-        rid = "r" + secrets.token_hex(10)
+        # The id is a decision: it goes back into args, so the journal keeps it
+        # and a replay of this command makes the same reservation.
+        rid = args.get("rid") or "r" + secrets.token_hex(10)
+        args["rid"] = rid
         r = Reservation(rid, qty, "held", now + args["ttl_s"], args.get("ref"), channel)
         self.reservations[rid] = r
         heapq.heappush(self._held_by_expiry, (r.expires_at, rid))

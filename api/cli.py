@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from omnigrid.api.settings import DEFAULT_CHANNELS, Settings
 
@@ -24,11 +25,13 @@ configuration (flags override environment variables):
   OMNIGRID_PEER_TIMEOUT_S  seconds before an unanswered forwarded batch is 503 (default 5)
   OMNIGRID_KEEPALIVE_S     HTTP keep-alive seconds (default 75)
   OMNIGRID_NAMESPACE       Ray namespace of the shard actors (default omnigrid)
+  OMNIGRID_DATA_DIR        the embedded journal's directory (default ./data)
+  OMNIGRID_REDIS_URL       journal in Redis Streams instead (e.g. redis://127.0.0.1:6379/0)
   OMNIGRID_LOG_LEVEL       debug, info, warning, error (default warning)
   RAY_ADDRESS              join this Ray cluster instead of starting a local Ray
 
-State lives in memory only in this version: a shard process that dies, or a
-grid that stops, loses its carts and stock.
+Every change is journaled before it is acknowledged (group commit per batch)
+and replayed when a shard process or the whole grid starts again.
 """
 
 
@@ -51,17 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="HTTP port")
     serve.add_argument("--shards", type=int, help="number of shard processes")
     serve.add_argument("--log-level", help="debug, info, warning or error")
+    serve.add_argument("--data-dir", help="where the embedded journal keeps its files")
     args = parser.parse_args(argv)
     if args.command != "serve":
         parser.print_help()
         return 0
     try:
         settings = Settings.from_env(
-            host=args.host, port=args.port, shards=args.shards, log_level=args.log_level
+            host=args.host,
+            port=args.port,
+            shards=args.shards,
+            log_level=args.log_level,
+            data_dir=args.data_dir,
         )
     except ValueError as e:
         parser.error(str(e))
-    return serve_grid(settings)
+    # Shard processes run in Ray's working directories: give them an absolute path.
+    return serve_grid(replace(settings, data_dir=os.path.abspath(settings.data_dir)))
 
 
 def serve_grid(settings: Settings) -> int:
@@ -81,7 +90,7 @@ def serve_grid(settings: Settings) -> int:
         handles = start_shards(settings)
         print(
             f"omnigrid serving http://{settings.host}:{settings.port} with {settings.shards} "
-            f"shards on Ray ({where}); state is in memory only",
+            f"shards on Ray ({where}); journal: {settings.redis_url or settings.data_dir}",
             flush=True,
         )
         stop.wait()

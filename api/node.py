@@ -22,6 +22,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +37,7 @@ from omnigrid.api.openapi import docs_app
 from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.router import Router
 from omnigrid.api.settings import Settings
+from omnigrid.persistence.journal import Journal, RedisJournal, SqliteJournal
 
 log = logging.getLogger("omnigrid.node")
 T = TypeVar("T")
@@ -60,7 +62,17 @@ class GridNode:
         self.settings = settings
         self.directory = directory
         self.node_id = node_id
-        self.shard = Shard(shard_id, SlotMap.even(settings.shards))
+        self.journal = open_journal(settings, shard_id)
+        self.shard = Shard(shard_id, SlotMap.even(settings.shards), self.journal)
+        started = time.monotonic()
+        replayed = self.shard.recover(self.journal.replay())
+        log.warning(
+            "shard %d recovered %d events from %s in %.2f s",
+            shard_id,
+            replayed,
+            type(self.journal).__name__,
+            time.monotonic() - started,
+        )
         self.metrics = GridMetrics(shard_id)
         self.links = {
             peer: PeerLink(
@@ -223,6 +235,13 @@ class GridNode:
         ]
         shards.sort(key=lambda s: s["shard"])
         return {"slot_map_version": self.router.slot_map.version, "shards": shards}
+
+
+def open_journal(settings: Settings, shard_id: int) -> Journal:
+    """Redis Streams when ``redis_url`` is set, else an SQLite file in ``data_dir``."""
+    if settings.redis_url:
+        return RedisJournal(settings.redis_url, f"og:{settings.namespace}:journal:{shard_id}")
+    return SqliteJournal(os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3"))
 
 
 def http_socket(host: str, port: int) -> socket.socket:

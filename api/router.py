@@ -25,6 +25,26 @@ class Router:
         self.shard = shard
         self.links = links
         self.slot_map = shard.slot_map
+        self._local: list[tuple[Command, asyncio.Future[Result]]] = []
+
+    def _run_local(self, cmd: Command) -> asyncio.Future[Result]:
+        """Queue a command for this process's shard; the queue runs as one batch.
+
+        Everything that arrives in one turn of the event loop is one group
+        commit to the journal, the same as a forwarded batch.
+        """
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        if not self._local:
+            asyncio.get_running_loop().call_soon(self._drain_local)
+        self._local.append((cmd, fut))
+        return fut
+
+    def _drain_local(self) -> None:
+        batch, self._local = self._local, []
+        results = self.shard.apply_batch([cmd for cmd, _ in batch])
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
 
     def adopt(self, slot_map: SlotMap) -> None:
         if slot_map.version > self.slot_map.version:
@@ -32,7 +52,7 @@ class Router:
 
     async def _send(self, owner: int, cmd: Command) -> Result:
         if owner == self.shard.shard_id:
-            return self.shard.apply(cmd)
+            return await self._run_local(cmd)
         link = self.links.get(owner)
         if link is None:
             raise Unavailable(f"shard {owner} is not known to this process")

@@ -20,6 +20,8 @@ class Settings:
     peer_timeout_s: float = 5.0  # a forwarded batch not answered by then is 503
     keepalive_s: int = 75  # HTTP keep-alive: longer than a shopper's think time
     namespace: str = "omnigrid"  # Ray namespace of the shard actors
+    data_dir: str = "./data"  # the embedded journal's files (made absolute by the CLI)
+    redis_url: str = ""  # journal in Redis Streams instead of the embedded store
     log_level: str = "warning"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,28 +29,37 @@ def free_port() -> int:
 class Grid:
     """A running ``omnigrid serve`` process and how to reach it."""
 
-    def __init__(self, shards: int = 2, **env: str) -> None:
+    def __init__(self, shards: int = 2, data_dir: str | None = None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        child_env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
-        child_env.pop("RAY_ADDRESS", None)
+        self.shards = shards
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="omnigrid-test-")
+        self.env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
+        self.env.pop("RAY_ADDRESS", None)
+        self.start()
+
+    def start(self) -> None:
+        """Start ``omnigrid serve`` (again) on this grid's port and stores."""
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "omnigrid.api.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--shards",
-                str(shards),
-                "--log-level",
-                "error",
+                *(sys.executable, "-m", "omnigrid.api.cli", "serve"),
+                *("--port", str(self.port), "--shards", str(self.shards)),
+                *("--data-dir", self.data_dir, "--log-level", "error"),
             ],
-            env=child_env,
+            env=self.env,
             start_new_session=True,
         )
         self.wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the whole grid: the server, its shard processes and its Ray."""
+        shards = httpx.get(self.url + "/v1/cluster", timeout=5).json()["shards"]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for shard in shards:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shard["pid"], signal.SIGKILL)
+        self.proc.wait(10)
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
