@@ -27,6 +27,9 @@ configuration (flags override environment variables):
   OMNIGRID_NAMESPACE       Ray namespace of the shard actors (default omnigrid)
   OMNIGRID_DATA_DIR        the embedded journal's directory (default ./data)
   OMNIGRID_REDIS_URL       journal in Redis Streams instead (e.g. redis://127.0.0.1:6379/0)
+  OMNIGRID_JOURNAL_SYNC    embedded journal: normal (default; an acknowledged write survives
+                           any process's death) or full (fsync per commit: survives power
+                           loss; about half the write throughput today)
   OMNIGRID_LOG_LEVEL       debug, info, warning, error (default warning)
   RAY_ADDRESS              join this Ray cluster instead of starting a local Ray
 

@@ -241,7 +241,8 @@ def open_journal(settings: Settings, shard_id: int) -> Journal:
     """Redis Streams when ``redis_url`` is set, else an SQLite file in ``data_dir``."""
     if settings.redis_url:
         return RedisJournal(settings.redis_url, f"og:{settings.namespace}:journal:{shard_id}")
-    return SqliteJournal(os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3"))
+    path = os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3")
+    return SqliteJournal(path, settings.journal_sync)
 
 
 def http_socket(host: str, port: int) -> socket.socket:

@@ -22,6 +22,7 @@ class Settings:
     namespace: str = "omnigrid"  # Ray namespace of the shard actors
     data_dir: str = "./data"  # the embedded journal's files (made absolute by the CLI)
     redis_url: str = ""  # journal in Redis Streams instead of the embedded store
+    journal_sync: str = "normal"  # embedded journal: normal (survives process death) or full
     log_level: str = "warning"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -53,6 +54,8 @@ class Settings:
             raise ValueError("the channel registry must name at least one channel")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
+        if self.journal_sync not in ("full", "normal"):
+            raise ValueError("journal_sync must be 'full' or 'normal'")
         if self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("max_inflight and max_pending must be at least 1")
 

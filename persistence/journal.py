@@ -71,14 +71,22 @@ class MemoryJournal:
 
 
 class SqliteJournal:
-    """An embedded journal: one SQLite file in WAL mode, fsync on every commit."""
+    """An embedded journal: one SQLite file in WAL mode.
 
-    def __init__(self, path: str) -> None:
+    ``sync="full"`` fsyncs every commit: an acknowledged batch survives a
+    power loss. ``sync="normal"`` hands every commit to the operating system
+    and fsyncs at checkpoints: an acknowledged batch survives the death of any
+    process, not of the machine.
+    """
+
+    def __init__(self, path: str, sync: str = "full") -> None:
+        if sync not in ("full", "normal"):
+            raise ValueError("sync must be 'full' or 'normal'")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, event BLOB NOT NULL)"
         )
