@@ -1,0 +1,126 @@
+"""Journals against real stores: SQLite files and a Redis of the test's own."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from omnigrid.actors.protocol import Command
+from omnigrid.actors.shard import Shard
+from omnigrid.actors.slots import SlotMap
+from omnigrid.persistence.journal import JournalUnavailable, RedisJournal, SqliteJournal
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnRedis:
+    """A redis-server on a port of its own, with AOF on, stopped by its pid."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="omnigrid-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        redis_server = shutil.which("redis-server")
+        assert redis_server, "redis-server must be installed for these tests"
+        self.proc = subprocess.Popen(
+            [
+                redis_server,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                self.dir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture()
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def stock(shard: Shard, sku: str, on_hand: int) -> int:
+    return shard.apply(Command("stock.set", "stock:" + sku, {"on_hand": on_hand}, "pos")).status
+
+
+def test_sqlite_journal_replays_into_the_same_state(tmp_path: object) -> None:
+    path = f"{tmp_path}/journal.sqlite3"
+    first = Shard(0, SlotMap.even(1), SqliteJournal(path))
+    stock(first, "a", 10)
+    reserved = first.apply(
+        Command("stock.reserve", "stock:a", {"qty": 3, "ttl_s": 60, "ref": None}, "app", "k", "f")
+    )
+    first.apply(Command("cart.add", "cart:u", {"sku": "a", "qty": 2, "available": 7}, "h5"))
+    again = Shard(0, SlotMap.even(1), SqliteJournal(path))
+    assert again.recover(again.journal.replay()) == 3
+    for key, entity in first.entities.items():
+        assert again.entities[key].view() == entity.view()
+    retry = again.apply(
+        Command("stock.reserve", "stock:a", {"qty": 3, "ttl_s": 60, "ref": None}, "app", "k", "f")
+    )
+    assert retry.body == reserved.body  # the idempotency record was replayed too
+
+
+def test_redis_down_means_503_and_nothing_changes_then_recovery(own_redis: OwnRedis) -> None:
+    shard = Shard(0, SlotMap.even(1), RedisJournal(own_redis.url, "og:test:journal:0"))
+    assert stock(shard, "a", 10) == 200
+    own_redis.stop()
+    result = shard.apply(Command("stock.adjust", "stock:a", {"delta": 5}, "pos"))
+    assert (result.status, result.code) == (503, "unavailable")
+    assert shard.apply(Command("stock.get", "stock:a")).status == 503  # not acknowledged
+    own_redis.start()  # the same AOF directory: the journal is still there
+    view = shard.apply(Command("stock.get", "stock:a")).body
+    assert (view["on_hand"], view["version"]) == (10, 1), "the refused change left no trace"
+    assert stock(shard, "a", 12) == 200
+    rebuilt = Shard(0, SlotMap.even(1), RedisJournal(own_redis.url, "og:test:journal:0"))
+    rebuilt.recover(rebuilt.journal.replay())
+    assert rebuilt.entities["stock:a"].view() == shard.entities["stock:a"].view()
+
+
+def test_an_unreachable_redis_refuses_appends() -> None:
+    journal = RedisJournal(f"redis://127.0.0.1:{free_port()}/0", "og:none")
+    with pytest.raises(JournalUnavailable):
+        list(journal.replay())
