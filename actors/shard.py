@@ -27,6 +27,7 @@ from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJourna
 # cart view costs one message per shard, not one per line.
 PEEK = "stock.peek"
 SYSTEM_CHANNEL = "system"
+REBUILD_PAUSE_S = 1.0
 
 
 class Shard:
@@ -49,6 +50,7 @@ class Shard:
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._broken: str | None = None  # why the journal failed, until a rebuild works
+        self._next_rebuild = 0.0
         self._pending: list[Event] = []
 
     # -- slot ownership -------------------------------------------------------
@@ -95,6 +97,7 @@ class Shard:
                 self.journal.append(events)
             except JournalUnavailable as e:
                 self._broken = str(e)
+                self._next_rebuild = 0.0  # undo the refused batch now if the journal reads
                 self._rebuild()
                 return False
         return True
@@ -103,7 +106,15 @@ class Shard:
         return Result(503, None, "unavailable", f"the journal is unavailable: {self._broken}")
 
     def _rebuild(self) -> bool:
-        """Throw memory away and replay the journal; False while it cannot be read."""
+        """Throw memory away and replay the journal; False while it cannot be read.
+
+        Tried at most once per ``REBUILD_PAUSE_S`` while the journal is down, so
+        a dead store costs callers an immediate 503, not a connect timeout each.
+        """
+        now = time.monotonic()
+        if now < self._next_rebuild:
+            return False
+        self._next_rebuild = now + REBUILD_PAUSE_S
         self.entities.clear()
         self._deadlines.clear()
         self._scheduled.clear()
