@@ -51,6 +51,7 @@ class Shard:
         self._scheduled: dict[str, float] = {}
         self._broken: str | None = None  # why the journal failed, until a rebuild works
         self._next_rebuild = 0.0
+        self._last_failure = ""
         self._pending: list[Event] = []
 
     # -- slot ownership -------------------------------------------------------
@@ -79,10 +80,10 @@ class Shard:
         failed request changes nothing.
         """
         if self._broken is not None and not self._rebuild():
-            return [self._unavailable() for _ in commands]
+            return [self._unavailable(self._broken) for _ in commands]
         results = [self._apply(cmd) for cmd in commands]
         if not self.flush():
-            return [self._unavailable() for _ in commands]
+            return [self._unavailable(self._last_failure) for _ in commands]
         return results
 
     def apply(self, cmd: Command) -> Result:
@@ -96,14 +97,15 @@ class Shard:
             try:
                 self.journal.append(events)
             except JournalUnavailable as e:
-                self._broken = str(e)
+                self._broken = self._last_failure = str(e)
                 self._next_rebuild = 0.0  # undo the refused batch now if the journal reads
                 self._rebuild()
                 return False
         return True
 
-    def _unavailable(self) -> Result:
-        return Result(503, None, "unavailable", f"the journal is unavailable: {self._broken}")
+    @staticmethod
+    def _unavailable(reason: str | None) -> Result:
+        return Result(503, None, "unavailable", f"the journal is unavailable: {reason}")
 
     def _rebuild(self) -> bool:
         """Throw memory away and replay the journal; False while it cannot be read.
