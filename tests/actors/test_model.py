@@ -352,16 +352,16 @@ class GridModel(RuleBasedStateMachine):
         self.stock_changed(sku, how.channel, "stock.reserve")
         assert result == Result(201, self.reservation_view(r))
 
-    def commit(self, r: MReservation, how: How) -> None:
+    def send_to_reservation(self, op: str, r: MReservation, how: How) -> Result | None:
+        """Send a commit or release; None when the If-Match was stale (and refused)."""
         self.touch(r.sku)
-        result = self.send(
-            "stock.commit",
-            "stock:" + r.sku,
-            {"reservation_id": r.rid},
-            how,
-            self.stock_version(r.sku),
-        )
-        if self.stale(result, how):
+        args = {"reservation_id": r.rid}
+        result = self.send(op, "stock:" + r.sku, args, how, self.stock_version(r.sku))
+        return None if self.stale(result, how) else result
+
+    def commit(self, r: MReservation, how: How) -> None:
+        result = self.send_to_reservation("stock.commit", r, how)
+        if result is None:
             return
         if r.status != "held":
             self.refused(result, 409, "reservation_closed")
@@ -374,15 +374,8 @@ class GridModel(RuleBasedStateMachine):
         assert result == Result(200, self.reservation_view(r))
 
     def release(self, r: MReservation, how: How) -> None:
-        self.touch(r.sku)
-        result = self.send(
-            "stock.release",
-            "stock:" + r.sku,
-            {"reservation_id": r.rid},
-            how,
-            self.stock_version(r.sku),
-        )
-        if self.stale(result, how):
+        result = self.send_to_reservation("stock.release", r, how)
+        if result is None:
             return
         if r.status == "committed":
             self.refused(result, 409, "reservation_closed")
