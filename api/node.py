@@ -66,7 +66,7 @@ class GridNode:
         self.shard = Shard(shard_id, SlotMap.even(settings.shards), self.journal)
         started = time.monotonic()
         replayed = self.shard.recover(self.journal.replay())
-        log.warning(
+        log.info(
             "shard %d recovered %d events from %s in %.2f s",
             shard_id,
             replayed,
