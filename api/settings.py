@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 DEFAULT_CHANNELS = ("miniprogram", "app", "h5", "wechat_oa", "pos", "web", "alipay", "kiosk")
@@ -24,7 +24,6 @@ class Settings:
     redis_url: str = ""  # journal in Redis Streams instead of the embedded store
     journal_sync: str = "normal"  # embedded journal: normal (survives process death) or full
     log_level: str = "warning"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -32,7 +31,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get("OMNIGRID_" + f.name.upper())
-            if raw is None or f.name == "extra":
+            if raw is None:
                 continue
             if f.name == "channels":
                 values[f.name] = tuple(c.strip() for c in raw.split(",") if c.strip())
