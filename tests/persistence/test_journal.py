@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,12 +15,7 @@ from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.journal import JournalUnavailable, RedisJournal, SqliteJournal
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port
 
 
 class OwnRedis:
