@@ -20,7 +20,13 @@ from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded
 from omnigrid.api import validation as v
 from omnigrid.api.handlers import Call
 from omnigrid.api.metrics import GridMetrics
-from omnigrid.api.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER_S, from_error, problem_bytes
+from omnigrid.api.problems import (
+    PROBLEM_CONTENT_TYPE,
+    RETRY_AFTER_S,
+    from_error,
+    problem_bytes,
+    retry_after,
+)
 from omnigrid.api.router import Router
 from omnigrid.api.routes import Route, RouteTable
 
@@ -181,7 +187,7 @@ class GridApp:
             log.exception("unhandled error on %s %s", scope["method"], instance)
             code = "internal_error"
             status, doc = 500, problem_bytes(500, code, "an internal error", instance)
-        headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)] if status in (429, 503) else []
+        headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)] if retry_after(status) else []
         return status, doc, PROBLEM_CONTENT_TYPE, headers, channel, code
 
     async def _operations(self, route: Route) -> Answer:
