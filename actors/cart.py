@@ -52,6 +52,15 @@ class Cart(Entity):
             ],
         }
 
+    def kind_state(self) -> Any:
+        return [
+            [sku, ln.qty, ln.added_via, ln.updated_via, ln.updated_at]
+            for sku, ln in self.lines.items()
+        ]
+
+    def load_kind_state(self, data: Any) -> None:
+        self.lines = {sku: Line(qty, added, updated, at) for sku, qty, added, updated, at in data}
+
     def get(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
         return Outcome(200, self.view(), changed=False)
 

@@ -9,9 +9,10 @@ caller releases any of the batch's answers.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,15 +20,22 @@ from omnigrid.actors.entity import Entity
 from omnigrid.actors.errors import GridError
 from omnigrid.actors.kinds import ENTITY_KINDS, split_key
 from omnigrid.actors.protocol import MOVED, Command, Result
-from omnigrid.actors.slots import SlotMap
+from omnigrid.actors.residency import Loader, Residency, pack_state
+from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
+from omnigrid.persistence.store import Snapshot, StoreUnavailable
+from omnigrid.persistence.writebehind import Drain
 
 # A read of many SKUs' availability at once: one command per owner shard, so a
 # cart view costs one message per shard, not one per line.
 PEEK = "stock.peek"
 SYSTEM_CHANNEL = "system"
-REBUILD_PAUSE_S = 1.0
+# After the journal refuses a batch, writes answer 503 at once for this long
+# before the journal is tried again: a dead store costs callers an immediate
+# 503, not a connect timeout each.
+RETRY_PAUSE_S = 1.0
+PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
 
 
 class Shard:
@@ -37,22 +45,40 @@ class Shard:
         slot_map: SlotMap,
         journal: Journal | None = None,
         clock: Callable[[], float] = time.time,
+        loader: Loader | None = None,
+        max_resident: int = 0,
+        max_queue: int = 0,
+        durability: str = "sync",
     ) -> None:
+        if durability not in ("sync", "async"):
+            raise ValueError("durability must be 'sync' or 'async'")
         self.shard_id = shard_id
         self.slot_map = slot_map
         self.journal: Journal = journal if journal is not None else NullJournal()
         self.clock = clock
-        self.entities: dict[str, Entity] = {}
+        self.residency = Residency(loader, max_resident)
+        self.entities = self.residency.entities  # the ones in memory
+        self.durability = durability
         self.commands = Counter[str]()
         # Timed work: a heap of (when, key) with at most one live entry per
         # entity (``_scheduled``); a flash sale's 100,000 reservations of one
         # SKU are one entry, not 100,000 to pop and push again on every tick.
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
-        self._broken: str | None = None  # why the journal failed, until a rebuild works
-        self._next_rebuild = 0.0
-        self._last_failure = ""
-        self._pending: list[Event] = []
+        self._broken: str | None = None  # why the journal failed, until an append works
+        self._retry_at = 0.0
+        self._pending: list[Event] = []  # changed in this turn, not journaled yet
+        # The write-behind's side: journaled events not yet in the store (oldest
+        # first, with their journal numbers), the entities changed since their
+        # last snapshot, and those whose snapshot is being stored right now.
+        self.seq = self.journal.last_seq()
+        self.outbox: deque[tuple[int, Event]] = deque()
+        self.max_queue = max_queue  # outbox events before writes are refused (0: no limit)
+        self.dirty: set[str] = set()
+        self.draining: set[str] = set()
+        # Entities whose memory held a change the journal refused: reloaded from
+        # the store plus the outbox on their next use.
+        self.tainted: set[str] = set()
 
     # -- slot ownership -------------------------------------------------------
 
@@ -74,76 +100,133 @@ class Shard:
     def apply_batch(self, commands: Sequence[Command]) -> list[Result]:
         """Run a batch in order as one turn; its answers count only once journaled.
 
-        If the journal cannot take the batch, every answer of the batch is 503
-        and the shard rebuilds its state from the journal, so the refused
-        changes are undone: nothing is acknowledged that is not durable, and a
-        failed request changes nothing.
+        If the journal refuses the batch, every answer of the batch is 503 and
+        the entities it touched are dropped from memory, to be rebuilt from
+        the store and the journaled events on their next use: the refused
+        changes leave no trace. While the journal is down (or the
+        write-behind queue is full), writes answer 503 and reads are served
+        from memory.
         """
-        if self._broken is not None and not self._rebuild():
-            return [self._unavailable(self._broken) for _ in commands]
+        refusal = self._refusal()
+        if refusal is not None:
+            return [self._apply(c) if self._is_read(c) else refusal for c in commands]
         results = [self._apply(cmd) for cmd in commands]
-        if not self.flush():
-            return [self._unavailable(self._last_failure) for _ in commands]
+        if self.durability == "sync" and not self.flush():
+            return [self._unavailable(self._broken) for _ in commands]
         return results
 
     def apply(self, cmd: Command) -> Result:
         """Run one command as a turn of its own."""
         return self.apply_batch([cmd])[0]
 
+    def _refusal(self) -> Result | None:
+        if self._broken is not None and time.monotonic() < self._retry_at:
+            return self._unavailable(self._broken)
+        if self.max_queue and len(self.outbox) >= self.max_queue:
+            return Result(
+                503,
+                None,
+                "unavailable",
+                f"the write-behind queue is full ({len(self.outbox)} changes wait for the store)",
+            )
+        return None
+
+    @staticmethod
+    def _is_read(cmd: Command) -> bool:
+        if cmd.op == PEEK:
+            return True
+        kind, _ = split_key(cmd.key)
+        return kind is not None and cmd.op in kind.reads
+
     def flush(self) -> bool:
-        """Hand pending events to the journal; False (and a rebuild due) if it failed."""
-        if self._pending:
-            events, self._pending = self._pending, []
-            try:
-                self.journal.append(events)
-            except JournalUnavailable as e:
-                self._broken = self._last_failure = str(e)
-                self._next_rebuild = 0.0  # undo the refused batch now if the journal reads
-                self._rebuild()
-                return False
+        """Hand pending events to the journal; False if it refused them."""
+        if not self._pending:
+            return True
+        events, self._pending = self._pending, []
+        try:
+            self.journal.append(self.seq + 1, events)
+        except JournalUnavailable as e:
+            self._broken = str(e)
+            self._retry_at = time.monotonic() + RETRY_PAUSE_S
+            if self.durability == "async":
+                self._pending = events + self._pending  # acknowledged: keep, retry
+            else:
+                self._taint({event.key for event in events})
+            return False
+        self._broken = None
+        for event in events:
+            self.seq += 1
+            self.outbox.append((self.seq, event))
         return True
 
     @staticmethod
     def _unavailable(reason: str | None) -> Result:
         return Result(503, None, "unavailable", f"the journal is unavailable: {reason}")
 
-    def _rebuild(self) -> bool:
-        """Throw memory away and replay the journal; False while it cannot be read.
+    def _taint(self, keys: set[str]) -> None:
+        for key in keys:
+            self.residency.drop(key)
+            self.dirty.discard(key)
+            self._scheduled.pop(key, None)
+        self.tainted |= keys
 
-        Tried at most once per ``REBUILD_PAUSE_S`` while the journal is down, so
-        a dead store costs callers an immediate 503, not a connect timeout each.
+    def _entity(self, key: str) -> Entity | None:
+        """The entity from memory, the store, or (after a refused batch) both plus the outbox."""
+        if key not in self.tainted:
+            return self.residency.get(key)
+        entity = self.residency.load(key)
+        self.tainted.discard(key)
+        if entity is None:
+            kind, ident = split_key(key)
+            assert kind is not None
+            entity = kind(key, ident)
+        self.residency.put(key, entity)
+        self._replay(event for _, event in self.outbox if event.key == key)
+        if not entity.exists:
+            self.residency.drop(key)
+            return None
+        self._schedule(entity)
+        return entity
+
+    def recover(
+        self,
+        events: Iterable[tuple[int, Event]],
+        snapshots: Iterable[tuple[str, bytes]] = (),
+    ) -> int:
+        """Rebuild state: the store's snapshots, then the journal after them.
+
+        A snapshot stands for every change up to its version; a journaled change
+        beyond it runs again at its own recorded time. Every change's command
+        carries the decisions it made (reservation ids, the availability a cart
+        line was checked against), so the same commands at the same clock reach
+        the same state, versions and idempotency records. Journaled changes
+        go back into the outbox: the store may not have them yet. Returns the
+        number of journaled events.
         """
-        now = time.monotonic()
-        if now < self._next_rebuild:
-            return False
-        self._next_rebuild = now + REBUILD_PAUSE_S
-        self.entities.clear()
-        self._deadlines.clear()
-        self._scheduled.clear()
-        self._pending.clear()
-        try:
-            self.recover(self.journal.replay())
-        except JournalUnavailable as e:
-            self._broken = str(e)
-            return False
-        self._broken = None
-        return True
-
-    def recover(self, events: Iterable[Event]) -> int:
-        """Rebuild state by running journaled changes again, at their own times.
-
-        Every change's command carries the decisions it made (reservation ids,
-        the availability a cart line was checked against), so the same
-        commands at the same clock reach the same state, versions and
-        idempotency records. Returns the number of events replayed.
-        """
-        clock = self.clock
+        for key, data in snapshots:
+            if self.owns(key):
+                entity = self.residency.restore(key, data)
+                if entity is not None:
+                    self._schedule(entity)
         count = 0
+        for seq, event in events:
+            self._replay((event,))
+            self.outbox.append((seq, event))
+            self.seq = max(self.seq, seq)
+            count += 1
+        return count
+
+    def _replay(self, events: Iterable[Event]) -> None:
+        """Run journaled changes again on the entities (skipping what they already hold)."""
+        clock, pending = self.clock, self._pending
+        self._pending = []
         try:
             for event in events:
+                entity = self.residency.get(event.key)
+                if entity is not None and event.version <= entity.version:
+                    continue  # the snapshot has it
                 self.clock = lambda at=event.at: at  # type: ignore[misc]
                 if event.op.endswith(".expire"):
-                    entity = self.entities.get(event.key)
                     if entity is not None:
                         self._expire(entity, event.at)
                 else:
@@ -157,11 +240,8 @@ class Shard:
                             event.fingerprint,
                         )
                     )
-                count += 1
         finally:
-            self.clock = clock
-            self._pending.clear()  # what was replayed is in the journal already
-        return count
+            self.clock, self._pending = clock, pending
 
     def _apply(self, cmd: Command) -> Result:
         self.commands[cmd.op] += 1
@@ -174,7 +254,10 @@ class Shard:
         if kind is None or handler is None:
             return Result(422, None, "invalid_request", f"{cmd.op!r} is not an operation")
         now = self.clock()
-        entity = self.entities.get(cmd.key)
+        try:
+            entity = self._entity(cmd.key)
+        except StoreUnavailable as e:
+            return Result(503, None, "unavailable", f"the store is unavailable: {e}")
         stored = entity is not None
         if entity is None:
             entity = kind(cmd.key, ident)
@@ -217,7 +300,9 @@ class Shard:
         if idem is not None:
             entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
         if not stored and (outcome.changed or idem is not None):
-            self.entities[cmd.key] = entity
+            self.residency.put(cmd.key, entity)
+        if idem is not None and not outcome.changed:
+            self.dirty.add(entity.key)  # the new idempotency record goes to the store
         return Result(outcome.status, body)
 
     def _changed(
@@ -239,6 +324,7 @@ class Shard:
             cmd.fingerprint if cmd is not None else None,
         )
         self._pending.append(event)
+        self.dirty.add(entity.key)
         self._schedule(entity)
         return view
 
@@ -263,7 +349,10 @@ class Shard:
             key = "stock:" + sku
             if not self.owns(key):
                 return self._moved()
-            stock = self.entities.get(key)
+            try:
+                stock = self._entity(key)
+            except StoreUnavailable as e:
+                return Result(503, None, "unavailable", f"the store is unavailable: {e}")
             if stock is None:
                 out[sku] = None
             else:
@@ -281,8 +370,8 @@ class Shard:
         expiry wave of a million reservations then costs requests a few
         milliseconds at a time, never one long stall.
         """
-        if self._broken is not None and not self._rebuild():
-            return 0
+        if self._pending and time.monotonic() >= self._retry_at:
+            self.flush()  # async durability, or a retry after the journal failed
         now = self.clock()
         touched = 0
         heap = self._deadlines
@@ -299,14 +388,74 @@ class Shard:
             self._expire(entity, now)
             touched += entity.version != before
             self._schedule(entity)
-        self.flush()
+        if self._refusal() is None or self._pending:
+            self.flush()
+        over = self.residency.over_budget()
+        if over:
+            self.residency.passivate(over, self.pinned, PASSIVATE_SCAN)
         return touched
+
+    # -- write-behind and passivation -------------------------------------------
+
+    def pinned(self, key: str) -> bool:
+        """Whether an entity must stay in memory: its latest state is not in the store
+        yet, or it has timed work due (a reservation that expires by itself)."""
+        return key in self.dirty or key in self.draining or key in self._scheduled
+
+    def take_drain(self) -> Drain | None:
+        """Snapshot every dirty entity and take the outbox, for the write-behind to store.
+
+        Only journaled state goes: pending changes are flushed first (async
+        durability), so a stored snapshot never holds a change the journal
+        does not.
+        """
+        if not self.flush() or (not self.dirty and not self.outbox):
+            return None
+        keys, self.dirty = self.dirty, set()
+        self.draining |= keys
+        snapshots = []
+        for key in keys:
+            entity = self.entities.get(key)
+            if entity is not None and entity.exists:
+                snapshots.append(
+                    Snapshot(
+                        key,
+                        entity.kind,
+                        slot_of(key),
+                        entity.version,
+                        entity.updated_at,
+                        pack_state(entity),
+                        entity.view(),
+                    )
+                )
+        events = [event for _, event in self.outbox]
+        upto = self.outbox[-1][0] if self.outbox else self.seq
+        return Drain(keys, snapshots, events, upto)
+
+    def drain_done(self, drain: Drain) -> None:
+        """The drain is durable in the store: forget its events and trim the journal."""
+        outbox = self.outbox
+        while outbox and outbox[0][0] <= drain.upto:
+            outbox.popleft()
+        self.draining -= drain.keys
+        # If the journal cannot trim now, the next drain trims further; replaying
+        # events the store already has is harmless.
+        with contextlib.suppress(JournalUnavailable):
+            self.journal.trim(drain.upto)
+
+    def drain_failed(self, drain: Drain) -> None:
+        """The store refused the drain: its entities are dirty again, its events wait."""
+        self.draining -= drain.keys
+        self.dirty |= {k for k in drain.keys if k in self.entities}
 
     def due(self) -> bool:
         """Whether timed work is due now (``tick`` left some for the next slice)."""
         return bool(self._deadlines) and self._deadlines[0][0] <= self.clock()
 
     # -- introspection ------------------------------------------------------------
+
+    def journal_ok(self) -> bool:
+        return self._broken is None
 
     def entity_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ENTITY_KINDS, 0)

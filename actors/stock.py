@@ -68,6 +68,21 @@ class Stock(Entity):
             "channel": r.channel,
         }
 
+    def kind_state(self) -> Any:
+        reservations = [
+            [r.rid, r.qty, r.status, r.expires_at, r.ref, r.channel]
+            for r in self.reservations.values()
+        ]
+        held = [list(item) for item in self._held_by_expiry]
+        closed = [list(item) for item in self._closed]
+        return [self.on_hand, self.reserved, reservations, held, closed]
+
+    def load_kind_state(self, data: Any) -> None:
+        self.on_hand, self.reserved, reservations, held, closed = data
+        self.reservations = {r[0]: Reservation(*r) for r in reservations}
+        self._held_by_expiry = [(when, rid) for when, rid in held]  # already a heap
+        self._closed = deque((when, rid) for when, rid in closed)
+
     # -- timed work ---------------------------------------------------------
 
     def next_deadline(self) -> float | None:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class GridMetrics:
@@ -65,6 +66,13 @@ class GridMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.writebehind_lag = Histogram(
+            "omnigrid_writebehind_lag_seconds",
+            "From a change being made to it being stored (snapshot and event log).",
+            ["shard"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         self._cache: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self._gc_started = 0.0
 
@@ -94,6 +102,11 @@ class GridMetrics:
 
     def error(self, channel: str, route: str, code: str) -> None:
         self.errors.labels(self.shard, channel, route, code).inc()
+
+    def observe_writebehind_lag(self, lags: list[float]) -> None:
+        child = self.writebehind_lag.labels(self.shard)
+        for lag in lags:
+            child.observe(lag)
 
     def forwarded(self, to_shard: int, size: int) -> None:
         self.batch_size.labels(self.shard, str(to_shard)).observe(size)

@@ -38,11 +38,14 @@ from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.router import Router
 from omnigrid.api.settings import Settings
 from omnigrid.persistence.journal import Journal, RedisJournal, SqliteJournal
+from omnigrid.persistence.store import PostgresStore, RedisHotCopy, SqliteStore, Store
+from omnigrid.persistence.writebehind import WriteBehind
 
 log = logging.getLogger("omnigrid.node")
 T = TypeVar("T")
 
 TICK_S = 0.1  # how often due reservations are expired
+ASYNC_FLUSH_S = 0.005  # async durability: how often acknowledged changes go to the journal
 CONTROL_TIMEOUT_S = 3.0
 
 
@@ -63,17 +66,42 @@ class GridNode:
         self.directory = directory
         self.node_id = node_id
         self.journal = open_journal(settings, shard_id)
-        self.shard = Shard(shard_id, SlotMap.even(settings.shards), self.journal)
-        started = time.monotonic()
-        replayed = self.shard.recover(self.journal.replay())
-        log.info(
-            "shard %d recovered %d events from %s in %.2f s",
+        self.store = open_store(settings)
+        slot_map = SlotMap.even(settings.shards)
+        self.shard = Shard(
             shard_id,
+            slot_map,
+            self.journal,
+            loader=self.store.load,
+            max_resident=settings.max_resident,
+            max_queue=settings.writebehind_max_queue,
+            durability=settings.durability,
+        )
+        started = time.monotonic()
+        replayed = self.shard.recover(
+            self.journal.replay(), self.store.scan(slot_map.ranges(shard_id))
+        )
+        self.recovery_s = time.monotonic() - started
+        log.info(
+            "shard %d recovered %d entities (%d more passivated) and %d journaled events "
+            "from %s and %s in %.2f s",
+            shard_id,
+            len(self.shard.entities),
+            len(self.shard.residency.cold),
             replayed,
+            type(self.store).__name__,
             type(self.journal).__name__,
-            time.monotonic() - started,
+            self.recovery_s,
         )
         self.metrics = GridMetrics(shard_id)
+        self.writebehind = WriteBehind(
+            self.shard,
+            self.store,
+            RedisHotCopy(settings.redis_url, settings.namespace) if settings.redis_url else None,
+            settings.writebehind_interval_s,
+            settings.writebehind_batch,
+            self.metrics.observe_writebehind_lag,
+        )
         self.links = {
             peer: PeerLink(
                 peer,
@@ -108,6 +136,42 @@ class GridNode:
             lambda: [([k], float(n)) for k, n in self.shard.entity_counts().items()],
         )
         self.metrics.add_gauges(
+            "omnigrid_passivated_entities",
+            "Entities of this shard held only in the store (they come back on use).",
+            [],
+            lambda: [([], float(len(self.shard.residency.cold)))],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_writebehind_queue_events",
+            "Journaled changes not yet in the store (bounded by OMNIGRID_WRITEBEHIND_MAX_QUEUE).",
+            [],
+            lambda: [([], float(len(self.shard.outbox)))],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_writebehind_dirty_entities",
+            "Entities changed since their last stored snapshot.",
+            [],
+            lambda: [([], float(len(self.shard.dirty) + len(self.shard.draining)))],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_writebehind_oldest_seconds",
+            "Age of the oldest change not yet in the store.",
+            [],
+            lambda: [([], time.time() - self.shard.outbox[0][1].at if self.shard.outbox else 0.0)],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_writebehind_failures",
+            "Drains the store refused since this process started.",
+            [],
+            lambda: [([], float(self.writebehind.failures))],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_journal_ok",
+            "1 while the journal takes appends, 0 while writes answer 503.",
+            [],
+            lambda: [([], float(self.shard.journal_ok()))],
+        )
+        self.metrics.add_gauges(
             "omnigrid_gc_frozen_objects",
             "Objects moved out of the garbage collector's view (see tune_gc).",
             [],
@@ -136,7 +200,11 @@ class GridNode:
         tcp = await asyncio.start_server(self._serve_peer, self.settings.host, 0)
         self.tcp_port = tcp.sockets[0].getsockname()[1]
         self._servers.append(tcp)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._tick()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._tick()))
+        self._tasks.append(loop.create_task(self.writebehind.run()))
+        if self.settings.durability == "async":
+            self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
             self.app,
             loop="none",
@@ -187,6 +255,12 @@ class GridNode:
                 more = False
             # With more due, only let waiting requests run first.
             await asyncio.sleep(0 if more else TICK_S)
+
+    async def _flush_behind(self) -> None:
+        """Async durability: acknowledged changes reach the journal within ASYNC_FLUSH_S."""
+        while True:
+            await asyncio.sleep(ASYNC_FLUSH_S)
+            self.shard.flush()
 
     # -- operations (what GridApp asks) ---------------------------------------
 
@@ -243,6 +317,13 @@ def open_journal(settings: Settings, shard_id: int) -> Journal:
         return RedisJournal(settings.redis_url, f"og:{settings.namespace}:journal:{shard_id}")
     path = os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3")
     return SqliteJournal(path, settings.journal_sync)
+
+
+def open_store(settings: Settings) -> Store:
+    """PostgreSQL when ``postgres_dsn`` is set, else one SQLite file in ``data_dir``."""
+    if settings.postgres_dsn:
+        return PostgresStore(settings.postgres_dsn)
+    return SqliteStore(os.path.join(settings.data_dir, "store.sqlite3"))
 
 
 def http_socket(host: str, port: int) -> socket.socket:

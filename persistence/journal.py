@@ -2,7 +2,10 @@
 
 A shard hands each batch's events to its journal in one group commit (one
 transaction, one pipelined round trip) and releases the batch's answers only
-after ``append`` returns. Recovery replays ``replay()`` in order.
+after ``append`` returns. Recovery replays ``replay()`` in order. Every event
+has a sequence number given by its shard; once the snapshots covering events
+up to a number are durable in the store, ``trim`` drops them, so the journal
+holds only what the store does not have yet.
 
 Backends: ``SqliteJournal`` (embedded default, one WAL file per shard under
 the data directory, ``synchronous=FULL``) and ``RedisJournal`` (one Redis
@@ -12,9 +15,9 @@ keeps events in memory for tests; ``NullJournal`` drops them.
 
 from __future__ import annotations
 
+import bisect
 import os
 import sqlite3
-from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -30,11 +33,17 @@ class JournalUnavailable(Exception):
 
 
 class Journal(Protocol):
-    def append(self, events: Sequence[Event]) -> None:
-        """Make one batch of events durable, in order, as one group (or raise)."""
+    def append(self, first_seq: int, events: Sequence[Event]) -> None:
+        """Make one batch durable, in order, as one group (or raise), numbered from first_seq."""
 
-    def replay(self) -> Iterator[Event]:
-        """Every event appended so far, oldest first."""
+    def replay(self) -> Iterator[tuple[int, Event]]:
+        """Every event appended and not trimmed, oldest first, with its number."""
+
+    def trim(self, upto: int) -> None:
+        """Forget events numbered ``upto`` or lower (their snapshots are durable)."""
+
+    def last_seq(self) -> int:
+        """The highest number ever appended (0 for a new journal), trimmed or not."""
 
 
 def _pack(event: Event) -> bytes:
@@ -48,26 +57,43 @@ def _unpack(data: bytes) -> Event:
 
 
 class NullJournal:
-    def append(self, events: Sequence[Event]) -> None:
+    def append(self, first_seq: int, events: Sequence[Event]) -> None:
         return None
 
-    def replay(self) -> Iterator[Event]:
+    def replay(self) -> Iterator[tuple[int, Event]]:
         return iter(())
+
+    def trim(self, upto: int) -> None:
+        return None
+
+    def last_seq(self) -> int:
+        return 0
 
 
 class MemoryJournal:
-    """Keeps the most recent ``capacity`` events (for tests and debugging)."""
+    """Keeps events in memory (for tests and debugging)."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.events: deque[Event] = deque(maxlen=capacity)
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.seqs: list[int] = []
         self.batches = 0
+        self._last = 0
 
-    def append(self, events: Sequence[Event]) -> None:
+    def append(self, first_seq: int, events: Sequence[Event]) -> None:
         self.batches += 1
         self.events.extend(events)
+        self.seqs.extend(range(first_seq, first_seq + len(events)))
+        self._last = first_seq + len(events) - 1
 
-    def replay(self) -> Iterator[Event]:
-        return iter(list(self.events))
+    def replay(self) -> Iterator[tuple[int, Event]]:
+        return iter(list(zip(self.seqs, self.events, strict=True)))
+
+    def trim(self, upto: int) -> None:
+        keep = bisect.bisect_right(self.seqs, upto)
+        del self.seqs[:keep], self.events[:keep]
+
+    def last_seq(self) -> int:
+        return self._last
 
 
 class SqliteJournal:
@@ -90,17 +116,20 @@ class SqliteJournal:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, event BLOB NOT NULL)"
         )
+        # The highest number trimmed, so numbering goes on after a full trim.
+        self._db.execute("CREATE TABLE IF NOT EXISTS trimmed (upto INTEGER NOT NULL)")
 
-    def append(self, events: Sequence[Event]) -> None:
+    def append(self, first_seq: int, events: Sequence[Event]) -> None:
         try:
             with self._db:  # one transaction: the group commit
                 self._db.executemany(
-                    "INSERT INTO journal (event) VALUES (?)", [(_pack(e),) for e in events]
+                    "INSERT INTO journal (seq, event) VALUES (?, ?)",
+                    [(seq, _pack(e)) for seq, e in enumerate(events, first_seq)],
                 )
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
 
-    def replay(self) -> Iterator[Event]:
+    def replay(self) -> Iterator[tuple[int, Event]]:
         last = 0
         while True:
             rows = self._db.execute(
@@ -111,7 +140,21 @@ class SqliteJournal:
                 return
             for seq, data in rows:
                 last = seq
-                yield _unpack(data)
+                yield seq, _unpack(data)
+
+    def trim(self, upto: int) -> None:
+        try:
+            with self._db:
+                self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
+                self._db.execute("DELETE FROM trimmed")
+                self._db.execute("INSERT INTO trimmed (upto) VALUES (?)", (upto,))
+        except sqlite3.Error as e:
+            raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
+
+    def last_seq(self) -> int:
+        (appended,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()
+        (trimmed,) = self._db.execute("SELECT coalesce(max(upto), 0) FROM trimmed").fetchone()
+        return max(int(appended), int(trimmed))
 
     def close(self) -> None:
         self._db.close()
@@ -130,18 +173,20 @@ class RedisJournal:
         self.stream = stream
         self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
-    def append(self, events: Sequence[Event]) -> None:
+    # An event's stream id is "<seq>-0": its number is its id, and trimming is XTRIM MINID.
+
+    def append(self, first_seq: int, events: Sequence[Event]) -> None:
         import redis
 
         pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: all of a batch or none
-        for event in events:
-            pipe.xadd(self.stream, {b"e": _pack(event)})
+        for seq, event in enumerate(events, first_seq):
+            pipe.xadd(self.stream, {b"e": _pack(event)}, id=f"{seq}-0")
         try:
             pipe.execute()
         except redis.RedisError as e:
             raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
 
-    def replay(self) -> Iterator[Event]:
+    def replay(self) -> Iterator[tuple[int, Event]]:
         import redis
 
         start = "-"
@@ -152,9 +197,28 @@ class RedisJournal:
                 raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
             if not entries:
                 return
-            for _, fields in entries:
-                yield _unpack(fields[b"e"])
+            for entry_id, fields in entries:
+                yield int(bytes(entry_id).split(b"-")[0]), _unpack(fields[b"e"])
             start = "(" + bytes(entries[-1][0]).decode()
+
+    def trim(self, upto: int) -> None:
+        import redis
+
+        try:
+            self._redis.xtrim(self.stream, minid=f"{upto + 1}-0", approximate=False)
+        except redis.RedisError as e:
+            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
+
+    def last_seq(self) -> int:
+        import redis
+
+        try:
+            info: Any = self._redis.xinfo_stream(self.stream)
+        except redis.ResponseError:
+            return 0  # no such stream yet
+        except redis.RedisError as e:
+            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
+        return int(bytes(info["last-generated-id"]).split(b"-")[0])
 
     def close(self) -> None:
         self._redis.close()

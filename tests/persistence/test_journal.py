@@ -98,24 +98,33 @@ def test_sqlite_journal_replays_into_the_same_state(tmp_path: object) -> None:
     assert retry.body == reserved.body  # the idempotency record was replayed too
 
 
-def test_redis_down_means_503_and_nothing_changes_then_recovery(own_redis: OwnRedis) -> None:
+def test_redis_down_means_503_for_writes_reads_from_memory_then_recovery(
+    own_redis: OwnRedis,
+) -> None:
     shard = Shard(0, SlotMap.even(1), RedisJournal(own_redis.url, "og:test:journal:0"))
     assert stock(shard, "a", 10) == 200
+    shard.apply(Command("cart.add", "cart:u", {"sku": "a", "qty": 1, "available": 10}, "h5"))
     own_redis.stop()
     result = shard.apply(Command("stock.adjust", "stock:a", {"delta": 5}, "pos"))
     assert (result.status, result.code) == (503, "unavailable")
-    assert shard.apply(Command("stock.get", "stock:a")).status == 503  # not acknowledged
+    # reads keep working from memory, and the refused change left no trace
+    view = shard.apply(Command("stock.get", "stock:a")).body
+    assert (view["on_hand"], view["version"]) == (10, 1)
+    assert shard.apply(Command("cart.get", "cart:u")).body["version"] == 1
+    # writes answer 503 at once while the journal is down
+    again = shard.apply(Command("cart.clear", "cart:u", {}, "app"))
+    assert (again.status, again.code) == (503, "unavailable")
+    assert shard.apply(Command("cart.get", "cart:u")).body["version"] == 1
     own_redis.start()  # the same AOF directory: the journal is still there
-    deadline = time.monotonic() + 5  # the shard retries its rebuild once a second
-    while (answer := shard.apply(Command("stock.get", "stock:a"))).status == 503:
+    deadline = time.monotonic() + 5  # the shard tries the journal again once a second
+    while stock(shard, "a", 12) == 503:
         assert time.monotonic() < deadline, "the shard never recovered"
         time.sleep(0.1)
-    view = answer.body
-    assert (view["on_hand"], view["version"]) == (10, 1), "the refused change left no trace"
-    assert stock(shard, "a", 12) == 200
+    assert shard.apply(Command("stock.get", "stock:a")).body["version"] == 2
     rebuilt = Shard(0, SlotMap.even(1), RedisJournal(own_redis.url, "og:test:journal:0"))
     rebuilt.recover(rebuilt.journal.replay())
-    assert rebuilt.entities["stock:a"].view() == shard.entities["stock:a"].view()
+    for key in ("stock:a", "cart:u"):
+        assert rebuilt.entities[key].view() == shard.entities[key].view()
 
 
 def test_an_unreachable_redis_refuses_appends() -> None:

@@ -1,0 +1,370 @@
+"""The store: entities' snapshots and the queryable event log, written behind.
+
+PostgreSQL (``OMNIGRID_POSTGRES_DSN``) is the system of record; without it an
+embedded SQLite file under the data directory plays the same part, so a grid
+with nothing installed keeps its data too. Both have the same two tables
+(``persistence/migrations/``): ``omnigrid_snapshots`` (each entity's latest
+state, its slot and its API view) and ``omnigrid_events`` (every change: key,
+version, kind, channel, op, time, view).
+
+A store is used from two threads with a connection each: the shard's event
+loop reads (activation, recovery, audit) and the write-behind thread writes.
+Writes are idempotent: a snapshot only replaces an older version and an event
+already logged is skipped, so a batch retried after a failure is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+import orjson
+
+from omnigrid.persistence.events import Event
+
+SCAN_CHUNK = 10_000
+
+
+class StoreUnavailable(Exception):
+    """The store could not be read or written; the caller retries later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    key: str
+    kind: str
+    slot: int
+    version: int
+    updated_at: float | None
+    state: bytes  # msgpack of Entity.state()
+    view: dict[str, Any]
+
+
+class Store(Protocol):
+    def load(self, key: str) -> bytes | None:
+        """One entity's stored state, or None if it was never stored."""
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, bytes]: ...
+
+    def scan(self, slot_ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
+        """Every stored entity in these slots, most recently changed first."""
+
+    def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
+        """Store snapshots and log events in one transaction, ``batch`` rows a statement."""
+
+    def close(self) -> None: ...
+
+
+def migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration for ``dialect``, in order."""
+    folder = resources.files("omnigrid.persistence").joinpath("migrations", dialect)
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_")[0]), entry.name, entry.read_text()))
+    return sorted(out)
+
+
+def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file (WAL) shared by the shards of a data directory."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self._writer = self._connect()
+        self._migrate()
+        self._readers = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._readers.db = self._connect()
+        return db
+
+    def _migrate(self) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")  # one migrator at a time across the shards
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS omnigrid_schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {v for (v,) in db.execute("SELECT version FROM omnigrid_schema_migrations")}
+            for version, name, sql in migrations("sqlite"):
+                if version not in done:
+                    for statement in sql.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(
+                        "INSERT INTO omnigrid_schema_migrations VALUES (?, ?, ?)",
+                        (version, name, time.time()),
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def load(self, key: str) -> bytes | None:
+        try:
+            row = (
+                self._reader()
+                .execute("SELECT state FROM omnigrid_snapshots WHERE key = ?", (key,))
+                .fetchone()
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        return bytes(row[0]) if row else None
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        try:
+            for chunk in _chunks(keys, 500):
+                marks = ",".join("?" * len(chunk))
+                rows = self._reader().execute(
+                    f"SELECT key, state FROM omnigrid_snapshots WHERE key IN ({marks})", chunk
+                )
+                out.update((k, bytes(s)) for k, s in rows)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        return out
+
+    def scan(self, slot_ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
+        db = self._reader()
+        for low, high in slot_ranges:
+            try:
+                rows = db.execute(
+                    "SELECT key, state FROM omnigrid_snapshots WHERE slot BETWEEN ? AND ? "
+                    "ORDER BY updated_at DESC",
+                    (low, high),
+                )
+                for key, state in rows:
+                    yield key, bytes(state)
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+
+    def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
+        db = self._writer
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for chunk in _chunks(snapshots, batch):
+                    db.executemany(
+                        "INSERT INTO omnigrid_snapshots VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET version = excluded.version, "
+                        "updated_at = excluded.updated_at, state = excluded.state, "
+                        "view = excluded.view WHERE excluded.version > version",
+                        [
+                            (s.key, s.kind, s.slot, s.version, s.updated_at, s.state, _json(s.view))
+                            for s in chunk
+                        ],
+                    )
+                for chunk in _chunks(events, batch):
+                    db.executemany(
+                        "INSERT OR IGNORE INTO omnigrid_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (e.key, e.version, e.kind, e.channel, e.op, e.at, _json(e.view))
+                            for e in chunk
+                        ],
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class PostgresStore:
+    """PostgreSQL, the system of record: multi-row upserts from arrays (``unnest``).
+
+    One statement carries ``batch`` rows, so a drain of 10,000 changes is a
+    handful of round trips, not 10,000.
+    """
+
+    def __init__(self, dsn: str, connect_timeout_s: float = 3.0) -> None:
+        self.dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
+        self._local = threading.local()  # one connection per thread that uses the store
+        self._migrate()
+
+    def _conn(self) -> Any:
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            try:
+                conn = psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout_s))
+                )
+            except psycopg.Error as e:
+                raise StoreUnavailable(f"PostgreSQL: {e}") from e
+            self._local.conn = conn
+        return conn
+
+    def _run(self, work: Any) -> Any:
+        """Run ``work(conn)``; a database error becomes StoreUnavailable."""
+        import psycopg
+
+        try:
+            return work(self._conn())
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"PostgreSQL: {e}") from e
+
+    def _migrate(self) -> None:
+        def migrate(conn: Any) -> None:
+            with conn.transaction():
+                # One migrator at a time across the shards and hosts of a grid.
+                conn.execute("SELECT pg_advisory_xact_lock(7723501)")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS omnigrid_schema_migrations (version integer "
+                    "PRIMARY KEY, name text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {
+                    v for (v,) in conn.execute("SELECT version FROM omnigrid_schema_migrations")
+                }
+                for version, name, sql in migrations("postgres"):
+                    if version not in done:
+                        conn.execute(sql)
+                        conn.execute(
+                            "INSERT INTO omnigrid_schema_migrations (version, name) "
+                            "VALUES (%s, %s)",
+                            (version, name),
+                        )
+
+        self._run(migrate)
+
+    def load(self, key: str) -> bytes | None:
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT state FROM omnigrid_snapshots WHERE key = %s", (key,)
+            ).fetchone()
+        )
+        return bytes(row[0]) if row else None
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT key, state FROM omnigrid_snapshots WHERE key = ANY(%s)", (list(keys),)
+            ).fetchall()
+        )
+        return {k: bytes(s) for k, s in rows}
+
+    def scan(self, slot_ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
+        import psycopg
+
+        for low, high in slot_ranges:
+            try:
+                conn = self._conn()
+                with conn.transaction(), conn.cursor(name="omnigrid_scan") as cur:
+                    cur.itersize = SCAN_CHUNK  # a server-side cursor: a million rows stream
+                    cur.execute(
+                        "SELECT key, state FROM omnigrid_snapshots WHERE slot BETWEEN %s AND %s "
+                        "ORDER BY updated_at DESC NULLS LAST",
+                        (low, high),
+                    )
+                    for key, state in cur:
+                        yield key, bytes(state)
+            except psycopg.Error as e:
+                raise StoreUnavailable(f"PostgreSQL: {e}") from e
+
+    def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
+        def write(conn: Any) -> None:
+            with conn.transaction():
+                for chunk in _chunks(snapshots, batch):
+                    conn.execute(
+                        "INSERT INTO omnigrid_snapshots "
+                        "SELECT k, kd, sl, v, to_timestamp(u), st, w::jsonb FROM unnest("
+                        "%s::text[], %s::text[], %s::int[], %s::bigint[], %s::float8[], "
+                        "%s::bytea[], %s::text[]) AS t(k, kd, sl, v, u, st, w) "
+                        "ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, "
+                        "updated_at = EXCLUDED.updated_at, state = EXCLUDED.state, "
+                        "view = EXCLUDED.view WHERE omnigrid_snapshots.version < EXCLUDED.version",
+                        (
+                            [s.key for s in chunk],
+                            [s.kind for s in chunk],
+                            [s.slot for s in chunk],
+                            [s.version for s in chunk],
+                            [s.updated_at for s in chunk],
+                            [s.state for s in chunk],
+                            [_json(s.view) for s in chunk],
+                        ),
+                    )
+                for chunk in _chunks(events, batch):
+                    conn.execute(
+                        "INSERT INTO omnigrid_events "
+                        "SELECT k, v, kd, c, o, to_timestamp(a), w::jsonb FROM unnest("
+                        "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
+                        "%s::float8[], %s::text[]) AS t(k, v, kd, c, o, a, w) "
+                        "ON CONFLICT DO NOTHING",
+                        (
+                            [e.key for e in chunk],
+                            [e.version for e in chunk],
+                            [e.kind for e in chunk],
+                            [e.channel for e in chunk],
+                            [e.op for e in chunk],
+                            [e.at for e in chunk],
+                            [_json(e.view) for e in chunk],
+                        ),
+                    )
+
+        self._run(write)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+class RedisHotCopy:
+    """The hot copy: each entity's latest API view as JSON at ``og:<ns>:view:<key>``.
+
+    For readers that want a recent view without asking the grid (a product
+    page's stock badge, a BI job). Written in the same drain as the store,
+    after it, so it is never ahead of the system of record.
+    """
+
+    def __init__(self, url: str, namespace: str) -> None:
+        import redis
+
+        self.prefix = f"og:{namespace}:view:"
+        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+    def write(self, snapshots: Sequence[Snapshot], batch: int) -> None:
+        import redis
+
+        try:
+            for chunk in _chunks(snapshots, batch):
+                pipe = self._redis.pipeline(transaction=False)
+                for s in chunk:
+                    pipe.set(self.prefix + s.key, orjson.dumps(s.view))
+                pipe.execute()
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"Redis hot copy: {e}") from e
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,127 @@
+"""The write-behind: dirty entities' snapshots and the event log, to the store in batches.
+
+Every ``interval_s`` the shard's loop takes a drain (snapshots of the entities
+changed since their last one, and the journaled events not yet stored), a
+worker thread writes it to the store (and the Redis hot copy) in one
+transaction, and only then does the shard trim its journal. The journal is
+what makes a change durable; the store is where it lives for good and where
+passivated entities come back from.
+
+When the store is down, drains fail and are retried: entities stay dirty,
+events stay in the outbox, the journal keeps everything. The outbox is
+bounded by the shard (``max_queue``): past it, writes answer 503 until the
+store catches up. A log line says when the store starts failing, every
+``LOG_EVERY_S`` while it does, and when it has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from omnigrid.persistence.events import Event
+from omnigrid.persistence.store import RedisHotCopy, Snapshot, Store, StoreUnavailable
+
+log = logging.getLogger("omnigrid.writebehind")
+LOG_EVERY_S = 10.0
+
+
+@dataclass(slots=True)
+class Drain:
+    """One write-behind batch: snapshots of the dirty entities and the events behind them."""
+
+    keys: set[str]
+    snapshots: list[Snapshot]
+    events: list[Event]
+    upto: int  # the journal number of the last event: trimmed once this drain is stored
+
+
+class DrainSource(Protocol):
+    """The shard's side of the write-behind (actors.shard.Shard)."""
+
+    @property
+    def outbox(self) -> deque[tuple[int, Event]]: ...
+
+    def take_drain(self) -> Drain | None: ...
+
+    def drain_done(self, drain: Drain) -> None: ...
+
+    def drain_failed(self, drain: Drain) -> None: ...
+
+
+class WriteBehind:
+    def __init__(
+        self,
+        shard: DrainSource,
+        store: Store,
+        hot_copy: RedisHotCopy | None,
+        interval_s: float,
+        batch: int,
+        observe_lag: Callable[[list[float]], None] = lambda lags: None,
+    ) -> None:
+        self.shard = shard
+        self.store = store
+        self.hot_copy = hot_copy
+        self.interval_s = interval_s
+        self.batch = batch
+        self.observe_lag = observe_lag
+        self.failures = 0
+        self.drains = 0
+        self.failing_since: float | None = None
+        self._last_log = 0.0
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.drain()
+            except Exception:
+                log.exception("write-behind drain crashed")
+
+    async def drain(self) -> bool:
+        """Store one drain; True when everything journaled so far is in the store."""
+        async with self._lock:  # one drain at a time: the outbox is trimmed in order
+            drain = self.shard.take_drain()
+            if drain is None:
+                return True
+            try:
+                await asyncio.to_thread(self._write, drain)
+            except StoreUnavailable as e:
+                self.shard.drain_failed(drain)
+                self._failed(e)
+                return False
+            self.shard.drain_done(drain)
+            self.drains += 1
+            if self.failing_since is not None:
+                log.warning(
+                    "write-behind: the store is back; caught up after %.1f s of failures",
+                    time.monotonic() - self.failing_since,
+                )
+                self.failing_since = None
+            return True
+
+    def _write(self, drain: Drain) -> None:
+        self.store.write(drain.snapshots, drain.events, self.batch)
+        if self.hot_copy is not None:
+            self.hot_copy.write(drain.snapshots, self.batch)
+        now = time.time()
+        self.observe_lag([now - event.at for event in drain.events])
+
+    def _failed(self, error: StoreUnavailable) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            log.warning(
+                "write-behind: the store refuses writes (%s); %d changes queued, retrying",
+                error,
+                len(self.shard.outbox),
+            )
