@@ -400,7 +400,11 @@ class Shard:
     def pinned(self, key: str) -> bool:
         """Whether an entity must stay in memory: its latest state is not in the store
         yet, or it has timed work due (a reservation that expires by itself)."""
-        return key in self.dirty or key in self.draining or key in self._scheduled
+        return self.pinned_by_writes(key) or key in self._scheduled
+
+    def pinned_by_writes(self, key: str) -> bool:
+        """Whether an entity has changes the store does not have yet."""
+        return key in self.dirty or key in self.draining or key in self.tainted
 
     def take_drain(self) -> Drain | None:
         """Snapshot every dirty entity and take the outbox, for the write-behind to store.

@@ -66,6 +66,8 @@ class Operations(Protocol):
 
     async def cluster(self) -> dict[str, Any]: ...
 
+    async def audit_all(self) -> dict[str, Any]: ...
+
 
 class _Disconnected(Exception):
     pass
@@ -203,6 +205,8 @@ class GridApp:
             return 503, body, PROBLEM_CONTENT_TYPE, headers, "none", "unavailable"
         if route.name == "metrics":
             return 200, (await self.operations.exposition()).encode(), TEXT, [], "none", None
+        if route.name == "audit":
+            return 200, orjson.dumps(await self.operations.audit_all()), JSON, [], "none", None
         return 200, orjson.dumps(await self.operations.cluster()), JSON, [], "none", None
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
+import urllib.request
 from dataclasses import replace
 
 from omnigrid.api.settings import DEFAULT_CHANNELS, Settings
@@ -25,16 +27,28 @@ configuration (flags override environment variables):
   OMNIGRID_PEER_TIMEOUT_S  seconds before an unanswered forwarded batch is 503 (default 5)
   OMNIGRID_KEEPALIVE_S     HTTP keep-alive seconds (default 75)
   OMNIGRID_NAMESPACE       Ray namespace of the shard actors (default omnigrid)
-  OMNIGRID_DATA_DIR        the embedded journal's directory (default ./data)
+  OMNIGRID_DATA_DIR        the embedded journal's and store's directory (default ./data)
   OMNIGRID_REDIS_URL       journal in Redis Streams instead (e.g. redis://127.0.0.1:6379/0)
   OMNIGRID_JOURNAL_SYNC    embedded journal: normal (default; an acknowledged write survives
                            any process's death) or full (fsync per commit: survives power
                            loss; about half the write throughput today)
+  OMNIGRID_DURABILITY      sync (default: journaled before the answer) or async (answered
+                           first, journaled within 5 ms: a process death can lose that window)
+  OMNIGRID_POSTGRES_DSN    the store (system of record) in PostgreSQL, e.g.
+                           postgresql://postgres@127.0.0.1/omnigrid; else SQLite in the data dir
+  OMNIGRID_WRITEBEHIND_INTERVAL_S  seconds between drains to the store (default 0.2)
+  OMNIGRID_WRITEBEHIND_BATCH       rows per statement to the store (default 5000)
+  OMNIGRID_WRITEBEHIND_MAX_QUEUE   changes per shard waiting for the store before writes
+                                   answer 503 (default 500000; 0: no limit)
+  OMNIGRID_MAX_RESIDENT    entities per shard in memory before idle ones passivate
+                           (default 1000000; 0: no limit)
   OMNIGRID_LOG_LEVEL       debug, info, warning, error (default warning)
   RAY_ADDRESS              join this Ray cluster instead of starting a local Ray
 
-Every change is journaled before it is acknowledged (group commit per batch)
-and replayed when a shard process or the whole grid starts again.
+Every change is journaled before it is acknowledged (group commit per batch).
+Snapshots and the event log go to the store behind; the journal is trimmed
+once the store has them. A shard process or a whole grid that starts again
+loads the store's snapshots and replays the journal after them.
 """
 
 
@@ -57,8 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="HTTP port")
     serve.add_argument("--shards", type=int, help="number of shard processes")
     serve.add_argument("--log-level", help="debug, info, warning or error")
-    serve.add_argument("--data-dir", help="where the embedded journal keeps its files")
+    serve.add_argument("--data-dir", help="where the embedded journal and store keep their files")
+    audit = commands.add_parser(
+        "audit",
+        help="drain the write-behind, compare live entities with the store, print mismatches",
+    )
+    audit.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="any grid process's HTTP address"
+    )
+    audit.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return run_audit(args.url, args.json)
     if args.command != "serve":
         parser.print_help()
         return 0
@@ -74,6 +98,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     # Shard processes run in Ray's working directories: give them an absolute path.
     return serve_grid(replace(settings, data_dir=os.path.abspath(settings.data_dir)))
+
+
+def run_audit(url: str, as_json: bool) -> int:
+    """Exit 0 when every live entity matches the store, 1 on a mismatch, 2 if unreachable."""
+    request = urllib.request.Request(url.rstrip("/") + "/v1/cluster/audit", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=900) as answer:
+            report = json.loads(answer.read())
+    except (OSError, ValueError) as e:
+        print(f"omnigrid audit: cannot reach the grid at {url}: {e}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"checked {report['checked']} live entities: {report['mismatched']} mismatched "
+            f"({report['mismatch_rate']:.4%}), {report['pending']} changed during the audit"
+        )
+        for shard in report["shards"]:
+            if "error" in shard:
+                print(f"  shard {shard['shard']}: did not answer ({shard['error']})")
+            elif shard["mismatched"]:
+                print(f"  shard {shard['shard']}: e.g. {', '.join(shard['examples'])}")
+    return 0 if report["mismatched"] == 0 and report["complete"] else 1
 
 
 def serve_grid(settings: Settings) -> int:
@@ -93,7 +141,8 @@ def serve_grid(settings: Settings) -> int:
         handles = start_shards(settings)
         print(
             f"omnigrid serving http://{settings.host}:{settings.port} with {settings.shards} "
-            f"shards on Ray ({where}); journal: {settings.redis_url or settings.data_dir}",
+            f"shards on Ray ({where}); journal: {settings.redis_url or settings.data_dir}; "
+            f"store: {'PostgreSQL' if settings.postgres_dsn else settings.data_dir}",
             flush=True,
         )
         stop.wait()

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import uvicorn
 
 from omnigrid.actors.protocol import Command
+from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.app import GridApp
@@ -47,6 +48,8 @@ T = TypeVar("T")
 TICK_S = 0.1  # how often due reservations are expired
 ASYNC_FLUSH_S = 0.005  # async durability: how often acknowledged changes go to the journal
 CONTROL_TIMEOUT_S = 3.0
+AUDIT_TIMEOUT_S = 600.0
+AUDIT_CHUNK = 2_000
 
 
 class Directory(Protocol):
@@ -275,12 +278,67 @@ class GridNode:
             "inflight_requests": self.app.inflight,
         }
 
-    async def _ask_all(self, method: str) -> dict[int, Any]:
+    async def audit(self) -> dict[str, Any]:
+        """Drain the write-behind, then compare every live entity with its stored snapshot.
+
+        An entity matches when its state packs to the very bytes the store
+        holds. Entities changed since the drain are counted as pending, not
+        compared; passivated ones are the store's copy by construction.
+        """
+        drained = await self.writebehind.drain()
+        shard = self.shard
+        keys = list(shard.entities)
+        checked = mismatched = pending = 0
+        examples: list[str] = []
+        for start in range(0, len(keys), AUDIT_CHUNK):
+            chunk = [k for k in keys[start : start + AUDIT_CHUNK] if k in shard.entities]
+            live = {
+                k: pack_state(shard.entities[k]) for k in chunk if not shard.pinned_by_writes(k)
+            }
+            pending += len(chunk) - len(live)
+            stored = await asyncio.to_thread(self.store.load_many, list(live))
+            for key, state in live.items():
+                if shard.pinned_by_writes(key):
+                    pending += 1  # changed while the store was read
+                    continue
+                checked += 1
+                if stored.get(key) != state:
+                    mismatched += 1
+                    if len(examples) < 10:
+                        examples.append(key)
+        return {
+            "shard": self.shard_id,
+            "drained": drained,
+            "checked": checked,
+            "mismatched": mismatched,
+            "pending": pending,
+            "passivated": len(shard.residency.cold),
+            "queued_events": len(shard.outbox),
+            "examples": examples,
+        }
+
+    async def audit_all(self) -> dict[str, Any]:
+        answers = await self._ask_all("audit", AUDIT_TIMEOUT_S)
+        shards = [await self.audit()] + [
+            a if not isinstance(a, Exception) else {"shard": p, "error": repr(a)}
+            for p, a in answers.items()
+        ]
+        shards.sort(key=lambda s: s["shard"])
+        checked = sum(s.get("checked", 0) for s in shards)
+        mismatched = sum(s.get("mismatched", 0) for s in shards)
+        return {
+            "checked": checked,
+            "mismatched": mismatched,
+            "mismatch_rate": mismatched / checked if checked else 0.0,
+            "pending": sum(s.get("pending", 0) for s in shards),
+            "complete": all("error" not in s for s in shards),
+            "shards": shards,
+        }
+
+    async def _ask_all(self, method: str, timeout_s: float = CONTROL_TIMEOUT_S) -> dict[int, Any]:
         async def ask(peer: int) -> Any:
             try:
-                return await asyncio.wait_for(
-                    self.directory.control(peer, method), CONTROL_TIMEOUT_S
-                )
+                return await asyncio.wait_for(self.directory.control(peer, method), timeout_s)
             except Exception as e:
                 return e
 
@@ -383,6 +441,11 @@ class ShardProcess:
             return self.node.info()
 
         return self._on_loop(read())
+
+    def audit(self) -> dict[str, Any]:
+        return asyncio.run_coroutine_threadsafe(self.node.audit(), self.loop).result(
+            AUDIT_TIMEOUT_S
+        )
 
     def metrics_text(self) -> str:
         async def read() -> str:

@@ -119,6 +119,7 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "readyz": (200, dict[str, Any]),
     "metrics": (200, str),
     "cluster": (200, dict[str, Any]),
+    "audit": (200, dict[str, Any]),
 }
 # The problem codes each route can answer with, beyond the ones every route has.
 REFUSALS: dict[str, tuple[str, ...]] = {

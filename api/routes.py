@@ -70,6 +70,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/readyz", "readyz", None, "200 when every shard answers, else 503"),
     Route("GET", "/metrics", "metrics", None, "Prometheus metrics of every grid process"),
     Route("GET", "/v1/cluster", "cluster", None, "Shards, their processes and slot ranges"),
+    Route(
+        "POST",
+        "/v1/cluster/audit",
+        "audit",
+        None,
+        "Drain the write-behind, then compare live entities with the store",
+    ),
 )
 
 

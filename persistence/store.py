@@ -86,12 +86,15 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self._writer = self._connect()
+        # The writer runs on the write-behind's worker threads, one drain at a time.
+        self._writer = self._connect(check_same_thread=False)
         self._migrate()
         self._readers = threading.local()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+    def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread
+        )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db

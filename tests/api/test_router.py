@@ -135,6 +135,9 @@ class _Ops:
     async def cluster(self) -> dict[str, Any]:
         return {}
 
+    async def audit_all(self) -> dict[str, Any]:
+        return {}
+
 
 def test_http_answers_503_with_retry_after_when_the_owner_is_down() -> None:
     async def scenario() -> None:
