@@ -229,13 +229,23 @@ class PostgresStore:
         return conn
 
     def _run(self, work: Any) -> Any:
-        """Run ``work(conn)``; a database error becomes StoreUnavailable."""
+        """Run ``work(conn)``; a database error becomes StoreUnavailable.
+
+        A connection found dead (PostgreSQL restarted, an idle connection cut)
+        is replaced and the work tried once more: every piece of work here is
+        a read or an idempotent transaction.
+        """
         import psycopg
 
-        try:
-            return work(self._conn())
-        except psycopg.Error as e:
-            raise StoreUnavailable(f"PostgreSQL: {e}") from e
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                return work(conn)
+            except psycopg.Error as e:
+                if attempt == 1 and (conn.closed or conn.broken):
+                    continue
+                raise StoreUnavailable(f"PostgreSQL: {e}") from e
+        raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
         def migrate(conn: Any) -> None:

@@ -16,6 +16,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "OMNIGRID_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 CHANNELS = ("miniprogram", "app", "h5", "wechat_oa", "pos", "web", "alipay", "kiosk")
 START_TIMEOUT_S = 120.0
 
@@ -109,3 +112,50 @@ def new_id(prefix: str) -> str:
 
 def write_headers(channel: str = "app", **extra: str) -> dict[str, str]:
     return {"X-Channel": channel, **extra}
+
+
+class PostgresDatabase:
+    """A database of the test's own on the machine's PostgreSQL, dropped afterwards.
+
+    ``role`` is a login role of its own that owns nothing: what it may do in
+    the database is granted to it, so a test can revoke a grant to block the
+    grid's writes and grant it again.
+    """
+
+    def __init__(self) -> None:
+        import psycopg
+
+        suffix = uuid.uuid4().hex[:10]
+        self.name = f"omnigrid_test_{suffix}"
+        self.role = f"omnigrid_writer_{suffix}"
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {self.name}")
+            admin.execute(f"CREATE ROLE {self.role} LOGIN")
+        host = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].split("@", 1)[1]
+        self.dsn = f"postgresql://postgres@{host}/{self.name}"
+        self.role_dsn = f"postgresql://{self.role}@{host}/{self.name}"
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            db.execute(f"GRANT ALL ON SCHEMA public TO {self.role}")
+
+    def execute(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            cur = db.execute(sql, params or None)
+            return cur.fetchall() if cur.description else []
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {self.role}")
+
+
+@pytest.fixture()
+def postgres() -> Iterator[PostgresDatabase]:
+    database = PostgresDatabase()  # fails loudly when PostgreSQL is not there
+    try:
+        yield database
+    finally:
+        database.drop()

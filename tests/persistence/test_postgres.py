@@ -1,0 +1,134 @@
+"""The PostgreSQL store, in a database of the test's own: schema, upserts, event
+log, and a write-behind whose writes are blocked (a revoked grant, a killed
+connection) and released."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from omnigrid.actors.protocol import Command
+from omnigrid.actors.residency import pack_state
+from omnigrid.actors.shard import Shard
+from omnigrid.actors.slots import SlotMap, slot_of
+from omnigrid.persistence.events import Event
+from omnigrid.persistence.journal import SqliteJournal
+from omnigrid.persistence.store import PostgresStore, Snapshot
+from omnigrid.persistence.writebehind import WriteBehind
+from tests.conftest import PostgresDatabase
+
+TABLES = "omnigrid_snapshots, omnigrid_events"
+
+
+def snapshot(key: str, version: int, state: bytes) -> Snapshot:
+    return Snapshot(key, "cart", slot_of(key), version, 1.7e9 + version, state, {"v": version})
+
+
+def event(key: str, version: int) -> Event:
+    return Event("cart", key, version, "app", "cart.add", 1.7e9 + version, {"v": version})
+
+
+def test_migrations_run_once(postgres: PostgresDatabase) -> None:
+    PostgresStore(postgres.dsn).close()
+    PostgresStore(postgres.dsn).close()
+    assert postgres.execute("SELECT version, name FROM omnigrid_schema_migrations") == [
+        (1, "0001_initial.sql")
+    ]
+
+
+def test_snapshots_only_move_forward_and_events_are_logged_once(
+    postgres: PostgresDatabase,
+) -> None:
+    store = PostgresStore(postgres.dsn)
+    store.write([snapshot("cart:a", 2, b"two"), snapshot("cart:b", 1, b"one")], [], 1)
+    store.write([snapshot("cart:a", 1, b"old")], [event("cart:a", 1), event("cart:a", 2)], 1)
+    store.write([snapshot("cart:a", 3, b"three")], [event("cart:a", 2), event("cart:a", 3)], 1)
+    assert store.load("cart:a") == b"three"
+    assert store.load("cart:zz") is None
+    assert store.load_many(["cart:a", "cart:b", "cart:zz"]) == {
+        "cart:a": b"three",
+        "cart:b": b"one",
+    }
+    rows = postgres.execute(
+        "SELECT key, version, kind, channel, op, view->>'v' FROM omnigrid_events ORDER BY version"
+    )
+    assert rows == [
+        ("cart:a", 1, "cart", "app", "cart.add", "1"),
+        ("cart:a", 2, "cart", "app", "cart.add", "2"),
+        ("cart:a", 3, "cart", "app", "cart.add", "3"),
+    ]
+    everything = dict(store.scan([(0, 16383)]))
+    assert everything == {"cart:a": b"three", "cart:b": b"one"}
+    low = slot_of("cart:a")
+    assert dict(store.scan([(low, low)])) == {"cart:a": b"three"}
+    store.close()
+
+
+def grid_shard(tmp_path: Path, dsn: str) -> tuple[Shard, PostgresStore, WriteBehind]:
+    store = PostgresStore(dsn)
+    journal = SqliteJournal(str(tmp_path / "journal.sqlite3"), "normal")
+    shard = Shard(0, SlotMap.even(1), journal, loader=store.load)
+    shard.recover(journal.replay(), store.scan([(0, 16383)]))
+    return shard, store, WriteBehind(shard, store, None, 0.2, 50)
+
+
+def write_carts(shard: Shard, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        result = shard.apply(
+            Command("cart.add", f"cart:u{i % 40}", {"sku": f"s{i}", "qty": 1, "available": 9})
+        )
+        assert result.status == 200, result
+
+
+def stored_matches_memory(store: PostgresStore, shard: Shard) -> bool:
+    stored = store.load_many(list(shard.entities))
+    return stored == {k: pack_state(e) for k, e in shard.entities.items()}
+
+
+def test_blocked_writes_queue_up_and_drain_when_released(
+    postgres: PostgresDatabase, tmp_path: Path
+) -> None:
+    PostgresStore(postgres.dsn).close()  # the schema, made by its owner
+    postgres.execute(f"GRANT SELECT, INSERT, UPDATE ON {TABLES} TO {postgres.role}")
+    postgres.execute(f"GRANT SELECT ON omnigrid_schema_migrations TO {postgres.role}")
+    shard, store, writebehind = grid_shard(tmp_path, postgres.role_dsn)
+    write_carts(shard, 0, 100)
+    assert asyncio.run(writebehind.drain())
+
+    postgres.execute(f"REVOKE INSERT, UPDATE ON {TABLES} FROM {postgres.role}")
+    write_carts(shard, 100, 150)  # still acknowledged: the journal has them
+    for _ in range(3):
+        assert not asyncio.run(writebehind.drain())
+    assert writebehind.failures == 3 and writebehind.failing_since is not None
+    assert len(shard.outbox) == 150 and shard.dirty
+    assert len(list(shard.journal.replay())) == 150, "nothing trimmed that is not stored"
+
+    postgres.execute(f"GRANT INSERT, UPDATE ON {TABLES} TO {postgres.role}")
+    assert asyncio.run(writebehind.drain())
+    assert not shard.outbox and not shard.dirty and writebehind.failing_since is None
+    assert list(shard.journal.replay()) == []
+    assert stored_matches_memory(store, shard)
+    assert postgres.execute("SELECT count(*) FROM omnigrid_events") == [(250,)]
+
+    # a grid started again on the same stores holds the same state
+    again, _, _ = grid_shard(tmp_path, postgres.role_dsn)
+    assert {k: pack_state(e) for k, e in again.entities.items()} == {
+        k: pack_state(e) for k, e in shard.entities.items()
+    }
+
+
+def test_a_killed_connection_is_replaced_on_the_next_drain(
+    postgres: PostgresDatabase, tmp_path: Path
+) -> None:
+    shard, store, writebehind = grid_shard(tmp_path, postgres.dsn)
+    write_carts(shard, 0, 10)
+    assert asyncio.run(writebehind.drain())
+    postgres.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        postgres.name,
+    )
+    write_carts(shard, 10, 10)
+    if not asyncio.run(writebehind.drain()):  # the dead connection fails one drain at most
+        assert asyncio.run(writebehind.drain())
+    assert not shard.outbox and stored_matches_memory(store, shard)
