@@ -370,8 +370,6 @@ class Shard:
         expiry wave of a million reservations then costs requests a few
         milliseconds at a time, never one long stall.
         """
-        if self._pending and time.monotonic() >= self._retry_at:
-            self.flush()  # async durability, or a retry after the journal failed
         now = self.clock()
         touched = 0
         heap = self._deadlines
@@ -388,8 +386,8 @@ class Shard:
             self._expire(entity, now)
             touched += entity.version != before
             self._schedule(entity)
-        if self._refusal() is None or self._pending:
-            self.flush()
+        if self._pending and time.monotonic() >= self._retry_at:
+            self.flush()  # expiries; async durability's changes; a retry after a failure
         over = self.residency.over_budget()
         if over:
             self.residency.passivate(over, self.pinned, PASSIVATE_SCAN)
@@ -417,10 +415,15 @@ class Shard:
             return None
         keys, self.dirty = self.dirty, set()
         self.draining |= keys
+        events = [event for _, event in self.outbox]
+        # An entity's latest event already carries its view: no second view() call.
+        views = {event.key: event for event in events}
         snapshots = []
         for key in keys:
             entity = self.entities.get(key)
             if entity is not None and entity.exists:
+                latest = views.get(key)
+                fresh = latest is not None and latest.version == entity.version
                 snapshots.append(
                     Snapshot(
                         key,
@@ -429,10 +432,9 @@ class Shard:
                         entity.version,
                         entity.updated_at,
                         pack_state(entity),
-                        entity.view(),
+                        latest.view if fresh and latest else entity.view(),
                     )
                 )
-        events = [event for _, event in self.outbox]
         upto = self.outbox[-1][0] if self.outbox else self.seq
         return Drain(keys, snapshots, events, upto)
 

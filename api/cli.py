@@ -32,8 +32,10 @@ configuration (flags override environment variables):
   OMNIGRID_JOURNAL_SYNC    embedded journal: normal (default; an acknowledged write survives
                            any process's death) or full (fsync per commit: survives power
                            loss; about half the write throughput today)
-  OMNIGRID_DURABILITY      sync (default: journaled before the answer) or async (answered
-                           first, journaled within 5 ms: a process death can lose that window)
+  OMNIGRID_DURABILITY      sync (default: journaled before the answer), async (answered
+                           first, journaled within 5 ms: a process death can lose that
+                           window) or none (no journal: a crash loses what the write-behind
+                           has not stored, up to one interval; for caches and benchmarks)
   OMNIGRID_POSTGRES_DSN    the store (system of record) in PostgreSQL, e.g.
                            postgresql://postgres@127.0.0.1/omnigrid; else SQLite in the data dir
   OMNIGRID_WRITEBEHIND_INTERVAL_S  seconds between drains to the store (default 0.2)

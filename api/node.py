@@ -38,7 +38,7 @@ from omnigrid.api.openapi import docs_app
 from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.router import Router
 from omnigrid.api.settings import Settings
-from omnigrid.persistence.journal import Journal, RedisJournal, SqliteJournal
+from omnigrid.persistence.journal import Journal, NullJournal, RedisJournal, SqliteJournal
 from omnigrid.persistence.store import PostgresStore, RedisHotCopy, SqliteStore, Store
 from omnigrid.persistence.writebehind import WriteBehind
 
@@ -49,6 +49,7 @@ TICK_S = 0.1  # how often due reservations are expired
 ASYNC_FLUSH_S = 0.005  # async durability: how often acknowledged changes go to the journal
 CONTROL_TIMEOUT_S = 3.0
 AUDIT_TIMEOUT_S = 600.0
+STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
 AUDIT_CHUNK = 2_000
 
 
@@ -78,7 +79,7 @@ class GridNode:
             loader=self.store.load,
             max_resident=settings.max_resident,
             max_queue=settings.writebehind_max_queue,
-            durability=settings.durability,
+            durability="async" if settings.durability == "async" else "sync",
         )
         started = time.monotonic()
         replayed = self.shard.recover(
@@ -228,6 +229,9 @@ class GridNode:
     async def stop(self) -> None:
         if self._http is not None:
             self._http.should_exit = True
+        # A clean stop leaves the store complete and the journal trimmed.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writebehind.drain(), STOP_DRAIN_TIMEOUT_S)
         for server in self._servers:
             server.close()
         for link in self.links.values():
@@ -371,6 +375,8 @@ class GridNode:
 
 def open_journal(settings: Settings, shard_id: int) -> Journal:
     """Redis Streams when ``redis_url`` is set, else an SQLite file in ``data_dir``."""
+    if settings.durability == "none":
+        return NullJournal()
     if settings.redis_url:
         return RedisJournal(settings.redis_url, f"og:{settings.namespace}:journal:{shard_id}")
     path = os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3")

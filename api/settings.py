@@ -23,7 +23,9 @@ class Settings:
     data_dir: str = "./data"  # the embedded journal's files (made absolute by the CLI)
     redis_url: str = ""  # journal in Redis Streams instead of the embedded store
     journal_sync: str = "normal"  # embedded journal: normal (survives process death) or full
-    durability: str = "sync"  # sync: journal before the answer; async: answer first (loss window)
+    # sync: journaled before the answer; async: answered first, journaled within 5 ms;
+    # none: no journal, the write-behind alone (a crash loses up to one interval)
+    durability: str = "sync"
     postgres_dsn: str = ""  # the store (system of record); else SQLite in data_dir
     writebehind_interval_s: float = 0.2  # how often dirty snapshots and events go to the store
     writebehind_batch: int = 5_000  # rows per statement to the store
@@ -63,8 +65,8 @@ class Settings:
             raise ValueError("journal_sync must be 'full' or 'normal'")
         if self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("max_inflight and max_pending must be at least 1")
-        if self.durability not in ("sync", "async"):
-            raise ValueError("durability must be 'sync' or 'async'")
+        if self.durability not in ("sync", "async", "none"):
+            raise ValueError("durability must be 'sync', 'async' or 'none'")
         if self.writebehind_interval_s <= 0 or self.writebehind_batch < 1:
             raise ValueError("writebehind_interval_s must be > 0 and writebehind_batch >= 1")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:

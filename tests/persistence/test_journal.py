@@ -2,78 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
-import redis
 
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.journal import JournalUnavailable, RedisJournal, SqliteJournal
-from tests.conftest import free_port
-
-
-class OwnRedis:
-    """A redis-server on a port of its own, with AOF on, stopped by its pid."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="omnigrid-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        redis_server = shutil.which("redis-server")
-        assert redis_server, "redis-server must be installed for these tests"
-        self.proc = subprocess.Popen(
-            [
-                redis_server,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                self.dir,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture()
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
+from tests.conftest import OwnRedis, free_port
 
 
 def stock(shard: Shard, sku: str, on_hand: int) -> int:

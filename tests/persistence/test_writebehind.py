@@ -160,9 +160,9 @@ def test_idle_entities_passivate_under_the_budget_and_come_back(
         assert again.body == views[f"u{i}"]
     assert node.shard.residency.activations >= 90
     # a restart within the budget holds 10 and knows where the other 91 are
-    again = Node(tmp_path, clock, max_resident=10)
-    assert len(again.shard.entities) == 10 and len(again.shard.residency.cold) == 91
-    assert again.ok("cart.get", "cart:u42") == views["u42"]
+    restarted = Node(tmp_path, clock, max_resident=10)
+    assert len(restarted.shard.entities) == 10 and len(restarted.shard.residency.cold) == 91
+    assert restarted.ok("cart.get", "cart:u42") == views["u42"]
 
 
 def test_an_entity_with_a_held_reservation_stays_in_memory(tmp_path: Path, clock: Clock) -> None:
