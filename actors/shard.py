@@ -12,19 +12,20 @@ from __future__ import annotations
 import contextlib
 import heapq
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from omnigrid.actors.backlog import Backlog
 from omnigrid.actors.entity import Entity
 from omnigrid.actors.errors import GridError
 from omnigrid.actors.kinds import ENTITY_KINDS, split_key
 from omnigrid.actors.protocol import MOVED, Command, Result
-from omnigrid.actors.residency import Loader, Residency, pack_state
-from omnigrid.actors.slots import SlotMap, slot_of
+from omnigrid.actors.residency import Loader, Residency
+from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
-from omnigrid.persistence.store import Snapshot, StoreUnavailable
+from omnigrid.persistence.store import StoreUnavailable
 from omnigrid.persistence.writebehind import Drain
 
 # A read of many SKUs' availability at once: one command per owner shard, so a
@@ -68,14 +69,14 @@ class Shard:
         self._broken: str | None = None  # why the journal failed, until an append works
         self._retry_at = 0.0
         self._pending: list[Event] = []  # changed in this turn, not journaled yet
-        # The write-behind's side: journaled events not yet in the store (oldest
-        # first, with their journal numbers), the entities changed since their
-        # last snapshot, and those whose snapshot is being stored right now.
+        # The write-behind's side (actors/backlog.py): journaled events not yet
+        # in the store, and the entities changed since their last snapshot.
         self.seq = self.journal.last_seq()
-        self.outbox: deque[tuple[int, Event]] = deque()
+        self.backlog = Backlog()
+        self.outbox = self.backlog.events
+        self.dirty = self.backlog.dirty
+        self.draining = self.backlog.draining
         self.max_queue = max_queue  # outbox events before writes are refused (0: no limit)
-        self.dirty: set[str] = set()
-        self.draining: set[str] = set()
         # Entities whose memory held a change the journal refused: reloaded from
         # the store plus the outbox on their next use.
         self.tainted: set[str] = set()
@@ -156,7 +157,7 @@ class Shard:
         self._broken = None
         for event in events:
             self.seq += 1
-            self.outbox.append((self.seq, event))
+            self.backlog.journaled(self.seq, event)
         return True
 
     @staticmethod
@@ -166,7 +167,7 @@ class Shard:
     def _taint(self, keys: set[str]) -> None:
         for key in keys:
             self.residency.drop(key)
-            self.dirty.discard(key)
+            self.backlog.forget(key)
             self._scheduled.pop(key, None)
         self.tainted |= keys
 
@@ -210,7 +211,10 @@ class Shard:
                     self._schedule(entity)
         count = 0
         for seq, event in events:
-            self._replay((event,))
+            entity = self.residency.get(event.key)
+            if entity is None or event.version > entity.version:
+                self._replay((event,))
+                self.backlog.since.setdefault(event.key, seq)  # not in the store yet
             self.outbox.append((seq, event))
             self.seq = max(self.seq, seq)
             count += 1
@@ -402,57 +406,37 @@ class Shard:
 
     def pinned_by_writes(self, key: str) -> bool:
         """Whether an entity has changes the store does not have yet."""
-        return key in self.dirty or key in self.draining or key in self.tainted
+        return self.backlog.pending(key) or key in self.tainted
 
-    def take_drain(self) -> Drain | None:
-        """Snapshot every dirty entity and take the outbox, for the write-behind to store.
+    def take_drain(self, force: bool = False) -> Drain | None:
+        """Snapshot the dirty entities and take the outbox, for the write-behind to store.
 
         Only journaled state goes: pending changes are flushed first (async
         durability), so a stored snapshot never holds a change the journal
-        does not.
+        does not. Entities dropped after a refused batch are rebuilt first, so
+        their acknowledged changes are snapshotted before the journal is trimmed.
         """
-        if not self.flush() or (not self.dirty and not self.outbox):
+        if not self.flush():
             return None
-        keys, self.dirty = self.dirty, set()
-        self.draining |= keys
-        events = [event for _, event in self.outbox]
-        # An entity's latest event already carries its view: no second view() call.
-        views = {event.key: event for event in events}
-        snapshots = []
-        for key in keys:
-            entity = self.entities.get(key)
-            if entity is not None and entity.exists:
-                latest = views.get(key)
-                fresh = latest is not None and latest.version == entity.version
-                snapshots.append(
-                    Snapshot(
-                        key,
-                        entity.kind,
-                        slot_of(key),
-                        entity.version,
-                        entity.updated_at,
-                        pack_state(entity),
-                        latest.view if fresh and latest else entity.view(),
-                    )
-                )
-        upto = self.outbox[-1][0] if self.outbox else self.seq
-        return Drain(keys, snapshots, events, upto)
+        try:
+            for key in list(self.tainted):
+                self._entity(key)
+        except StoreUnavailable:
+            return None
+        return self.backlog.take(self.entities, self.seq, force)
 
     def drain_done(self, drain: Drain) -> None:
         """The drain is durable in the store: forget its events and trim the journal."""
-        outbox = self.outbox
-        while outbox and outbox[0][0] <= drain.upto:
-            outbox.popleft()
-        self.draining -= drain.keys
+        upto = self.backlog.done(drain)
         # If the journal cannot trim now, the next drain trims further; replaying
         # events the store already has is harmless.
-        with contextlib.suppress(JournalUnavailable):
-            self.journal.trim(drain.upto)
+        if upto > 0:
+            with contextlib.suppress(JournalUnavailable):
+                self.journal.trim(upto)
 
     def drain_failed(self, drain: Drain) -> None:
         """The store refused the drain: its entities are dirty again, its events wait."""
-        self.draining -= drain.keys
-        self.dirty |= {k for k in drain.keys if k in self.entities}
+        self.backlog.failed(drain, self.entities)
 
     def due(self) -> bool:
         """Whether timed work is due now (``tick`` left some for the next slice)."""

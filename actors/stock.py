@@ -69,19 +69,38 @@ class Stock(Entity):
         }
 
     def kind_state(self) -> Any:
-        reservations = [
-            [r.rid, r.qty, r.status, r.expires_at, r.ref, r.channel]
-            for r in self.reservations.values()
+        # Columns, not a list per reservation: a flash sale's SKU holds 100,000
+        # reservations, and packing seven flat lists costs a fraction of
+        # packing 100,000 small ones. The expiry heap is rebuilt on load.
+        rs = list(self.reservations.values())
+        closed_at = {rid: when for when, rid in self._closed}
+        return [
+            self.on_hand,
+            self.reserved,
+            [r.rid for r in rs],
+            [r.qty for r in rs],
+            [r.status for r in rs],
+            [r.expires_at for r in rs],
+            [r.ref for r in rs],
+            [r.channel for r in rs],
+            [closed_at.get(r.rid) for r in rs],
         ]
-        held = [list(item) for item in self._held_by_expiry]
-        closed = [list(item) for item in self._closed]
-        return [self.on_hand, self.reserved, reservations, held, closed]
 
     def load_kind_state(self, data: Any) -> None:
-        self.on_hand, self.reserved, reservations, held, closed = data
-        self.reservations = {r[0]: Reservation(*r) for r in reservations}
-        self._held_by_expiry = [(when, rid) for when, rid in held]  # already a heap
-        self._closed = deque((when, rid) for when, rid in closed)
+        self.on_hand, self.reserved, rids, qtys, statuses, expiries, refs, channels, closed = data
+        self.reservations = {
+            rid: Reservation(rid, qty, status, expires_at, ref, channel)
+            for rid, qty, status, expires_at, ref, channel in zip(
+                rids, qtys, statuses, expiries, refs, channels, strict=True
+            )
+        }
+        self._held_by_expiry = [
+            (r.expires_at, r.rid) for r in self.reservations.values() if r.status == "held"
+        ]
+        heapq.heapify(self._held_by_expiry)
+        ends = [(when, rid) for when, rid in zip(closed, rids, strict=True) if when is not None]
+        ends.sort(key=lambda end: end[0])  # closing order
+        self._closed = deque(ends)
 
     # -- timed work ---------------------------------------------------------
 

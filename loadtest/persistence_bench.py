@@ -45,6 +45,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "async": {"OMNIGRID_DURABILITY": "async"},
     "sync-full": {"OMNIGRID_JOURNAL_SYNC": "full"},
     "redis+pg": {"OMNIGRID_REDIS_URL": REDIS_URL, "OMNIGRID_POSTGRES_DSN": "<db>"},
+    # the journal without the write-behind running during the measurement
+    "sync-nowb": {"OMNIGRID_WRITEBEHIND_INTERVAL_S": "1000"},
+    "none-nowb": {"OMNIGRID_DURABILITY": "none", "OMNIGRID_WRITEBEHIND_INTERVAL_S": "1000"},
 }
 
 
@@ -121,7 +124,7 @@ def run_throughput(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> 
             log(f"{name}: starting")
             server.start(180)
             seed.seed_server(server.url, skus=args.skus, carts=0, on_hand=10**9, hot_on_hand=10**9)
-            for scenario in ("cart_add", "reserve_spread"):
+            for scenario in args.scenarios.split(","):
                 script = tmp / f"{scenario}.lua"
                 script.write_text(
                     tools.wrk_script(scenario, skus=args.skus, users=args.users, carts=1, ttl=900)
@@ -261,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("what", choices=("throughput", "scale", "all"))
-    p.add_argument("--configs", default=",".join(CONFIGS), help="throughput configurations")
+    p.add_argument(
+        "--configs",
+        default="none,sync,async,sync-full,redis+pg",
+        help=f"throughput configurations among {','.join(CONFIGS)}",
+    )
+    p.add_argument("--scenarios", default="cart_add,reserve_spread,reserve_hot")
     p.add_argument("-d", "--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--shards", type=int, default=2)

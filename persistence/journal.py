@@ -26,6 +26,7 @@ import msgpack
 from omnigrid.persistence.events import Event
 
 REPLAY_CHUNK = 10_000
+APPEND_CHUNK = 10_000  # rows per INSERT (SQLite allows 32,766 parameters)
 
 
 class JournalUnavailable(Exception):
@@ -122,10 +123,15 @@ class SqliteJournal:
     def append(self, first_seq: int, events: Sequence[Event]) -> None:
         try:
             with self._db:  # one transaction: the group commit
-                self._db.executemany(
-                    "INSERT INTO journal (seq, event) VALUES (?, ?)",
-                    [(seq, _pack(e)) for seq, e in enumerate(events, first_seq)],
-                )
+                # One multi-row statement: executemany would give the GIL up and
+                # take it back once per row, each time after the other threads.
+                for start in range(0, len(events), APPEND_CHUNK):
+                    chunk = events[start : start + APPEND_CHUNK]
+                    params: list[Any] = []
+                    for seq, event in enumerate(chunk, first_seq + start):
+                        params += (seq, _pack(event))
+                    values = ",".join(["(?,?)"] * len(chunk))
+                    self._db.execute(f"INSERT INTO journal (seq, event) VALUES {values}", params)
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
 

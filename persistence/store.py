@@ -80,6 +80,28 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+SQLITE_MAX_PARAMS = 32_766
+
+
+def _insert_rows(
+    db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]], batch: int
+) -> None:
+    """Insert rows with multi-row VALUES: one statement per chunk, not one per row.
+
+    ``executemany`` steps once per row and gives the GIL up and back each
+    time; next to a busy event loop every give-back waits for the loop's
+    switch interval, so a thousand rows became seconds of lag.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    size = max(1, min(batch, SQLITE_MAX_PARAMS // width))
+    one = "(" + ",".join("?" * width) + ")"
+    for chunk in _chunks(rows, size):
+        params = [value for row in chunk for value in row]
+        db.execute(sql.format(rows=",".join([one] * len(chunk))), params)
+
+
 class SqliteStore:
     """The embedded store: one SQLite file (WAL) shared by the shards of a data directory."""
 
@@ -171,25 +193,27 @@ class SqliteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                for chunk in _chunks(snapshots, batch):
-                    db.executemany(
-                        "INSERT INTO omnigrid_snapshots VALUES (?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET version = excluded.version, "
-                        "updated_at = excluded.updated_at, state = excluded.state, "
-                        "view = excluded.view WHERE excluded.version > version",
-                        [
-                            (s.key, s.kind, s.slot, s.version, s.updated_at, s.state, _json(s.view))
-                            for s in chunk
-                        ],
-                    )
-                for chunk in _chunks(events, batch):
-                    db.executemany(
-                        "INSERT OR IGNORE INTO omnigrid_events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (e.key, e.version, e.kind, e.channel, e.op, e.at, _json(e.view))
-                            for e in chunk
-                        ],
-                    )
+                _insert_rows(
+                    db,
+                    "INSERT INTO omnigrid_snapshots VALUES {rows} "
+                    "ON CONFLICT (key) DO UPDATE SET version = excluded.version, "
+                    "updated_at = excluded.updated_at, state = excluded.state, "
+                    "view = excluded.view WHERE excluded.version > version",
+                    [
+                        (s.key, s.kind, s.slot, s.version, s.updated_at, s.state, _json(s.view))
+                        for s in snapshots
+                    ],
+                    batch,
+                )
+                _insert_rows(
+                    db,
+                    "INSERT OR IGNORE INTO omnigrid_events VALUES {rows}",
+                    [
+                        (e.key, e.version, e.kind, e.channel, e.op, e.at, _json(e.view))
+                        for e in events
+                    ],
+                    batch,
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from omnigrid.persistence.events import Event
@@ -38,7 +38,9 @@ class Drain:
     keys: set[str]
     snapshots: list[Snapshot]
     events: list[Event]
-    upto: int  # the journal number of the last event: trimmed once this drain is stored
+    upto: int  # the journal number of the last event
+    # key -> its first journal number this drain's snapshot covers (restored on failure)
+    since: dict[str, int] = field(default_factory=dict)
 
 
 class DrainSource(Protocol):
@@ -47,7 +49,7 @@ class DrainSource(Protocol):
     @property
     def outbox(self) -> deque[tuple[int, Event]]: ...
 
-    def take_drain(self) -> Drain | None: ...
+    def take_drain(self, force: bool = False) -> Drain | None: ...
 
     def drain_done(self, drain: Drain) -> None: ...
 
@@ -84,10 +86,13 @@ class WriteBehind:
             except Exception:
                 log.exception("write-behind drain crashed")
 
-    async def drain(self) -> bool:
-        """Store one drain; True when everything journaled so far is in the store."""
+    async def drain(self, force: bool = False) -> bool:
+        """Store one drain; True when it worked (or there was nothing to store).
+
+        ``force`` snapshots big entities too, even if not due (audit, stop).
+        """
         async with self._lock:  # one drain at a time: the outbox is trimmed in order
-            drain = self.shard.take_drain()
+            drain = self.shard.take_drain(force)
             if drain is None:
                 return True
             try:

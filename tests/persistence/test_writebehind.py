@@ -231,3 +231,32 @@ def test_a_full_write_behind_queue_refuses_writes_not_reads(tmp_path: Path, cloc
     assert node.ok("stock.get", "stock:a")["on_hand"] == 3
     assert node.drain()
     assert node.ok("stock.set", "stock:a", channel="pos", on_hand=4)["on_hand"] == 4
+
+
+def test_a_big_entity_is_snapshotted_rarely_and_the_journal_keeps_its_changes(
+    tmp_path: Path, clock: Clock
+) -> None:
+    node = Node(tmp_path, clock)
+    node.ok("stock.set", "stock:hot", channel="pos", on_hand=10**6)
+    node.ok("stock.set", "stock:small", channel="pos", on_hand=5)
+    batch = [
+        Command("stock.reserve", "stock:hot", {"qty": 1, "ttl_s": 600}, "miniprogram")
+        for _ in range(2_000)
+    ]
+    assert all(r.status == 201 for r in node.shard.apply_batch(batch))
+    assert node.drain()
+    assert "stock:hot" in node.shard.backlog.big  # its state is over BIG_STATE_BYTES
+    assert node.journal_size() == 0
+
+    node.ok("stock.reserve", "stock:hot", qty=5, ttl_s=600)  # journal number 2,003
+    node.ok("stock.adjust", "stock:small", channel="pos", delta=1)
+    assert node.drain()
+    assert node.shard.dirty == {"stock:hot"}, "the big one waits for its turn"
+    assert not node.shard.outbox, "its events still reached the event log"
+    assert [seq for seq, _ in node.journal.replay()] == [2_003, 2_004]  # trimmed below it
+
+    restarted = Node(tmp_path, clock)
+    assert restarted.states() == node.states()
+    assert asyncio.run(node.writebehind.drain(force=True))  # as audit and a clean stop do
+    assert not node.shard.dirty and node.journal_size() == 0
+    assert Node(tmp_path, clock).states() == node.states()
