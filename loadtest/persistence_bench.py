@@ -85,7 +85,7 @@ def grid(env: dict[str, str], data_dir: Path, shards: int, logs: Path, tag: str)
     )
 
 
-def histogram_quantiles(metrics: str, name: str) -> dict[str, float]:
+def histogram_quantiles(metrics: str, name: str) -> dict[str, Any]:
     """p50/p99 (upper bucket bounds) of a histogram summed over every process."""
     buckets: dict[float, float] = {}
     for line in metrics.splitlines():
@@ -97,7 +97,8 @@ def histogram_quantiles(metrics: str, name: str) -> dict[str, float]:
     if not buckets or not buckets.get(float("inf")):
         return {}
     total = buckets[float("inf")]
-    out = {"count": total}
+    out: dict[str, Any] = {"count": total}
+    out["cdf"] = [[b, buckets[b] / total] for b in sorted(buckets) if b != float("inf")]
     for label, q in (("p50", 0.5), ("p99", 0.99)):
         out[label] = next(b for b in sorted(buckets) if buckets[b] >= q * total)
     return out
@@ -141,7 +142,8 @@ def run_throughput(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> 
             result["writebehind_lag_s"] = histogram_quantiles(
                 metrics_text(server.url), "omnigrid_writebehind_lag_seconds"
             )
-            log(f"{name}: write-behind lag {result['writebehind_lag_s']}")
+            lag = result["writebehind_lag_s"]
+            log(f"{name}: write-behind lag p50 {lag.get('p50')} s, p99 {lag.get('p99')} s")
         except Exception as e:
             result["error"] = f"{type(e).__name__}: {e}"
             log(f"{name}: ERROR {result['error']}")
@@ -259,6 +261,66 @@ def histogram_free_gauge(metrics: str) -> dict[str, float]:
     return out
 
 
+def plot(out: dict[str, Any], stamp: str) -> list[Path]:
+    """Throughput per configuration and the write-behind lag's CDF, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    runs = {k: v for k, v in out["throughput"].items() if "error" not in v}
+    if runs:
+        scenarios = [s for s in next(iter(runs.values())) if s not in ("env", "writebehind_lag_s")]
+        fig, (bars, cdf) = plt.subplots(1, 2, figsize=(13, 4.8))
+        width = 0.8 / len(runs)
+        for i, (name, run) in enumerate(runs.items()):
+            xs = [j + i * width for j in range(len(scenarios))]
+            bars.bar(xs, [run[s]["ok_rps"] for s in scenarios], width, label=name)
+            lag = run.get("writebehind_lag_s", {}).get("cdf")
+            if lag:
+                cdf.step([b for b, _ in lag], [f for _, f in lag], where="post", label=name)
+        bars.set_xticks([j + 0.4 - width / 2 for j in range(len(scenarios))], scenarios)
+        bars.set_ylabel("2xx responses/s (wrk -c64)")
+        bars.set_title("Throughput by durability configuration")
+        bars.legend(fontsize=8)
+        cdf.set_xscale("log")
+        cdf.set_xlabel("write-behind lag: change made -> stored (s, bucket bounds)")
+        cdf.set_ylabel("fraction of changes")
+        cdf.axvline(1.0, color="grey", linestyle=":", label="goal p99 < 1 s")
+        cdf.axhline(0.99, color="grey", linestyle="--", linewidth=0.8)
+        cdf.set_title("Write-behind lag under the same load")
+        cdf.legend(fontsize=8)
+        fig.suptitle(f"omnigrid persistence, {stamp}, 2 shards on a 2-core machine")
+        fig.tight_layout()
+        paths.append(RESULTS / "persistence-throughput.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    scale = {k: v for k, v in out["scale"].items() if "rss_mb" in v}
+    if scale:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for i, run in enumerate(scale.values()):
+            bottom = 0.0
+            groups: dict[str, float] = {}
+            for proc, mb in run["rss_mb"].items():
+                group = proc.split(":")[0]
+                group = "shard processes" if "ShardProcess" in group else group
+                groups[group] = groups.get(group, 0.0) + mb
+            for group, mb in sorted(groups.items(), key=lambda g: -g[1])[:8]:
+                ax.bar(i, mb, bottom=bottom, label=group if i == 0 else None)
+                bottom += mb
+        ax.axhline(3 * 1024, color="red", linestyle=":", label="goal: 3 GB")
+        ax.set_xticks(range(len(scale)), [f"{k} store" for k in scale])
+        ax.set_ylabel("resident memory (MB)")
+        ax.set_title("1,000,000 five-line carts + 100,000 SKUs held in the grid")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(RESULTS / "persistence-memory.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         path = RESULTS / f"persistence-{stamp}.json"
         path.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
         log(f"wrote {path}")
+        for png in plot(out, stamp):
+            log(f"wrote {png}")
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
