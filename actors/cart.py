@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from omnigrid.actors.entity import Entity, Handler, Outcome, rfc3339
+from omnigrid.actors.entity import Entity, Handler, Outcome, intern, rfc3339
 from omnigrid.actors.errors import GridError, InvalidRequest
 
 MAX_LINE_QTY = 9_999
@@ -28,6 +28,8 @@ class Line:
 
 
 class Cart(Entity):
+    __slots__ = ("lines",)
+
     kind: ClassVar[str] = "cart"
     reads: ClassVar[frozenset[str]] = frozenset({"cart.get"})
 
@@ -59,7 +61,10 @@ class Cart(Entity):
         ]
 
     def load_kind_state(self, data: Any) -> None:
-        self.lines = {sku: Line(qty, added, updated, at) for sku, qty, added, updated, at in data}
+        self.lines = {
+            intern(sku): Line(qty, intern(added), intern(updated), at)
+            for sku, qty, added, updated, at in data
+        }
 
     def get(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
         return Outcome(200, self.view(), changed=False)
@@ -69,8 +74,9 @@ class Cart(Entity):
         line = self.lines.get(sku)
         qty = args["qty"] + (line.qty if line else 0)
         self._check(sku, qty, args.get("available"), new_line=line is None)
+        channel = intern(channel)
         if line is None:
-            self.lines[sku] = Line(qty, channel, channel, now)
+            self.lines[intern(sku)] = Line(qty, channel, channel, now)
         else:
             line.qty, line.updated_via, line.updated_at = qty, channel, now
         return Outcome(200, None, changed=True)
@@ -84,8 +90,9 @@ class Cart(Entity):
         if line is not None and line.qty == qty:
             return Outcome(200, None, changed=False)
         self._check(sku, qty, args.get("available"), new_line=line is None)
+        channel = intern(channel)
         if line is None:
-            self.lines[sku] = Line(qty, channel, channel, now)
+            self.lines[intern(sku)] = Line(qty, channel, channel, now)
         else:
             line.qty, line.updated_via, line.updated_at = qty, channel, now
         return Outcome(200, None, changed=True)

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from omnigrid.actors.entity import Entity, Handler, Outcome, rfc3339
+from omnigrid.actors.entity import Entity, Handler, Outcome, intern, rfc3339
 from omnigrid.actors.errors import GridError
 
 # A closed reservation is remembered this long, so commit/release after it
@@ -32,6 +32,8 @@ class Reservation:
 
 
 class Stock(Entity):
+    __slots__ = ("_closed", "_held_by_expiry", "on_hand", "reservations", "reserved")
+
     kind: ClassVar[str] = "stock"
     reads: ClassVar[frozenset[str]] = frozenset({"stock.get", "stock.reservation"})
 
@@ -89,7 +91,7 @@ class Stock(Entity):
     def load_kind_state(self, data: Any) -> None:
         self.on_hand, self.reserved, rids, qtys, statuses, expiries, refs, channels, closed = data
         self.reservations = {
-            rid: Reservation(rid, qty, status, expires_at, ref, channel)
+            rid: Reservation(rid, qty, intern(status), expires_at, ref, intern(channel))
             for rid, qty, status, expires_at, ref, channel in zip(
                 rids, qtys, statuses, expiries, refs, channels, strict=True
             )
@@ -165,7 +167,7 @@ class Stock(Entity):
         # and a replay of this command makes the same reservation.
         rid = args.get("rid") or "r" + secrets.token_hex(10)
         args["rid"] = rid
-        r = Reservation(rid, qty, "held", now + args["ttl_s"], args.get("ref"), channel)
+        r = Reservation(rid, qty, "held", now + args["ttl_s"], args.get("ref"), intern(channel))
         self.reservations[rid] = r
         heapq.heappush(self._held_by_expiry, (r.expires_at, rid))
         self.reserved += qty

@@ -230,14 +230,14 @@ def run_scale(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> None:
         try:
             result["ready_s"] = server.start(1800)
             text = server.log_path.read_text()
-            result["recovery_s"] = [float(s) for s in re.findall(r"in ([\d.]+) s\n", text)]
+            result["recovery_s"] = [float(s) for s in re.findall(r"recovered .* in ([\d.]+) s", text)]
             time.sleep(5)  # let collections settle
             assert server.proc is not None
             pids = [server.proc.pid, *descendants(server.proc.pid)]
             procs = rss_mb(pids)
             result["rss_mb"] = procs
             result["rss_total_mb"] = sum(procs.values())
-            result["rss_shards_mb"] = sum(v for k, v in procs.items() if "ShardProcess" in k)
+            result["rss_shards_mb"] = sum(v for k, v in procs.items() if "ray::Shard" in k)
             result["entities"] = histogram_free_gauge(metrics_text(server.url))
             log(
                 f"scale/{store_name}: ready in {result['ready_s']:.0f} s "
@@ -304,7 +304,7 @@ def plot(out: dict[str, Any], stamp: str) -> list[Path]:
             groups: dict[str, float] = {}
             for proc, mb in run["rss_mb"].items():
                 group = proc.split(":")[0]
-                group = "shard processes" if "ShardProcess" in group else group
+                group = "shard processes" if "ray::Shard" in group else group
                 groups[group] = groups.get(group, 0.0) + mb
             for group, mb in sorted(groups.items(), key=lambda g: -g[1])[:8]:
                 ax.bar(i, mb, bottom=bottom, label=group if i == 0 else None)

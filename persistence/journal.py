@@ -27,6 +27,7 @@ from omnigrid.persistence.events import Event
 
 REPLAY_CHUNK = 10_000
 APPEND_CHUNK = 10_000  # rows per INSERT (SQLite allows 32,766 parameters)
+TRIM_CHUNK = 10_000  # journal rows deleted per trim (one per drain, 5 a second)
 
 
 class JournalUnavailable(Exception):
@@ -149,7 +150,19 @@ class SqliteJournal:
                 yield seq, _unpack(data)
 
     def trim(self, upto: int) -> None:
+        """Delete at most TRIM_CHUNK numbers per call: the rest goes with the next calls.
+
+        A big entity's snapshot lets 100,000 events go at once, and deleting
+        them in one statement on the shard's event loop stalled it for 100 ms.
+        """
         try:
+            (done,) = self._db.execute("SELECT coalesce(max(upto), 0) FROM trimmed").fetchone()
+            if done == 0:
+                (first,) = self._db.execute("SELECT coalesce(min(seq), 1) FROM journal").fetchone()
+                done = first - 1
+            upto = min(upto, int(done) + TRIM_CHUNK)
+            if upto <= done:
+                return
             with self._db:
                 self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
                 self._db.execute("DELETE FROM trimmed")

@@ -83,6 +83,18 @@ def _json(value: Any) -> str:
 SQLITE_MAX_PARAMS = 32_766
 
 
+def _snapshot_rows(snapshots: Sequence[Snapshot]) -> list[tuple[Any, ...]]:
+    """omnigrid_snapshots rows, in its columns' order (both stores)."""
+    return [
+        (s.key, s.kind, s.slot, s.version, s.updated_at, s.state, _json(s.view)) for s in snapshots
+    ]
+
+
+def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """omnigrid_events rows, in its columns' order (both stores)."""
+    return [(e.key, e.version, e.kind, e.channel, e.op, e.at, _json(e.view)) for e in events]
+
+
 def _insert_rows(
     db: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]], batch: int
 ) -> None:
@@ -199,10 +211,7 @@ class SqliteStore:
                     "ON CONFLICT (key) DO UPDATE SET version = excluded.version, "
                     "updated_at = excluded.updated_at, state = excluded.state, "
                     "view = excluded.view WHERE excluded.version > version",
-                    [
-                        (s.key, s.kind, s.slot, s.version, s.updated_at, s.state, _json(s.view))
-                        for s in snapshots
-                    ],
+                    _snapshot_rows(snapshots),
                     batch,
                 )
                 _insert_rows(
@@ -332,7 +341,8 @@ class PostgresStore:
     def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
         def write(conn: Any) -> None:
             with conn.transaction():
-                for chunk in _chunks(snapshots, batch):
+                # Rows become columns: one array parameter per column, unnest()ed.
+                for chunk in _chunks(_snapshot_rows(snapshots), batch):
                     conn.execute(
                         "INSERT INTO omnigrid_snapshots "
                         "SELECT k, kd, sl, v, to_timestamp(u), st, w::jsonb FROM unnest("
@@ -341,32 +351,16 @@ class PostgresStore:
                         "ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, "
                         "updated_at = EXCLUDED.updated_at, state = EXCLUDED.state, "
                         "view = EXCLUDED.view WHERE omnigrid_snapshots.version < EXCLUDED.version",
-                        (
-                            [s.key for s in chunk],
-                            [s.kind for s in chunk],
-                            [s.slot for s in chunk],
-                            [s.version for s in chunk],
-                            [s.updated_at for s in chunk],
-                            [s.state for s in chunk],
-                            [_json(s.view) for s in chunk],
-                        ),
+                        [list(column) for column in zip(*chunk, strict=True)],
                     )
-                for chunk in _chunks(events, batch):
+                for chunk in _chunks(_event_rows(events), batch):
                     conn.execute(
                         "INSERT INTO omnigrid_events "
                         "SELECT k, v, kd, c, o, to_timestamp(a), w::jsonb FROM unnest("
                         "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
                         "%s::float8[], %s::text[]) AS t(k, v, kd, c, o, a, w) "
                         "ON CONFLICT DO NOTHING",
-                        (
-                            [e.key for e in chunk],
-                            [e.version for e in chunk],
-                            [e.kind for e in chunk],
-                            [e.channel for e in chunk],
-                            [e.op for e in chunk],
-                            [e.at for e in chunk],
-                            [_json(e.view) for e in chunk],
-                        ),
+                        [list(column) for column in zip(*chunk, strict=True)],
                     )
 
         self._run(write)

@@ -33,6 +33,13 @@ def namespace() -> Iterator[str]:
         r.delete(key)
 
 
+def redis_postgres_grid(dsn: str, namespace: str) -> Grid:
+    """A grid journaling to the machine's Redis and storing in PostgreSQL at ``dsn``."""
+    return Grid(
+        OMNIGRID_REDIS_URL=REDIS_URL, OMNIGRID_NAMESPACE=namespace, OMNIGRID_POSTGRES_DSN=dsn
+    )
+
+
 def audit(grid: Grid) -> tuple[int, str]:
     run = subprocess.run(
         [sys.executable, "-m", "omnigrid.api.cli", "audit", "--url", grid.url],
@@ -55,11 +62,7 @@ def metric(client: httpx.Client, name: str, label: str = "") -> float:
 def test_whole_grid_killed_and_restarted_on_redis_and_postgres(
     postgres: PostgresDatabase, namespace: str
 ) -> None:
-    grid = Grid(
-        OMNIGRID_REDIS_URL=REDIS_URL,
-        OMNIGRID_NAMESPACE=namespace,
-        OMNIGRID_POSTGRES_DSN=postgres.dsn,
-    )
+    grid = redis_postgres_grid(postgres.dsn, namespace)
     try:
         with httpx.Client(base_url=grid.url, timeout=10) as c:
             sku, uid, rid = fill(c)
@@ -104,11 +107,7 @@ def test_whole_grid_killed_and_restarted_on_redis_and_postgres(
 def test_killed_shard_under_reservation_load_never_over_commits(
     postgres: PostgresDatabase, namespace: str
 ) -> None:
-    grid = Grid(
-        OMNIGRID_REDIS_URL=REDIS_URL,
-        OMNIGRID_NAMESPACE=namespace,
-        OMNIGRID_POSTGRES_DSN=postgres.dsn,
-    )
+    grid = redis_postgres_grid(postgres.dsn, namespace)
     try:
         with httpx.Client(base_url=grid.url, timeout=10) as c:
             skus = [new_id("hot") for _ in range(6)]
@@ -163,11 +162,7 @@ def test_blocked_store_writes_queue_then_drain_and_audit_is_zero(
     PostgresStore(postgres.dsn).close()  # the schema, made by its owner
     postgres.execute(f"GRANT SELECT, INSERT, UPDATE ON {TABLES} TO {postgres.role}")
     postgres.execute(f"GRANT SELECT ON omnigrid_schema_migrations TO {postgres.role}")
-    grid = Grid(
-        OMNIGRID_REDIS_URL=REDIS_URL,
-        OMNIGRID_NAMESPACE=namespace,
-        OMNIGRID_POSTGRES_DSN=postgres.role_dsn,
-    )
+    grid = redis_postgres_grid(postgres.role_dsn, namespace)
     try:
         with httpx.Client(base_url=grid.url, timeout=10) as c:
             sku = new_id("sku")
