@@ -46,8 +46,21 @@ class Backlog:
     def pending(self, key: str) -> bool:
         return key in self.dirty or key in self.draining
 
-    def take(self, entities: Mapping[str, Entity], last_seq: int, force: bool) -> Drain | None:
-        """Snapshot the dirty entities (big ones only when due, or ``force``) and the events."""
+    def take(
+        self,
+        entities: Mapping[str, Entity],
+        last_seq: int,
+        force: bool,
+        max_keys: int = 5_000,
+        max_events: int = 50_000,
+    ) -> Drain | None:
+        """Snapshot dirty entities (big ones only when due, or ``force``) and take events.
+
+        At most ``max_keys`` snapshots and ``max_events`` events a drain: the
+        snapshots are packed on the shard's event loop, and a backlog of
+        250,000 (a restart after a store outage) packed at once stalled it for
+        seconds. The rest goes with the next drains.
+        """
         if not self.dirty and not self.events:
             return None
         # Every change not in the store must be snapshotted some day: a key
@@ -59,12 +72,15 @@ class Backlog:
         now = time.monotonic()
         keys: set[str] = set()
         for key in self.dirty:
+            if len(keys) >= max_keys:
+                break
             last = self.big.get(key)
             if force or last is None or now - last >= BIG_SNAPSHOT_EVERY_S:
                 keys.add(key)
         self.dirty -= keys
         self.draining |= keys
-        events = [event for _, event in self.events]
+        taken = self.events if len(self.events) <= max_events else list(self.events)[:max_events]
+        events = [event for _, event in taken]
         views = {event.key: event for event in events}  # latest event per key: its view
         snapshots = []
         since: dict[str, int] = {}
@@ -92,8 +108,11 @@ class Backlog:
             )
             if key in self.since:
                 since[key] = self.since.pop(key)
-        upto = self.events[-1][0] if self.events else last_seq
+        upto = taken[-1][0] if taken else last_seq
         return Drain(keys, snapshots, events, upto, since)
+
+    def empty(self) -> bool:
+        return not self.dirty and not self.events
 
     def done(self, drain: Drain) -> int:
         """The store has the drain: forget its events; returns how far the journal may go."""

@@ -50,6 +50,7 @@ class Shard:
         max_resident: int = 0,
         max_queue: int = 0,
         durability: str = "sync",
+        drain_keys: int = 5_000,
     ) -> None:
         if durability not in ("sync", "async"):
             raise ValueError("durability must be 'sync' or 'async'")
@@ -77,6 +78,7 @@ class Shard:
         self.dirty = self.backlog.dirty
         self.draining = self.backlog.draining
         self.max_queue = max_queue  # outbox events before writes are refused (0: no limit)
+        self.drain_keys = drain_keys  # snapshots per drain (events: ten times as many)
         # Entities whose memory held a change the journal refused: reloaded from
         # the store plus the outbox on their next use.
         self.tainted: set[str] = set()
@@ -423,7 +425,9 @@ class Shard:
                 self._entity(key)
         except StoreUnavailable:
             return None
-        return self.backlog.take(self.entities, self.seq, force)
+        return self.backlog.take(
+            self.entities, self.seq, force, self.drain_keys, 10 * self.drain_keys
+        )
 
     def drain_done(self, drain: Drain) -> None:
         """The drain is durable in the store: forget its events and trim the journal."""
@@ -433,6 +437,10 @@ class Shard:
         if upto > 0:
             with contextlib.suppress(JournalUnavailable):
                 self.journal.trim(upto)
+
+    def backlog_empty(self) -> bool:
+        """Whether the store has everything (big entities not yet due count as waiting)."""
+        return self.backlog.empty() and not self.tainted
 
     def drain_failed(self, drain: Drain) -> None:
         """The store refused the drain: its entities are dirty again, its events wait."""

@@ -80,6 +80,7 @@ class GridNode:
             max_resident=settings.max_resident,
             max_queue=settings.writebehind_max_queue,
             durability="async" if settings.durability == "async" else "sync",
+            drain_keys=settings.writebehind_batch,
         )
         started = time.monotonic()
         replayed = self.shard.recover(
@@ -231,7 +232,7 @@ class GridNode:
             self._http.should_exit = True
         # A clean stop leaves the store complete and the journal trimmed.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writebehind.drain(force=True), STOP_DRAIN_TIMEOUT_S)
+            await asyncio.wait_for(self.writebehind.drain_all(force=True), STOP_DRAIN_TIMEOUT_S)
         for server in self._servers:
             server.close()
         for link in self.links.values():
@@ -289,7 +290,7 @@ class GridNode:
         holds. Entities changed since the drain are counted as pending, not
         compared; passivated ones are the store's copy by construction.
         """
-        drained = await self.writebehind.drain(force=True)
+        drained = await self.writebehind.drain_all(force=True)
         shard = self.shard
         keys = list(shard.entities)
         checked = mismatched = pending = 0

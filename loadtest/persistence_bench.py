@@ -230,7 +230,9 @@ def run_scale(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> None:
         try:
             result["ready_s"] = server.start(1800)
             text = server.log_path.read_text()
-            result["recovery_s"] = [float(s) for s in re.findall(r"recovered .* in ([\d.]+) s", text)]
+            result["recovery_s"] = [
+                float(s) for s in re.findall(r"recovered .* in ([\d.]+) s", text)
+            ]
             time.sleep(5)  # let collections settle
             assert server.proc is not None
             pids = [server.proc.pid, *descendants(server.proc.pid)]
@@ -244,11 +246,46 @@ def run_scale(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> None:
                 f"(shard recovery {result['recovery_s']}), RSS total "
                 f"{result['rss_total_mb']:,.0f} MB, shards {result['rss_shards_mb']:,.0f} MB"
             )
+            server.stop()
+            if args.journal_events:
+                result["replay"] = replay_phase(args, server, data_dir)
         except Exception as e:
             result["error"] = f"{type(e).__name__}: {e}"
             log(f"scale/{store_name}: ERROR {result['error']}")
         finally:
             server.stop()
+
+
+def replay_phase(args: argparse.Namespace, server: Server, data_dir: Path) -> dict[str, Any]:
+    """Journal changes the store does not have (as after a store outage), then restart."""
+    from omnigrid.actors.slots import SlotMap
+    from omnigrid.persistence.events import Event
+    from omnigrid.persistence.journal import SqliteJournal
+
+    owner = SlotMap.even(args.shards).owner
+    per_shard: dict[int, list[Event]] = {}
+    now = time.time()
+    for i in range(args.journal_events):
+        key = f"cart:u{i}"
+        args_ = {"sku": f"s{(i * 11) % args.skus_scale}", "qty": 1, "available": 10**6}
+        event = Event("cart", key, 6, "app", "cart.add", now, {}, args_)
+        per_shard.setdefault(owner(key), []).append(event)
+    for shard, events in per_shard.items():
+        journal = SqliteJournal(str(data_dir / f"journal-shard{shard}.sqlite3"), "normal")
+        journal.append(journal.last_seq() + 1, events)
+        journal.close()
+    server.log_path.write_text("")
+    ready_s = server.start(1800)
+    text = server.log_path.read_text()
+    found = re.findall(r"recovered .* and (\d+) journaled events .* in ([\d.]+) s", text)
+    out = {
+        "events": args.journal_events,
+        "ready_s": ready_s,
+        "shards": [{"events": int(n), "seconds": float(t)} for n, t in found],
+    }
+    log(f"scale: {args.journal_events:,} journaled changes replayed: {out['shards']}")
+    server.stop()
+    return out
 
 
 def histogram_free_gauge(metrics: str) -> dict[str, float]:
@@ -340,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stores", default="sqlite,postgres", help="scale: stores to try")
     p.add_argument("--carts-scale", type=int, default=1_000_000)
     p.add_argument("--skus-scale", type=int, default=100_000)
+    p.add_argument(
+        "--journal-events", type=int, default=500_000, help="scale: changes replayed on restart"
+    )
     args = p.parse_args(argv)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out: dict[str, Any] = {"started": stamp, "args": vars(args), "throughput": {}, "scale": {}}

@@ -260,3 +260,20 @@ def test_a_big_entity_is_snapshotted_rarely_and_the_journal_keeps_its_changes(
     assert asyncio.run(node.writebehind.drain(force=True))  # as audit and a clean stop do
     assert not node.shard.dirty and node.journal_size() == 0
     assert Node(tmp_path, clock).states() == node.states()
+
+
+def test_a_big_backlog_drains_in_bounded_slices(tmp_path: Path, clock: Clock) -> None:
+    node = Node(tmp_path, clock)
+    node.shard.drain_keys = 7
+    for i in range(30):
+        node.ok("stock.set", f"stock:s{i}", channel="pos", on_hand=i + 1)
+    drain = node.shard.take_drain()
+    assert drain is not None and len(drain.snapshots) == 7 and len(drain.events) == 30
+    node.shard.drain_failed(drain)
+    assert not asyncio.run(node.writebehind.drain_all(rounds=2))  # 14 of 30 in two rounds
+    journaled = {event.key for _, event in node.journal.replay()}
+    assert node.shard.dirty and node.shard.dirty <= journaled, "trimmed what is not stored"
+    assert Node(tmp_path, clock).states() == node.states()  # a restart half-way loses nothing
+    assert asyncio.run(node.writebehind.drain_all())
+    assert node.journal_size() == 0 and node.shard.backlog_empty()
+    assert Node(tmp_path, clock).states() == node.states()
