@@ -213,6 +213,14 @@ class Shard:
                     self._schedule(entity)
         count = 0
         for seq, event in events:
+            if not self.owns(event.key):
+                # The journal is per shard: a grid restarted after a crash with
+                # another shard count would drop these changes. Refuse instead.
+                raise RuntimeError(
+                    f"shard {self.shard_id}'s journal holds a change to {event.key!r}, which "
+                    "another shard owns now: restart with the shard count it had, and stop "
+                    "it cleanly (that drains the journal) before changing it"
+                )
             entity = self.residency.get(event.key)
             if entity is None or event.version > entity.version:
                 self._replay((event,))

@@ -280,7 +280,15 @@ class GridNode:
             "slot_map_version": self.shard.slot_map.version,
             "slot_ranges": self.shard.slot_map.ranges(self.shard_id),
             "entities": self.shard.entity_counts(),
+            "passivated": len(self.shard.residency.cold),
             "inflight_requests": self.app.inflight,
+            "journal_ok": self.shard.journal_ok(),
+            "store_failing_s": (
+                None
+                if self.writebehind.failing_since is None
+                else round(time.monotonic() - self.writebehind.failing_since, 1)
+            ),
+            "writebehind_queue": len(self.shard.outbox),
         }
 
     async def audit(self) -> dict[str, Any]:
@@ -352,10 +360,20 @@ class GridNode:
         return dict(zip(peers, answers, strict=True))
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
-        answers = await self._ask_all("info")
-        missing = [
-            f"shard {p} does not answer" for p, a in answers.items() if isinstance(a, Exception)
-        ]
+        """Every shard answers, its journal takes writes and its store takes drains."""
+        answers = {self.shard_id: self.info(), **(await self._ask_all("info"))}
+        missing = []
+        for shard, answer in sorted(answers.items()):
+            if isinstance(answer, Exception):
+                missing.append(f"shard {shard} does not answer")
+                continue
+            if not answer["journal_ok"]:
+                missing.append(f"shard {shard}: the journal refuses writes")
+            if answer["store_failing_s"] is not None:
+                missing.append(
+                    f"shard {shard}: the store has refused writes for "
+                    f"{answer['store_failing_s']} s ({answer['writebehind_queue']} queued)"
+                )
         return not missing, {"shards": self.settings.shards, "missing": missing}
 
     async def exposition(self) -> str:

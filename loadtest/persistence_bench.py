@@ -64,10 +64,23 @@ def fresh_database(name: str) -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
+def namespace_of(tag: str) -> str:
+    return "bench" + tag.replace("+", "").replace("-", "")
+
+
+def forget_redis_namespace(url: str, namespace: str) -> None:
+    """A fresh start: an earlier run's journal would be replayed into a fresh database."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    for key in r.scan_iter(f"og:{namespace}:*", count=10_000):
+        r.delete(key)
+
+
 def grid(env: dict[str, str], data_dir: Path, shards: int, logs: Path, tag: str) -> Server:
     port = free_port()
     full = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
-    full.setdefault("OMNIGRID_NAMESPACE", "bench" + tag.replace("+", "").replace("-", ""))
+    full.setdefault("OMNIGRID_NAMESPACE", namespace_of(tag))
     full["OMNIGRID_DATA_DIR"] = str(data_dir)
     full["OMNIGRID_LOG_LEVEL"] = "info"
     exe = shutil.which("omnigrid")
@@ -117,6 +130,8 @@ def run_throughput(args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> 
         env = dict(CONFIGS[name])
         if env.get("OMNIGRID_POSTGRES_DSN") == "<db>":
             env["OMNIGRID_POSTGRES_DSN"] = fresh_database("omnigrid_bench")
+        if env.get("OMNIGRID_REDIS_URL"):
+            forget_redis_namespace(env["OMNIGRID_REDIS_URL"], namespace_of(name))
         server = grid(env, tmp / name, args.shards, logs, name)
         (tmp / name).mkdir(parents=True, exist_ok=True)
         result: dict[str, Any] = {"env": env}

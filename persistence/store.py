@@ -129,7 +129,16 @@ class SqliteStore:
         db = sqlite3.connect(
             self.path, isolation_level=None, timeout=30.0, check_same_thread=check_same_thread
         )
-        db.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL takes an exclusive lock without waiting
+        # on the busy timeout: shards starting together retry it.
+        for attempt in range(100):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 

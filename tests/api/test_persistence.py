@@ -181,11 +181,14 @@ def test_blocked_store_writes_queue_then_drain_and_audit_is_zero(
             assert metric(c, "omnigrid_writebehind_queue_events") >= 60
             assert metric(c, "omnigrid_writebehind_failures") >= 1
             assert postgres.execute("SELECT count(*) FROM omnigrid_snapshots") == [(1,)]
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and "the store has refused writes" in ready.text
             postgres.execute(f"GRANT INSERT, UPDATE ON {TABLES} TO {postgres.role}")
             code, report = audit(grid)
             assert code == 0 and "checked 61 live entities: 0 mismatched" in report, report
             assert metric(c, "omnigrid_writebehind_queue_events") == 0
             assert postgres.execute("SELECT count(*) FROM omnigrid_snapshots") == [(61,)]
+            assert c.get("/readyz").status_code == 200
     finally:
         grid.stop()
 

@@ -277,3 +277,12 @@ def test_a_big_backlog_drains_in_bounded_slices(tmp_path: Path, clock: Clock) ->
     assert asyncio.run(node.writebehind.drain_all())
     assert node.journal_size() == 0 and node.shard.backlog_empty()
     assert Node(tmp_path, clock).states() == node.states()
+
+
+def test_a_journal_from_another_shard_count_is_refused(tmp_path: Path, clock: Clock) -> None:
+    node = Node(tmp_path, clock)
+    for i in range(20):
+        node.ok("stock.set", f"stock:s{i}", channel="pos", on_hand=1)
+    smaller = Shard(0, SlotMap.even(2), node.journal, clock=clock)  # owns half the slots now
+    with pytest.raises(RuntimeError, match="restart with the shard count it had"):
+        smaller.recover(node.journal.replay())
