@@ -351,15 +351,22 @@ def plot(out: dict[str, Any], stamp: str) -> list[Path]:
     scale = {k: v for k, v in out["scale"].items() if "rss_mb" in v}
     if scale:
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        groups = ("shard processes (the entities)", "Ray's own processes", "omnigrid serve")
+        colors = dict(zip(groups, ("tab:blue", "tab:gray", "tab:orange"), strict=True))
         for i, run in enumerate(scale.values()):
-            bottom = 0.0
-            groups: dict[str, float] = {}
+            sizes = dict.fromkeys(groups, 0.0)
             for proc, mb in run["rss_mb"].items():
-                group = proc.split(":")[0]
-                group = "shard processes" if "ray::Shard" in group else group
-                groups[group] = groups.get(group, 0.0) + mb
-            for group, mb in sorted(groups.items(), key=lambda g: -g[1])[:8]:
-                ax.bar(i, mb, bottom=bottom, label=group if i == 0 else None)
+                name = proc.rsplit(":", 1)[0]
+                if name.startswith("ray::Shard"):
+                    sizes[groups[0]] += mb
+                elif name == "omnigrid":
+                    sizes[groups[2]] += mb
+                else:
+                    sizes[groups[1]] += mb
+            bottom = 0.0
+            for group, mb in sizes.items():
+                ax.bar(i, mb, bottom=bottom, color=colors[group], label=group if i == 0 else None)
+                ax.text(i, bottom + mb / 2, f"{mb:,.0f} MB", ha="center", va="center", fontsize=8)
                 bottom += mb
         ax.axhline(3 * 1024, color="red", linestyle=":", label="goal: 3 GB")
         ax.set_xticks(range(len(scale)), [f"{k} store" for k in scale])
@@ -377,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=("throughput", "scale", "all"))
+    p.add_argument("what", choices=("throughput", "scale", "all", "plot"))
+    p.add_argument("--from-json", nargs="*", default=[], help="plot: result files to draw")
     p.add_argument(
         "--configs",
         default="none,sync,async,sync-full,redis+pg",
@@ -397,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.what == "plot":  # redraw from saved results (throughput and scale may differ)
+        merged: dict[str, Any] = {"throughput": {}, "scale": {}}
+        for path in args.from_json:
+            saved = orjson.loads(Path(path).read_bytes())
+            merged["throughput"].update(saved["throughput"])
+            merged["scale"].update(saved["scale"])
+        for png in plot(merged, Path(args.from_json[-1]).stem.removeprefix("persistence-")):
+            log(f"wrote {png}")
+        return 0
     out: dict[str, Any] = {"started": stamp, "args": vars(args), "throughput": {}, "scale": {}}
     tmp = Path(tempfile.mkdtemp(prefix="omnigrid-pbench-"))
     try:
