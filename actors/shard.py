@@ -79,6 +79,8 @@ class Shard:
         self.draining = self.backlog.draining
         self.max_queue = max_queue  # outbox events before writes are refused (0: no limit)
         self.drain_keys = drain_keys  # snapshots per drain (events: ten times as many)
+        # Told of every batch of events once journaled (the live streams' hub).
+        self.on_journaled: Callable[[list[Event]], None] | None = None
         # Entities whose memory held a change the journal refused: reloaded from
         # the store plus the outbox on their next use.
         self.tainted: set[str] = set()
@@ -160,6 +162,8 @@ class Shard:
         for event in events:
             self.seq += 1
             self.backlog.journaled(self.seq, event)
+        if self.on_journaled is not None:
+            self.on_journaled(events)
         return True
 
     @staticmethod

@@ -58,6 +58,9 @@ class Store(Protocol):
     def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
         """Store snapshots and log events in one transaction, ``batch`` rows a statement."""
 
+    def events_since(self, key: str, after: int, limit: int) -> list[Event]:
+        """The logged changes of one entity after version ``after``, oldest first."""
+
     def close(self) -> None: ...
 
 
@@ -195,6 +198,21 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
         return out
 
+    def events_since(self, key: str, after: int, limit: int) -> list[Event]:
+        try:
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT kind, key, version, channel, op, at, view FROM omnigrid_events "
+                    "WHERE key = ? AND version > ? ORDER BY version LIMIT ?",
+                    (key, after, limit),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+        return [Event(k, ky, v, c, o, at, orjson.loads(w)) for k, ky, v, c, o, at, w in rows]
+
     def scan(self, slot_ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
         db = self._reader()
         for low, high in slot_ranges:
@@ -328,6 +346,17 @@ class PostgresStore:
             ).fetchall()
         )
         return {k: bytes(s) for k, s in rows}
+
+    def events_since(self, key: str, after: int, limit: int) -> list[Event]:
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT kind, key, version, channel, op, extract(epoch FROM at)::float8, "
+                "view::text FROM omnigrid_events WHERE key = %s AND version > %s "
+                "ORDER BY version LIMIT %s",
+                (key, after, limit),
+            ).fetchall()
+        )
+        return [Event(k, ky, v, c, o, at, orjson.loads(w)) for k, ky, v, c, o, at, w in rows]
 
     def scan(self, slot_ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
         import psycopg
