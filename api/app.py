@@ -29,6 +29,7 @@ from omnigrid.api.problems import (
 )
 from omnigrid.api.router import Router
 from omnigrid.api.routes import Route, RouteTable
+from omnigrid.api.streams import STREAM_ROUTES, StreamServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -82,6 +83,7 @@ class GridApp:
         channels: frozenset[str],
         docs: ASGIApp,
         max_inflight: int = 4096,
+        streams: StreamServer | None = None,
     ) -> None:
         if not channels:
             raise ValueError("the channel registry must name at least one channel")
@@ -95,6 +97,7 @@ class GridApp:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.table = RouteTable()
+        self.streams = streams  # long-lived: counted apart from max_inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,6 +110,9 @@ class GridApp:
         method: str = scope["method"]
         route, params, path_known = self.table.match(method, path)
         name = route.name if route is not None else "unmatched"
+        if route is not None and route.name in STREAM_ROUTES and self.streams is not None:
+            await self.streams.serve(scope, receive, send, route.name, params)
+            return
         self.inflight += 1
         try:
             status, body, content_type, headers, channel, error_code = await self._dispatch(

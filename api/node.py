@@ -33,11 +33,13 @@ from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.app import GridApp
+from omnigrid.api.hub import HUB_OPS, EventHub
 from omnigrid.api.metrics import GridMetrics, merge_expositions
 from omnigrid.api.openapi import docs_app
 from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.router import Router
 from omnigrid.api.settings import Settings
+from omnigrid.api.streams import StreamServer
 from omnigrid.persistence.journal import Journal, NullJournal, RedisJournal, SqliteJournal
 from omnigrid.persistence.store import PostgresStore, RedisHotCopy, SqliteStore, Store
 from omnigrid.persistence.writebehind import WriteBehind
@@ -120,6 +122,9 @@ class GridNode:
             if peer != shard_id
         }
         self.router = Router(self.shard, self.links)
+        self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
+        self.shard.on_journaled = self.hub.on_journaled
+        self.streams = StreamServer(self.hub, settings.max_streams, settings.stream_heartbeat_s)
         self.app = GridApp(
             self.router,
             self,
@@ -127,6 +132,7 @@ class GridNode:
             frozenset(settings.channels),
             docs_app(),
             settings.max_inflight,
+            self.streams,
         )
         self.metrics.add_gauges(
             "omnigrid_shard_queue_depth",
@@ -139,6 +145,18 @@ class GridNode:
             "Entities held in memory by this shard, by kind.",
             ["kind"],
             lambda: [([k], float(n)) for k, n in self.shard.entity_counts().items()],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_streams_open",
+            "Server-Sent Event streams open on this process.",
+            [],
+            lambda: [([], float(self.streams.open))],
+        )
+        self.metrics.add_gauges(
+            "omnigrid_stream_events_sent",
+            "Events written to streams by this process since it started.",
+            [],
+            lambda: [([], float(self.streams.sent))],
         )
         self.metrics.add_gauges(
             "omnigrid_passivated_entities",
@@ -208,6 +226,7 @@ class GridNode:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._tick()))
         self._tasks.append(loop.create_task(self.writebehind.run()))
+        self._tasks.append(loop.create_task(self.hub.refresh_forever()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
@@ -250,8 +269,16 @@ class GridNode:
 
     def _apply_wire_batch(self, batch: list[Any]) -> list[Any]:
         self.metrics.served_batch_size.labels(self.metrics.shard).observe(len(batch))
-        results = self.shard.apply_batch([Command.from_wire(w) for w in batch])
-        return [r.to_wire() for r in results]
+        commands = [Command.from_wire(w) for w in batch]
+        if not any(cmd.op in HUB_OPS for cmd in commands):
+            return [r.to_wire() for r in self.shard.apply_batch(commands)]
+        # Stream traffic rides the same frames; the shard sees only its commands.
+        grid = [cmd for cmd in commands if cmd.op not in HUB_OPS]
+        answers = iter(self.shard.apply_batch(grid))
+        return [
+            (self.hub.serve(cmd) if cmd.op in HUB_OPS else next(answers)).to_wire()
+            for cmd in commands
+        ]
 
     async def _tick(self) -> None:
         while True:

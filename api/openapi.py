@@ -120,6 +120,8 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "metrics": (200, str),
     "cluster": (200, dict[str, Any]),
     "audit": (200, dict[str, Any]),
+    "user_stream": (200, str),
+    "sku_stream": (200, str),
 }
 # The problem codes each route can answer with, beyond the ones every route has.
 REFUSALS: dict[str, tuple[str, ...]] = {

@@ -31,6 +31,8 @@ class Settings:
     writebehind_batch: int = 5_000  # rows per statement to the store
     writebehind_max_queue: int = 500_000  # changes waiting for the store per shard before 503
     max_resident: int = 1_000_000  # entities per shard in memory before idle ones passivate
+    max_streams: int = 20_000  # open event streams per process before 429
+    stream_heartbeat_s: float = 15.0  # a comment line on idle streams, for proxies
     log_level: str = "warning"
 
     @classmethod
