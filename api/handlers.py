@@ -34,7 +34,7 @@ class Call:
 Handler = Callable[[Router, Call], Awaitable[tuple[int, Any]]]
 
 
-def _fingerprint(op: str, key: str, body: dict[str, Any]) -> str:
+def fingerprint(op: str, key: str, body: dict[str, Any]) -> str:
     canonical = orjson.dumps([op, key, body], option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
@@ -48,7 +48,7 @@ def _command(
         args,
         call.channel,
         call.idempotency_key,
-        _fingerprint(op, key, fp_body) if call.idempotency_key is not None else None,
+        fingerprint(op, key, fp_body) if call.idempotency_key is not None else None,
         call.if_match,
     )
 

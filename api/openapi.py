@@ -86,6 +86,35 @@ class CartView(BaseModel):
     lines: list[CartLine]
 
 
+class SyncOp(BaseModel):
+    op_id: str = Field(min_length=1, max_length=128, description="unique per device op")
+    op: Literal["cart.add", "cart.set", "cart.remove", "cart.clear"]
+    uid: str
+    sku: str | None = None
+    qty: int | None = Field(None, ge=0, le=9999)
+    base_version: int | None = Field(None, description="the cart version the op was made on")
+    at: str | float | None = Field(None, description="when the shopper did it, offline")
+
+
+class SyncBatch(BaseModel):
+    client_id: str
+    ops: list[SyncOp] = Field(min_length=1, max_length=500)
+
+
+class SyncResult(BaseModel):
+    op_id: str | None
+    status: Literal["applied", "duplicate", "conflict", "rejected"]
+    code: str | None
+    detail: str | None
+    version: int | None = None
+    view: dict[str, Any] | None = Field(None, description="conflicts: the cart as it is now")
+
+
+class SyncAnswer(BaseModel):
+    client_id: str
+    results: list[SyncResult]
+
+
 class Problem(BaseModel):
     type: str
     title: str
@@ -101,6 +130,7 @@ BODIES: dict[str, type[BaseModel]] = {
     "reserve": ReservationCreate,
     "add_line": LineAdd,
     "set_line": LineSet,
+    "sync": SyncBatch,
 }
 ANSWERS: dict[str, tuple[int, Any]] = {
     "put_stock": (200, StockView),
@@ -120,6 +150,7 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "metrics": (200, str),
     "cluster": (200, dict[str, Any]),
     "audit": (200, dict[str, Any]),
+    "sync": (200, SyncAnswer),
     "user_stream": (200, str),
     "sku_stream": (200, str),
 }

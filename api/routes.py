@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from omnigrid.api import handlers as h
+from omnigrid.api.sync import sync as offline_sync
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/carts/{uid}/lines", "add_line", h.add_line, "Add to a cart line"),
     Route("PUT", "/v1/carts/{uid}/lines/{sku}", "set_line", h.set_line, "Set a line's quantity"),
     Route("DELETE", "/v1/carts/{uid}/lines/{sku}", "remove_line", h.remove_line, "Remove a line"),
+    Route("POST", "/v1/sync", "sync", offline_sync, "Replay a device's offline cart work once"),
     Route(
         "GET",
         "/v1/streams/users/{uid}",

@@ -1,0 +1,122 @@
+"""``POST /v1/sync``: a device's offline cart work, replayed exactly once.
+
+The body is ``{"client_id", "ops": [...]}``; each op carries its own
+``op_id``. Ops run in the order given, one after the other, each through the
+same commands as the cart endpoints, with the idempotency key
+``sync:<client_id>:<op_id>`` on the cart it changes. A batch sent again (the
+device never saw the answer) therefore applies nothing twice: an op already
+applied answers ``duplicate`` with the version it reached then.
+
+Each op's result is one of:
+
+- ``applied``: it ran (a no-op, such as removing an absent line, is applied too);
+- ``duplicate``: this ``op_id`` was applied before (within 24 hours);
+- ``conflict``: it is valid but the cart or the stock says no now. ``code`` is
+  ``version_conflict`` (``base_version`` is not the cart's version),
+  ``insufficient_stock``, ``unknown_sku`` or ``cart_full``; ``view`` is the
+  cart as it is, so the device can show the shopper what changed;
+- ``rejected``: the op itself is bad (``invalid_request``), or its ``op_id``
+  was used before for a different op (``idempotency_key_reused``).
+
+One op's conflict or rejection does not stop the ops after it: each is judged
+on its own, against the cart as the ops before it left it. ``at`` (when the
+shopper did it offline) is recorded as given and does not reorder anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omnigrid.actors.cart import MAX_LINE_QTY
+from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.actors.protocol import Command
+from omnigrid.api import validation as v
+from omnigrid.api.handlers import Call, fingerprint
+from omnigrid.api.router import Router
+
+MAX_OPS = 500
+MAX_OP_ID_CHARS = 128
+CART_OPS = frozenset({"cart.add", "cart.set", "cart.remove", "cart.clear"})
+CONFLICTS = frozenset({"version_conflict", "insufficient_stock", "unknown_sku", "cart_full"})
+OP_FIELDS = {"op_id", "op", "uid", "sku", "qty", "base_version", "at"}
+
+
+async def sync(router: Router, call: Call) -> tuple[int, Any]:
+    body = v.json_object(call.body)
+    v.fields(body, {"client_id", "ops"})
+    client_id = body["client_id"]
+    if not isinstance(client_id, str) or v.ID_PATTERN.fullmatch(client_id) is None:
+        raise InvalidRequest("client_id must be a string matching ^[A-Za-z0-9_.:-]{1,64}$")
+    ops = body["ops"]
+    if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_OPS:
+        raise InvalidRequest(f"ops must be a list of 1 to {MAX_OPS} operations")
+    results = [await _run(router, call.channel, client_id, op) for op in ops]
+    return 200, {"client_id": client_id, "results": results}
+
+
+async def _run(router: Router, channel: str, client_id: str, op: Any) -> dict[str, Any]:
+    op_id = op.get("op_id") if isinstance(op, dict) else None
+    out: dict[str, Any] = {"op_id": op_id, "status": "", "code": None, "detail": None}
+    try:
+        if not isinstance(op_id, str) or not 1 <= len(op_id) <= MAX_OP_ID_CHARS:
+            raise InvalidRequest(f"op_id must be a string of 1 to {MAX_OP_ID_CHARS} characters")
+        cmd = await _command(router, channel, client_id, op)
+    except GridError as err:
+        return {**out, "status": "rejected", "code": err.code, "detail": err.detail}
+    result = await router.call(cmd)
+    if result.ok:
+        status = "duplicate" if result.code == "replayed" else "applied"
+        return {**out, "status": status, "version": result.body["version"]}
+    if result.code in CONFLICTS:
+        current = await router.call(Command("cart.get", cmd.key))
+        view = current.body if current.ok else None
+        return {
+            **out,
+            "status": "conflict",
+            "code": result.code,
+            "detail": result.detail,
+            "version": view["version"] if view else None,
+            "view": view,
+        }
+    if result.status in (429, 503):  # the grid, not the op: the device should retry it
+        raise GridError(result.code or "unavailable", result.detail or "", result.status)
+    return {**out, "status": "rejected", "code": result.code, "detail": result.detail}
+
+
+async def _command(router: Router, channel: str, client_id: str, op: dict[str, Any]) -> Command:
+    v.fields(op, {"op_id", "op", "uid"}, OP_FIELDS - {"op_id", "op", "uid"})
+    name = op["op"]
+    if name not in CART_OPS:
+        raise InvalidRequest(f"op must be one of {', '.join(sorted(CART_OPS))}")
+    uid = op["uid"]
+    if not isinstance(uid, str):
+        raise InvalidRequest("uid must be a string")
+    key = "cart:" + v.identifier(uid, "uid")
+    base = op.get("base_version")
+    if base is not None:
+        base = v.integer(op, "base_version", 0, v.MAX_COUNT)
+    at = op.get("at")
+    if isinstance(at, bool) or not isinstance(at, str | int | float | None):
+        raise InvalidRequest("at must be an RFC 3339 string or epoch seconds")
+    args: dict[str, Any] = {}
+    if name in ("cart.add", "cart.set", "cart.remove"):
+        sku = v.sku_field(op)
+        args["sku"] = sku
+        if name != "cart.remove":
+            qty = v.integer(op, "qty", 1 if name == "cart.add" else 0, MAX_LINE_QTY)
+            args["qty"] = qty
+            args["available"] = (await router.peek([sku]))[sku] if qty else 0
+        elif "qty" in op:
+            raise InvalidRequest("cart.remove takes no qty")
+    elif "sku" in op or "qty" in op:
+        raise InvalidRequest("cart.clear takes no sku or qty")
+    content = {k: op.get(k) for k in ("op", "uid", "sku", "qty", "base_version")}
+    return Command(
+        name,
+        key,
+        args,
+        channel,
+        f"sync:{client_id}:{op['op_id']}",
+        fingerprint(name, key, content),
+        base,
+    )
