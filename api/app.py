@@ -179,7 +179,12 @@ class GridApp:
                     + ", ".join(sorted(self.channels)),
                 )
             call = Call(
-                params, body, channel, v.idempotency_key(idem_raw), v.if_match(if_match_raw)
+                params,
+                body,
+                channel,
+                v.idempotency_key(idem_raw),
+                v.if_match(if_match_raw),
+                scope.get("query_string", b""),
             )
             status, answer = await route.handler(self.router, call)
             headers: list[tuple[bytes, bytes]] = []

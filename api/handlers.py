@@ -9,6 +9,7 @@ body is a dict checked field by field (api/validation.py).
 from __future__ import annotations
 
 import hashlib
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,16 @@ class Call:
     channel: str
     idempotency_key: str | None
     if_match: int | None
+    query: bytes = b""
+
+    def query_int(self, name: str, default: int, low: int, high: int) -> int:
+        """An integer query parameter (``?limit=50``), checked like a body field."""
+        values = urllib.parse.parse_qs(self.query.decode("latin-1")).get(name)
+        if not values:
+            return default
+        if not values[0].isdigit():
+            raise InvalidRequest(f"{name} must be an integer")
+        return v.integer({name: int(values[0])}, name, low, high)
 
 
 Handler = Callable[[Router, Call], Awaitable[tuple[int, Any]]]

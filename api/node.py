@@ -38,8 +38,11 @@ from omnigrid.api.metrics import GridMetrics, merge_expositions
 from omnigrid.api.openapi import docs_app
 from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.router import Router
+from omnigrid.api.services import Services
 from omnigrid.api.settings import Settings
 from omnigrid.api.streams import StreamServer
+from omnigrid.persistence.behaviour import BehaviourLog
+from omnigrid.persistence.db import Database
 from omnigrid.persistence.journal import Journal, NullJournal, RedisJournal, SqliteJournal
 from omnigrid.persistence.store import PostgresStore, RedisHotCopy, SqliteStore, Store
 from omnigrid.persistence.writebehind import WriteBehind
@@ -121,7 +124,13 @@ class GridNode:
             for peer in range(settings.shards)
             if peer != shard_id
         }
-        self.router = Router(self.shard, self.links)
+        database = (
+            Database(postgres_dsn=settings.postgres_dsn)
+            if settings.postgres_dsn
+            else Database(sqlite_path=os.path.join(settings.data_dir, "store.sqlite3"))
+        )
+        self.services = Services(database, BehaviourLog(database), frozenset(settings.channels))
+        self.router = Router(self.shard, self.links, self.services)
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
         self.shard.on_journaled = self.hub.on_journaled
         self.streams = StreamServer(self.hub, settings.max_streams, settings.stream_heartbeat_s)

@@ -151,6 +151,8 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "cluster": (200, dict[str, Any]),
     "audit": (200, dict[str, Any]),
     "sync": (200, SyncAnswer),
+    "post_events": (202, dict[str, Any]),
+    "timeline": (200, dict[str, Any]),
     "user_stream": (200, str),
     "sku_stream": (200, str),
 }

@@ -9,6 +9,7 @@ map; the router adopts it and tries again.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from omnigrid.actors.errors import Unavailable
 from omnigrid.actors.protocol import MOVED, Command, Result
@@ -16,14 +17,20 @@ from omnigrid.actors.shard import PEEK, Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.peers import PeerLink
 
+if TYPE_CHECKING:
+    from omnigrid.api.services import Services
+
 MAX_REDIRECTS = 3
 REDIRECT_PAUSE_S = 0.05
 
 
 class Router:
-    def __init__(self, shard: Shard, links: dict[int, PeerLink]) -> None:
+    def __init__(
+        self, shard: Shard, links: dict[int, PeerLink], services: Services | None = None
+    ) -> None:
         self.shard = shard
         self.links = links
+        self.services = services  # the store's other tables (behaviour log, webhooks)
         self.slot_map = shard.slot_map
         self._local: list[tuple[Command, asyncio.Future[Result]]] = []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omnigrid.api import behaviour as b
 from omnigrid.api import handlers as h
 from omnigrid.api.sync import sync as offline_sync
 
@@ -68,6 +69,14 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/v1/carts/{uid}/lines/{sku}", "set_line", h.set_line, "Set a line's quantity"),
     Route("DELETE", "/v1/carts/{uid}/lines/{sku}", "remove_line", h.remove_line, "Remove a line"),
     Route("POST", "/v1/sync", "sync", offline_sync, "Replay a device's offline cart work once"),
+    Route("POST", "/v1/events", "post_events", b.post_events, "Log channel behaviour for a uid"),
+    Route(
+        "GET",
+        "/v1/users/{uid}/timeline",
+        "timeline",
+        b.timeline,
+        "A user's behaviour and cart changes across channels, in time order",
+    ),
     Route(
         "GET",
         "/v1/streams/users/{uid}",

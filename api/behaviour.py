@@ -1,0 +1,136 @@
+"""``POST /v1/events`` (channel behaviour for a uid) and ``GET /v1/users/{uid}/timeline``.
+
+A batch is checked whole before anything is stored: one bad event refuses the
+batch with 422 and stores nothing. ``at`` is when it happened on the channel
+(RFC 3339 or epoch seconds; now when absent; at most a day ahead); ``channel``
+is the event's own or else the request's ``X-Channel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+from omnigrid.actors.errors import InvalidRequest, Unavailable
+from omnigrid.api import validation as v
+from omnigrid.api.handlers import Call
+from omnigrid.api.router import Router
+from omnigrid.persistence.behaviour import TYPES
+from omnigrid.persistence.store import StoreUnavailable
+
+MAX_EVENTS = 500
+MAX_TIMELINE = 1_000
+EVENT_FIELDS = {
+    "type",
+    "at",
+    "channel",
+    "event_id",
+    "sku",
+    "query",
+    "store_id",
+    "qty",
+    "amount",
+    "ref",
+}
+FUTURE_SLACK_S = 24 * 3600.0
+
+
+def _at(value: Any, now: float) -> float:
+    if value is None:
+        return now
+    if isinstance(value, bool):
+        raise InvalidRequest("at must be an RFC 3339 time or epoch seconds")
+    if isinstance(value, int | float):
+        at = float(value)
+    elif isinstance(value, str) and len(value) <= 40:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(f"at {value!r} is not an RFC 3339 time") from None
+        if parsed.tzinfo is None:
+            raise InvalidRequest("at must carry a time zone (e.g. Z)")
+        at = parsed.timestamp()
+    else:
+        raise InvalidRequest("at must be an RFC 3339 time or epoch seconds")
+    if not 0 < at <= now + FUTURE_SLACK_S:
+        raise InvalidRequest("at is out of range (after 1970, at most a day ahead)")
+    return at
+
+
+def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidRequest("each event must be an object")
+    v.fields(raw, {"type"}, EVENT_FIELDS - {"type"})
+    if raw["type"] not in TYPES:
+        raise InvalidRequest(f"type must be one of {', '.join(TYPES)}")
+    own = raw.get("channel", channel)
+    if own not in channels:
+        raise InvalidRequest(f"channel {own!r} is not in the registry")
+    event_id = v.text(raw, "event_id", 128)
+    data: dict[str, Any] = {}
+    if "sku" in raw:
+        data["sku"] = v.sku_field(raw)
+    if "store_id" in raw:
+        if not isinstance(raw["store_id"], str):
+            raise InvalidRequest("store_id must be a string")
+        data["store_id"] = v.identifier(raw["store_id"], "store_id")
+    for name, limit in (("query", 256), ("ref", 128)):
+        if name in raw:
+            data[name] = v.text(raw, name, limit)
+    if "qty" in raw:
+        data["qty"] = v.integer(raw, "qty", 1, v.MAX_COUNT)
+    if "amount" in raw:
+        amount = raw["amount"]
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not 0 <= amount <= 1e12
+        ):
+            raise InvalidRequest("amount must be a number between 0 and 10^12")
+        data["amount"] = amount
+    return {
+        "type": raw["type"],
+        "channel": own,
+        "at": _at(raw.get("at"), now),
+        "event_id": event_id,
+        "data": data,
+    }
+
+
+async def post_events(router: Router, call: Call) -> tuple[int, Any]:
+    body = v.json_object(call.body)
+    v.fields(body, {"uid", "events"})
+    if not isinstance(body["uid"], str):
+        raise InvalidRequest("uid must be a string")
+    uid = v.identifier(body["uid"], "uid")
+    raw = body["events"]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_EVENTS:
+        raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS} events")
+    now = time.time()
+    channels = router.services.channels if router.services else frozenset({call.channel})
+    events = [_event(e, call.channel, channels, now) for e in raw]
+    log = _services(router).behaviour
+    try:
+        await asyncio.to_thread(log.append, uid, events)
+    except StoreUnavailable as e:
+        raise Unavailable(f"the behaviour log cannot be written: {e}") from e
+    return 202, {"uid": uid, "accepted": len(events)}
+
+
+async def timeline(router: Router, call: Call) -> tuple[int, Any]:
+    uid = v.identifier(call.params["uid"], "uid")
+    limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
+    log = _services(router).behaviour
+    try:
+        items = await asyncio.to_thread(log.timeline, uid, limit)
+    except StoreUnavailable as e:
+        raise Unavailable(f"the timeline cannot be read: {e}") from e
+    return 200, {"uid": uid, "items": items}
+
+
+def _services(router: Router) -> Any:
+    if router.services is None:
+        raise Unavailable("this process has no store")
+    return router.services

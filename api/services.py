@@ -1,0 +1,15 @@
+"""What a grid process offers handlers beside its entities: the tables in the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omnigrid.persistence.behaviour import BehaviourLog
+from omnigrid.persistence.db import Database
+
+
+@dataclass
+class Services:
+    db: Database
+    behaviour: BehaviourLog
+    channels: frozenset[str]

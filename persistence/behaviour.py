@@ -1,0 +1,88 @@
+"""The behaviour log: what shoppers do on each channel, next to what the grid did.
+
+Channel backends send batches of behaviour (a product view in the app, a
+search on H5, a store visit, a purchase at a till) for a uid. They are stored
+as they come (``omnigrid_behaviour``), deduplicated on the channel's own
+``event_id`` when it gives one, and a timeline merges them with the grid's
+own changes to the user's cart (the event log) in time order: one user's path
+across channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from omnigrid.actors.entity import rfc3339
+from omnigrid.persistence.db import Database
+
+TYPES = ("view", "favourite", "search", "store_visit", "purchase")
+
+
+class BehaviourLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def append(self, uid: str, events: Sequence[dict[str, Any]]) -> None:
+        """Store one batch (all or nothing); an ``event_id`` seen before is skipped."""
+        rows = [
+            (
+                uid,
+                e.get("event_id"),
+                e["type"],
+                e["channel"],
+                e["at"],
+                orjson.dumps(e["data"]).decode(),
+            )
+            for e in events
+        ]
+        self.db.execute_many(
+            [
+                (
+                    "INSERT INTO omnigrid_behaviour (uid, event_id, type, channel, at, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    rows,
+                )
+            ]
+        )
+
+    def timeline(self, uid: str, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` most recent items, behaviour and cart changes, oldest first."""
+        behaviour = self.db.query(
+            "SELECT at, id, type, channel, data, event_id FROM omnigrid_behaviour "
+            "WHERE uid = ? ORDER BY at DESC, id DESC LIMIT ?",
+            (uid, limit),
+        )
+        at = "extract(epoch FROM at)::float8" if self.db.postgres_dsn else "at"
+        view = "view::text" if self.db.postgres_dsn else "view"
+        changes = self.db.query(
+            f"SELECT {at}, kind, op, channel, version, {view} FROM omnigrid_events "
+            "WHERE key = ? ORDER BY version DESC LIMIT ?",
+            ("cart:" + uid, limit),
+        )
+        items: list[tuple[float, int, dict[str, Any]]] = []  # (at, arrival order, item)
+        for when, row_id, kind, channel, data, event_id in behaviour:
+            item = {"at": rfc3339(when), "source": "channel", "type": kind, "channel": channel}
+            if event_id is not None:
+                item["event_id"] = event_id
+            items.append((when, row_id, {**item, **orjson.loads(data)}))
+        for when, kind, op, channel, version, view in changes:
+            items.append(
+                (
+                    when,
+                    version,
+                    {
+                        "at": rfc3339(when),
+                        "source": "grid",
+                        "type": op,
+                        "channel": channel,
+                        "entity": kind,
+                        "version": version,
+                        "view": orjson.loads(view),
+                    },
+                )
+            )
+        items.sort(key=lambda entry: (entry[0], entry[1]))
+        return [item for _, _, item in items[-limit:]]

@@ -1,0 +1,93 @@
+"""One small door to the store's database for the tables beside the entities.
+
+The behaviour log and the webhooks' tables are written with plain SQL that both
+SQLite and PostgreSQL understand (``?`` placeholders, ``ON CONFLICT DO
+NOTHING``, epoch seconds as numbers, JSON as text), so one piece of code serves
+the embedded store and the system of record. A connection per thread, as for
+the store itself; errors become ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from omnigrid.persistence.store import StoreUnavailable
+
+Row = tuple[Any, ...]
+
+
+class Database:
+    def __init__(self, postgres_dsn: str = "", sqlite_path: str = "") -> None:
+        if not postgres_dsn and not sqlite_path:
+            raise ValueError("a PostgreSQL DSN or an SQLite path is needed")
+        self.postgres_dsn = postgres_dsn
+        self.sqlite_path = sqlite_path
+        self._local = threading.local()
+        if sqlite_path:
+            os.makedirs(os.path.dirname(os.path.abspath(sqlite_path)), exist_ok=True)
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not (self.postgres_dsn and (conn.closed or conn.broken)):
+            return conn
+        if self.postgres_dsn:
+            import psycopg
+
+            conn = psycopg.connect(self.postgres_dsn, autocommit=True, connect_timeout=3)
+        else:
+            conn = sqlite3.connect(self.sqlite_path, isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA busy_timeout = 30000")
+        self._local.conn = conn
+        return conn
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres_dsn else sql
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._run(lambda c: c.execute(self._sql(sql), params).fetchall())  # type: ignore[no-any-return]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the rows it changed."""
+        return self._run(lambda c: c.execute(self._sql(sql), params).rowcount)  # type: ignore[no-any-return]
+
+    def execute_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Several statements, each over many rows, in one transaction."""
+
+        def run(conn: Any) -> None:
+            if self.postgres_dsn:
+                with conn.transaction(), conn.cursor() as cur:
+                    for sql, rows in statements:
+                        if rows:
+                            cur.executemany(self._sql(sql), rows)
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    if rows:
+                        conn.executemany(sql, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        self._run(run)
+
+    def _run(self, work: Any) -> Any:
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                conn = self._conn()
+                return work(conn)
+            except (psycopg.Error, sqlite3.Error) as e:
+                broken = self.postgres_dsn and getattr(self._local, "conn", None) is not None
+                if attempt == 1 and broken and (self._local.conn.closed or self._local.conn.broken):
+                    continue  # a connection cut while idle: one fresh try
+                raise StoreUnavailable(
+                    f"{'PostgreSQL' if self.postgres_dsn else 'SQLite'}: {e}"
+                ) from e
+        raise AssertionError("unreachable")
