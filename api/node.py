@@ -41,10 +41,12 @@ from omnigrid.api.router import Router
 from omnigrid.api.services import Services
 from omnigrid.api.settings import Settings
 from omnigrid.api.streams import StreamServer
+from omnigrid.api.webhooks import WebhookSender
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.journal import Journal, NullJournal, RedisJournal, SqliteJournal
 from omnigrid.persistence.store import PostgresStore, RedisHotCopy, SqliteStore, Store
+from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
 
 log = logging.getLogger("omnigrid.node")
@@ -129,7 +131,18 @@ class GridNode:
             if settings.postgres_dsn
             else Database(sqlite_path=os.path.join(settings.data_dir, "store.sqlite3"))
         )
-        self.services = Services(database, BehaviourLog(database), frozenset(settings.channels))
+        self.services = Services(
+            database, BehaviourLog(database), WebhookStore(database), frozenset(settings.channels)
+        )
+        self.webhook_sender = WebhookSender(
+            shard_id,
+            self.services.webhooks,
+            settings.webhook_max_attempts,
+            settings.webhook_backoff_s,
+            settings.webhook_timeout_s,
+        )
+        self.writebehind.webhooks = self.webhook_sender.webhooks
+        self.writebehind.shard_id = shard_id
         self.router = Router(self.shard, self.links, self.services)
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
         self.shard.on_journaled = self.hub.on_journaled
@@ -236,6 +249,7 @@ class GridNode:
         self._tasks.append(loop.create_task(self._tick()))
         self._tasks.append(loop.create_task(self.writebehind.run()))
         self._tasks.append(loop.create_task(self.hub.refresh_forever()))
+        self._tasks.append(loop.create_task(self.webhook_sender.run()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(

@@ -153,6 +153,10 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "sync": (200, SyncAnswer),
     "post_events": (202, dict[str, Any]),
     "timeline": (200, dict[str, Any]),
+    "register_webhook": (201, dict[str, Any]),
+    "list_webhooks": (200, dict[str, Any]),
+    "delete_webhook": (200, dict[str, Any]),
+    "dead_letters": (200, dict[str, Any]),
     "user_stream": (200, str),
     "sku_stream": (200, str),
 }

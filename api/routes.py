@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from omnigrid.api import behaviour as b
 from omnigrid.api import handlers as h
+from omnigrid.api import webhooks as w
 from omnigrid.api.sync import sync as offline_sync
 
 
@@ -70,6 +71,16 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/carts/{uid}/lines/{sku}", "remove_line", h.remove_line, "Remove a line"),
     Route("POST", "/v1/sync", "sync", offline_sync, "Replay a device's offline cart work once"),
     Route("POST", "/v1/events", "post_events", b.post_events, "Log channel behaviour for a uid"),
+    Route("POST", "/v1/webhooks", "register_webhook", w.register, "Register a webhook"),
+    Route("GET", "/v1/webhooks", "list_webhooks", w.list_webhooks, "List the webhooks"),
+    Route("DELETE", "/v1/webhooks/{webhook_id}", "delete_webhook", w.delete, "Delete a webhook"),
+    Route(
+        "GET",
+        "/v1/webhooks/{webhook_id}/dead-letters",
+        "dead_letters",
+        w.dead_letters,
+        "Deliveries given up on after the last retry",
+    ),
     Route(
         "GET",
         "/v1/users/{uid}/timeline",

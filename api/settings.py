@@ -33,6 +33,9 @@ class Settings:
     max_resident: int = 1_000_000  # entities per shard in memory before idle ones passivate
     max_streams: int = 20_000  # open event streams per process before 429
     stream_heartbeat_s: float = 15.0  # a comment line on idle streams, for proxies
+    webhook_max_attempts: int = 8  # deliveries tried this often, then dead letters
+    webhook_backoff_s: float = 1.0  # first retry after this, doubling each time
+    webhook_timeout_s: float = 5.0  # a receiver that takes longer has failed this try
     log_level: str = "warning"
 
     @classmethod

@@ -55,8 +55,14 @@ class Store(Protocol):
     def scan(self, slot_ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[str, bytes]]:
         """Every stored entity in these slots, most recently changed first."""
 
-    def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
-        """Store snapshots and log events in one transaction, ``batch`` rows a statement."""
+    def write(
+        self,
+        snapshots: Sequence[Snapshot],
+        events: Sequence[Event],
+        batch: int,
+        deliveries: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
+        """Store snapshots, log events and queue webhook deliveries in one transaction."""
 
     def events_since(self, key: str, after: int, limit: int) -> list[Event]:
         """The logged changes of one entity after version ``after``, oldest first."""
@@ -84,6 +90,9 @@ def _json(value: Any) -> str:
 
 
 SQLITE_MAX_PARAMS = 32_766
+DELIVERY_INSERT = (
+    "INSERT INTO omnigrid_deliveries (shard, webhook_id, event_id, body, attempts, next_at)"
+)
 
 
 def _snapshot_rows(snapshots: Sequence[Snapshot]) -> list[tuple[Any, ...]]:
@@ -227,7 +236,13 @@ class SqliteStore:
             except sqlite3.Error as e:
                 raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
 
-    def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
+    def write(
+        self,
+        snapshots: Sequence[Snapshot],
+        events: Sequence[Event],
+        batch: int,
+        deliveries: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
         db = self._writer
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -244,11 +259,11 @@ class SqliteStore:
                 _insert_rows(
                     db,
                     "INSERT OR IGNORE INTO omnigrid_events VALUES {rows}",
-                    [
-                        (e.key, e.version, e.kind, e.channel, e.op, e.at, _json(e.view))
-                        for e in events
-                    ],
+                    _event_rows(events),
                     batch,
+                )
+                _insert_rows(
+                    db, DELIVERY_INSERT + " VALUES {rows} ON CONFLICT DO NOTHING", deliveries, batch
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -376,7 +391,13 @@ class PostgresStore:
             except psycopg.Error as e:
                 raise StoreUnavailable(f"PostgreSQL: {e}") from e
 
-    def write(self, snapshots: Sequence[Snapshot], events: Sequence[Event], batch: int) -> None:
+    def write(
+        self,
+        snapshots: Sequence[Snapshot],
+        events: Sequence[Event],
+        batch: int,
+        deliveries: Sequence[tuple[Any, ...]] = (),
+    ) -> None:
         def write(conn: Any) -> None:
             with conn.transaction():
                 # Rows become columns: one array parameter per column, unnest()ed.
@@ -398,6 +419,12 @@ class PostgresStore:
                         "%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
                         "%s::float8[], %s::text[]) AS t(k, v, kd, c, o, a, w) "
                         "ON CONFLICT DO NOTHING",
+                        [list(column) for column in zip(*chunk, strict=True)],
+                    )
+                for chunk in _chunks(deliveries, batch):
+                    conn.execute(
+                        DELIVERY_INSERT + " SELECT * FROM unnest(%s::int[], %s::text[], "
+                        "%s::text[], %s::text[], %s::int[], %s::float8[]) ON CONFLICT DO NOTHING",
                         [list(column) for column in zip(*chunk, strict=True)],
                     )
 

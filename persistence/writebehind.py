@@ -20,12 +20,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.store import RedisHotCopy, Snapshot, Store, StoreUnavailable
+from omnigrid.persistence.webhooks import Webhook, deliveries_for
 
 log = logging.getLogger("omnigrid.writebehind")
 LOG_EVERY_S = 10.0
@@ -67,6 +68,8 @@ class WriteBehind:
         interval_s: float,
         batch: int,
         observe_lag: Callable[[list[float]], None] = lambda lags: None,
+        shard_id: int = 0,
+        webhooks: Callable[[], Sequence[Webhook]] = lambda: (),
     ) -> None:
         self.shard = shard
         self.store = store
@@ -74,6 +77,8 @@ class WriteBehind:
         self.interval_s = interval_s
         self.batch = batch
         self.observe_lag = observe_lag
+        self.shard_id = shard_id
+        self.webhooks = webhooks  # the registrations whose deliveries each drain queues
         self.failures = 0
         self.drains = 0
         self.failing_since: float | None = None
@@ -127,7 +132,9 @@ class WriteBehind:
         return False
 
     def _write(self, drain: Drain) -> None:
-        self.store.write(drain.snapshots, drain.events, self.batch)
+        now = time.time()
+        deliveries = deliveries_for(self.shard_id, self.webhooks(), drain.events, now)
+        self.store.write(drain.snapshots, drain.events, self.batch, deliveries)
         if self.hot_copy is not None:
             self.hot_copy.write(drain.snapshots, self.batch)
         now = time.time()
