@@ -47,13 +47,16 @@ class Result:
     body: Any = None
     code: str | None = None
     detail: str | None = None
+    # The answer of an earlier write with the same idempotency key, given again
+    # (POST /v1/sync reports it as "duplicate"). Not part of the answer itself.
+    replayed: bool = field(default=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status < 400
 
     def to_wire(self) -> list[Any]:
-        return [self.status, self.body, self.code, self.detail]
+        return [self.status, self.body, self.code, self.detail, self.replayed]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Result:

@@ -299,7 +299,7 @@ class Shard:
                         "idempotency_key_reused",
                         "this Idempotency-Key was used with a different request",
                     )
-                return Result(record.status, record.body, "replayed")  # code: a marker
+                return Result(record.status, record.body, replayed=True)
         if cmd.if_match is not None and cmd.if_match != entity.version:
             return Result(
                 412,

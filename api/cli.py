@@ -44,6 +44,11 @@ configuration (flags override environment variables):
                                    answer 503 (default 500000; 0: no limit)
   OMNIGRID_MAX_RESIDENT    entities per shard in memory before idle ones passivate
                            (default 1000000; 0: no limit)
+  OMNIGRID_MAX_STREAMS     open event streams per process before 429 (default 20000)
+  OMNIGRID_STREAM_HEARTBEAT_S    seconds between heartbeats on idle streams (default 15)
+  OMNIGRID_WEBHOOK_MAX_ATTEMPTS  tries before a delivery is a dead letter (default 8)
+  OMNIGRID_WEBHOOK_BACKOFF_S     first retry after this, doubling (default 1)
+  OMNIGRID_WEBHOOK_TIMEOUT_S     a receiver slower than this failed that try (default 5)
   OMNIGRID_LOG_LEVEL       debug, info, warning, error (default warning)
   RAY_ADDRESS              join this Ray cluster instead of starting a local Ray
 

@@ -65,7 +65,7 @@ async def _run(router: Router, channel: str, client_id: str, op: Any) -> dict[st
         return {**out, "status": "rejected", "code": err.code, "detail": err.detail}
     result = await router.call(cmd)
     if result.ok:
-        status = "duplicate" if result.code == "replayed" else "applied"
+        status = "duplicate" if result.replayed else "applied"
         return {**out, "status": status, "version": result.body["version"]}
     if result.code in CONFLICTS:
         current = await router.call(Command("cart.get", cmd.key))

@@ -32,7 +32,8 @@ def test_migrations_run_once(postgres: PostgresDatabase) -> None:
     PostgresStore(postgres.dsn).close()
     PostgresStore(postgres.dsn).close()
     assert postgres.execute("SELECT version, name FROM omnigrid_schema_migrations") == [
-        (1, "0001_initial.sql")
+        (1, "0001_initial.sql"),
+        (2, "0002_behaviour_webhooks.sql"),
     ]
 
 
