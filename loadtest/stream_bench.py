@@ -93,7 +93,7 @@ async def probe(
         end = time.monotonic() + duration
         while time.monotonic() < end:
             uid = random.choice(uids)
-            sku = f"sku-{random.randrange(SKUS):06d}"
+            sku = tools.sku_name(random.randrange(SKUS))
             r = await client.post(
                 f"/v1/carts/{uid}/lines",
                 json={"sku": sku, "qty": 1},
