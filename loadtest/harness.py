@@ -1,0 +1,288 @@
+"""Issue 5: locust journeys across channels against a grid, with a correctness verdict.
+
+    python loadtest/harness.py --users 2000 --spawn-rate 100 --duration 120
+    python loadtest/harness.py --url http://127.0.0.1:8000 --users 500 -d 60 --think 2,5
+
+One command: raises its open-file limit to the hard limit, starts ``omnigrid
+serve`` (unless ``--url``), seeds a SKU catalogue (plus a flash sale's hot SKUs
+with little stock), runs locust headless and distributed (``--processes``: one
+master and that many workers), then checks the grid against what the users saw
+acknowledged: no SKU oversold (committed never above its stock, counted from
+the grid and from the users' tally) and every acknowledged cart change present.
+It prints a one-screen verdict and writes the locust CSV/HTML reports, a JSON
+summary and a PNG of throughput, users and p50/p95/p99 over time under
+loadtest/results/locust-<date>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from loadtest.procs import Server, free_port
+
+HERE = Path(__file__).resolve().parent
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def raise_open_files() -> str:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return f"open files: soft {soft} -> {hard} (hard limit; each user holds one connection)"
+
+
+async def seed(base: str, skus: int, hot: int, on_hand: int, hot_on_hand: int) -> dict[str, Any]:
+    catalogue = {f"cat-{i:05d}": on_hand for i in range(skus)}
+    flash = {f"flash-{i}": hot_on_hand for i in range(hot)}
+    stock = {**catalogue, **flash}
+    limit = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def put(sku: str, qty: int) -> None:
+            async with limit:
+                r = await client.put(
+                    f"/v1/skus/{sku}/stock", json={"on_hand": qty}, headers={"X-Channel": "pos"}
+                )
+                r.raise_for_status()
+
+        await asyncio.gather(*(put(s, q) for s, q in stock.items()))
+    return {"skus": list(catalogue), "hot_skus": list(flash), "on_hand": stock}
+
+
+def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, str]) -> int:
+    cmd = [
+        *(sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py")),
+        *("--headless", "--host", base, "--processes", str(args.processes)),
+        *("-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{int(args.duration)}s"),
+        *("--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html")),
+        *("--stop-timeout", "10", "--loglevel", "WARNING"),
+    ]
+    log("running " + " ".join(cmd[2:]))
+    with (out / "locust.log").open("wb") as logfile:
+        return subprocess.run(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT).returncode
+
+
+def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
+    """The grid against the users' tally: oversold SKUs and lost cart writes."""
+    carts: dict[str, dict[str, Any]] = {}
+    committed: dict[str, int] = {}
+    for path in tally_dir.glob("tally-*.json"):
+        part = json.loads(path.read_text())
+        carts.update(part["carts"])
+        for sku, qty in part["committed"].items():
+            committed[sku] = committed.get(sku, 0) + qty
+    oversold, short, unacked = [], [], 0
+    lost, unacked_carts = [], 0
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for sku, initial in seeded["on_hand"].items():
+            view = client.get(f"/v1/skus/{sku}/stock").json()
+            sold_in_grid = initial - view["on_hand"]
+            if view["on_hand"] < 0 or view["reserved"] > view["on_hand"]:
+                oversold.append(sku)
+            if committed.get(sku, 0) > initial:
+                oversold.append(sku)
+            if committed.get(sku, 0) > sold_in_grid:
+                short.append(sku)  # a commit acknowledged that the grid does not hold
+            unacked += max(0, sold_in_grid - committed.get(sku, 0))
+        for uid, acked in carts.items():
+            view = client.get(f"/v1/carts/{uid}").json()
+            lines = {line["sku"]: line["qty"] for line in view["lines"]}
+            behind = view["version"] < acked["version"]
+            if behind or (view["version"] == acked["version"] and lines != acked["lines"]):
+                lost.append(uid)
+            elif view["version"] > acked["version"]:
+                unacked_carts += 1  # applied, but its answer never reached the user
+    return {
+        "skus_checked": len(seeded["on_hand"]),
+        "oversold": sorted(set(oversold)),
+        "lost_commits": short,
+        "commits_without_answer": unacked,
+        "carts_checked": len(carts),
+        "lost_cart_writes": lost,
+        "cart_writes_without_answer": unacked_carts,
+    }
+
+
+def stats(out: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    with (out / "locust_stats.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row["Name"] == "Aggregated":
+                summary = {
+                    "requests": int(row["Request Count"]),
+                    "failures": int(row["Failure Count"]),
+                    "rps": float(row["Requests/s"]),
+                    "p50_ms": float(row["50%"]),
+                    "p95_ms": float(row["95%"]),
+                    "p99_ms": float(row["99%"]),
+                    "max_ms": float(row["Max Response Time"]),
+                }
+    failures: dict[str, int] = {}
+    path = out / "locust_failures.csv"
+    if path.exists():
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                kind = row["Error"][:80]
+                failures[kind] = failures.get(kind, 0) + int(row["Occurrences"])
+    summary["failures_by_kind"] = failures
+    return summary
+
+
+def plot(out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    with (out / "locust_stats_history.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"]
+    t0 = int(rows[0]["Timestamp"]) if rows else 0
+    t = [int(r["Timestamp"]) - t0 for r in rows]
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r[name] not in ("", "N/A") else float("nan") for r in rows]
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    top.plot(t, col("Requests/s"), label="requests/s")
+    top.plot(t, col("Failures/s"), label="failures/s", color="red")
+    users = top.twinx()
+    users.plot(t, col("User Count"), label="users", color="grey", linestyle="--")
+    users.set_ylabel("users")
+    top.set_ylabel("requests/s")
+    top.legend(loc="upper left")
+    for name in ("50%", "95%", "99%"):
+        bottom.plot(t, col(name), label=f"p{name[:-1]}")
+    bottom.axhline(100, color="grey", linestyle=":", label="goal p99 100 ms")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("seconds")
+    bottom.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "locust-over-time.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> str:
+    fail_rate = s["failures"] / s["requests"] if s.get("requests") else float("nan")
+    ok = (
+        not c["oversold"]
+        and not c["lost_cart_writes"]
+        and not c["lost_commits"]
+        and fail_rate < 0.001
+        and s["p99_ms"] < 100
+    )
+    lines = [
+        "=" * 72,
+        f"VERDICT: {'PASS' if ok else 'FAIL'}   users {args.users:,}   "
+        f"duration {args.duration:.0f} s",
+        f"requests {s['requests']:,}   {s['rps']:,.0f}/s   failures {s['failures']:,} "
+        f"({fail_rate:.3%}; goal < 0.1%)",
+        f"latency p50 {s['p50_ms']:.0f} ms   p95 {s['p95_ms']:.0f} ms   p99 {s['p99_ms']:.0f} ms "
+        f"(goal < 100)   max {s['max_ms']:.0f} ms",
+        f"oversold SKUs {len(c['oversold'])} of {c['skus_checked']:,}   "
+        f"acknowledged commits missing {len(c['lost_commits'])}   "
+        f"commits applied without an answer {c['commits_without_answer']}",
+        f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
+        f"applied without an answer {c['cart_writes_without_answer']}",
+    ]
+    for kind, count in sorted(s["failures_by_kind"].items(), key=lambda kv: -kv[1])[:6]:
+        lines.append(f"  failure x{count}: {kind}")
+    lines.append("=" * 72)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--url", help="a running grid (else one is started)")
+    p.add_argument("-u", "--users", type=int, default=2_000)
+    p.add_argument("-r", "--spawn-rate", type=float, default=100.0)
+    p.add_argument("-d", "--duration", type=float, default=120.0, help="seconds, spawning included")
+    p.add_argument("--processes", type=int, default=2, help="locust worker processes")
+    p.add_argument("--think", default="20,40", help="think time between actions, min,max s")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--skus", type=int, default=2_000)
+    p.add_argument("--hot", type=int, default=5, help="flash-sale SKUs with little stock")
+    p.add_argument("--hot-on-hand", type=int, default=200)
+    args = p.parse_args(argv)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = HERE / "results" / f"locust-{stamp}"
+    out.mkdir(parents=True)
+    log(raise_open_files())
+    tmp = Path(tempfile.mkdtemp(prefix="omnigrid-harness-"))
+    server: Server | None = None
+    try:
+        if args.url:
+            base = args.url.rstrip("/")
+        else:
+            exe = shutil.which("omnigrid")
+            assert exe, "omnigrid is not on PATH (pip install '.[load]')"
+            port = free_port()
+            env = {
+                **os.environ,
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "OMNIGRID_DATA_DIR": str(tmp),
+            }
+            cmd = [exe, "serve", "--port", str(port), "--shards", str(args.shards)]
+            server = Server("omnigrid", cmd, url=f"http://127.0.0.1:{port}", ready_path="/readyz",
+                            cwd=tmp, env=env, log_path=out / "grid.log")  # fmt: skip
+            log(f"grid ready in {server.start(300):.0f} s at {server.url}")
+            base = server.url
+        seeded = asyncio.run(seed(base, args.skus, args.hot, 1_000_000, args.hot_on_hand))
+        (tmp / "seed.json").write_text(json.dumps(seeded))
+        log(f"seeded {args.skus:,} SKUs and {args.hot} flash SKUs of {args.hot_on_hand}")
+        think_min, think_max = args.think.split(",")
+        env = {
+            **os.environ,
+            "OMNIGRID_SEED_FILE": str(tmp / "seed.json"),
+            "OMNIGRID_TALLY_DIR": str(tmp),
+            "OMNIGRID_THINK_MIN_S": think_min,
+            "OMNIGRID_THINK_MAX_S": think_max,
+        }
+        started = time.monotonic()
+        code = run_locust(args, base, out, env)
+        log(f"locust exited with {code} after {time.monotonic() - started:.0f} s")
+        time.sleep(1.0)
+        checked = check(base, seeded, tmp)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary = stats(out)
+    png = plot(out, f"{args.users:,} users, think {args.think} s, {stamp}")
+    (out / "summary.json").write_text(
+        json.dumps({"args": vars(args), "stats": summary, "check": checked}, indent=2)
+    )
+    print(verdict(args, summary, checked))
+    log(f"reports in {out} ({png.name}, report.html, locust_*.csv, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
