@@ -44,6 +44,8 @@ configuration (flags override environment variables):
                                    answer 503 (default 500000; 0: no limit)
   OMNIGRID_MAX_RESIDENT    entities per shard in memory before idle ones passivate
                            (default 1000000; 0: no limit)
+  OMNIGRID_EXTRA_PORTS     more HTTP ports every process serves too, e.g. 8001,8002 (for
+                           more than ~28,000 connections from one client address)
   OMNIGRID_MAX_STREAMS     open event streams per process before 429 (default 20000)
   OMNIGRID_STREAM_HEARTBEAT_S    seconds between heartbeats on idle streams (default 15)
   OMNIGRID_WEBHOOK_MAX_ATTEMPTS  tries before a delivery is a dead letter (default 8)

@@ -264,8 +264,11 @@ class GridNode:
             date_header=False,
         )
         self._http = uvicorn.Server(config)
-        sock = http_socket(self.settings.host, self.settings.port)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._http.serve([sock])))
+        # More ports than one let a single client machine open more than the
+        # ~28,000 connections one source address can hold to one address and port.
+        ports = [self.settings.port, *self.settings.extra_port_list()]
+        socks = [http_socket(self.settings.host, port) for port in ports]
+        self._tasks.append(asyncio.get_running_loop().create_task(self._http.serve(socks)))
         while not self._http.started:
             await asyncio.sleep(0.01)
 

@@ -31,6 +31,7 @@ class Settings:
     writebehind_batch: int = 5_000  # rows per statement to the store
     writebehind_max_queue: int = 500_000  # changes waiting for the store per shard before 503
     max_resident: int = 1_000_000  # entities per shard in memory before idle ones passivate
+    extra_ports: str = ""  # more HTTP ports every process also serves ("8001,8002")
     max_streams: int = 20_000  # open event streams per process before 429
     stream_heartbeat_s: float = 15.0  # a comment line on idle streams, for proxies
     webhook_max_attempts: int = 8  # deliveries tried this often, then dead letters
@@ -70,12 +71,21 @@ class Settings:
             raise ValueError("journal_sync must be 'full' or 'normal'")
         if self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("max_inflight and max_pending must be at least 1")
+        try:
+            ports = self.extra_port_list()
+        except ValueError:
+            raise ValueError("extra_ports must be a comma-separated list of ports") from None
+        if any(not 0 < p <= 65535 for p in ports):
+            raise ValueError("extra_ports must be between 1 and 65535")
         if self.durability not in ("sync", "async", "none"):
             raise ValueError("durability must be 'sync', 'async' or 'none'")
         if self.writebehind_interval_s <= 0 or self.writebehind_batch < 1:
             raise ValueError("writebehind_interval_s must be > 0 and writebehind_batch >= 1")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
             raise ValueError("writebehind_max_queue and max_resident must be >= 0 (0: no limit)")
+
+    def extra_port_list(self) -> list[int]:
+        return [int(p) for p in self.extra_ports.split(",") if p.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +70,28 @@ async def seed(base: str, skus: int, hot: int, on_hand: int, hot_on_hand: int) -
 
         await asyncio.gather(*(put(s, q) for s, q in stock.items()))
     return {"skus": list(catalogue), "hot_skus": list(flash), "on_hand": stock}
+
+
+def established(ports: set[int]) -> int:
+    """TCP connections established to these local ports (the grid's side), from /proc."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                    count += 1
+    return count
+
+
+def watch_connections(
+    ports: set[int], stop: threading.Event, samples: list[tuple[float, int]]
+) -> None:
+    started = time.monotonic()
+    while not stop.wait(10.0):
+        samples.append((round(time.monotonic() - started), established(ports)))
+        log(f"connections held by the grid: {samples[-1][1]:,}")
 
 
 def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, str]) -> int:
@@ -203,7 +227,8 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         f"requests {s['requests']:,}   {s['rps']:,.0f}/s   failures {s['failures']:,} "
         f"({fail_rate:.3%}; goal < 0.1%)",
         f"latency p50 {s['p50_ms']:.0f} ms   p95 {s['p95_ms']:.0f} ms   p99 {s['p99_ms']:.0f} ms "
-        f"(goal < 100)   max {s['max_ms']:.0f} ms",
+        f"(goal < 100)   max {s['max_ms']:.0f} ms   connections held at most "
+        f"{s.get('connections_max', 0):,}",
         f"oversold SKUs {len(c['oversold'])} of {c['skus_checked']:,}   "
         f"acknowledged commits missing {len(c['lost_commits'])}   "
         f"commits applied without an answer {c['commits_without_answer']}",
@@ -226,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-d", "--duration", type=float, default=120.0, help="seconds, spawning included")
     p.add_argument("--processes", type=int, default=2, help="locust worker processes")
     p.add_argument("--think", default="20,40", help="think time between actions, min,max s")
-    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--shards", type=int, default=2, help="grid processes (each accepts HTTP)")
+    p.add_argument("--ports", type=int, default=1, help="HTTP ports the started grid serves")
     p.add_argument("--skus", type=int, default=2_000)
     p.add_argument("--hot", type=int, default=5, help="flash-sale SKUs with little stock")
     p.add_argument("--hot-on-hand", type=int, default=200)
@@ -240,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.url:
             base = args.url.rstrip("/")
+            targets = [base]
         else:
             exe = shutil.which("omnigrid")
             assert exe, "omnigrid is not on PATH (pip install '.[load]')"
@@ -249,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                 "OMNIGRID_DATA_DIR": str(tmp),
             }
+            extra = [free_port() for _ in range(args.ports - 1)]
+            env["OMNIGRID_EXTRA_PORTS"] = ",".join(map(str, extra))
+            targets = [f"http://127.0.0.1:{p}" for p in (port, *extra)]
+            log(f"grid on {len(targets)} port(s), {args.shards} processes accepting on each")
             cmd = [exe, "serve", "--port", str(port), "--shards", str(args.shards)]
             server = Server("omnigrid", cmd, url=f"http://127.0.0.1:{port}", ready_path="/readyz",
                             cwd=tmp, env=env, log_path=out / "grid.log")  # fmt: skip
@@ -264,9 +295,19 @@ def main(argv: list[str] | None = None) -> int:
             "OMNIGRID_TALLY_DIR": str(tmp),
             "OMNIGRID_THINK_MIN_S": think_min,
             "OMNIGRID_THINK_MAX_S": think_max,
+            "OMNIGRID_TARGETS": ",".join(targets),
         }
         started = time.monotonic()
-        code = run_locust(args, base, out, env)
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+        ports = {int(t.rsplit(":", 1)[1]) for t in targets}
+        watcher = threading.Thread(target=watch_connections, args=(ports, stop, samples))
+        watcher.start()
+        try:
+            code = run_locust(args, base, out, env)
+        finally:
+            stop.set()
+            watcher.join()
         log(f"locust exited with {code} after {time.monotonic() - started:.0f} s")
         time.sleep(1.0)
         checked = check(base, seeded, tmp)
@@ -275,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     summary = stats(out)
+    summary["connections_max"] = max((n for _, n in samples), default=0)
     png = plot(out, f"{args.users:,} users, think {args.think} s, {stamp}")
-    (out / "summary.json").write_text(
-        json.dumps({"args": vars(args), "stats": summary, "check": checked}, indent=2)
-    )
+    report = {"args": vars(args), "stats": summary, "check": checked, "connections": samples}
+    (out / "summary.json").write_text(json.dumps(report, indent=2))
     print(verdict(args, summary, checked))
     log(f"reports in {out} ({png.name}, report.html, locust_*.csv, summary.json)")
     return 0

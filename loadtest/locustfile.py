@@ -34,6 +34,21 @@ THINK = between(
     float(os.environ.get("OMNIGRID_THINK_MAX_S", "40")),
 )
 _ids = itertools.count()
+# Several ports of the same grid: users spread over them, since one source
+# address holds only ~28,000 connections to one address and port.
+TARGETS = [t for t in os.environ.get("OMNIGRID_TARGETS", "").split(",") if t]
+
+
+class SpreadUser(FastHttpUser):
+    """A user whose connection goes to one of the grid's ports, chosen at random."""
+
+    abstract = True
+
+    def __init__(self, environment: Any) -> None:
+        if TARGETS:
+            self.host = random.choice(TARGETS)
+        super().__init__(environment)
+
 
 # What this process saw acknowledged.
 CARTS: dict[str, dict[str, Any]] = {}  # uid -> last acknowledged view (version, lines)
@@ -44,7 +59,7 @@ def _json(channel: str) -> dict[str, str]:
     return {"X-Channel": channel, "Content-Type": "application/json"}
 
 
-class Shopper(FastHttpUser):
+class Shopper(SpreadUser):
     weight = 20
     wait_time = THINK
 
@@ -131,7 +146,7 @@ class Shopper(FastHttpUser):
         self._cart_write("DELETE", f"/v1/carts/{self.uid}", None, "app", "/v1/carts/[uid]")
 
 
-class PosTill(FastHttpUser):
+class PosTill(SpreadUser):
     """A till in a store: sells from the same stock, one reserve-and-commit per sale."""
 
     weight = 2
@@ -142,7 +157,7 @@ class PosTill(FastHttpUser):
         _sell(self, random.choice(SKUS), "pos", random.randint(1, 2))
 
 
-class FlashBuyer(FastHttpUser):
+class FlashBuyer(SpreadUser):
     """Chases the flash sale's few hot SKUs, which run out."""
 
     weight = 1
