@@ -481,6 +481,11 @@ class ShardProcess:
         from omnigrid.api.cluster import RayDirectory, local_node_id
 
         logging.basicConfig(level=settings.get("log_level", "warning").upper())
+        # Ray starts its workers at nice 15 (below the raylet); a shard answers
+        # requests and must not lose the CPU to whatever else runs on the node.
+        # Done before the serving thread starts, which inherits it (root only).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
         self.settings = Settings.from_dict(settings)
         self.loop = _new_loop()
         self.node = GridNode(
