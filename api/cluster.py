@@ -14,8 +14,8 @@ from typing import Any
 
 import ray
 
-from omnigrid.api.node import ShardProcess
 from omnigrid.api.peers import PeerAddress
+from omnigrid.api.process import ShardProcess
 from omnigrid.api.settings import Settings
 
 log = logging.getLogger("omnigrid.cluster")

@@ -5,7 +5,7 @@ silos and Akka cluster members have): HTTP requests land on any process (one
 port shared with SO_REUSEPORT), run in place when this process owns the key
 and travel in micro-batches to the owner when it does not.
 
-``ShardProcess`` is the class Ray runs as an actor (api/cluster.py). Ray
+``ShardProcess`` (api/process.py) is the class Ray runs as an actor. Ray
 re-runs its constructor when the process dies, so the constructor starts
 everything: a thread with its own event loop that serves HTTP, the peer
 stream and the shard's timed work. Ray's own calls (address, ping, metrics)
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import socket
 import tempfile
-import threading
 import time
-from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
@@ -35,6 +32,7 @@ from omnigrid.actors.slots import SlotMap
 from omnigrid.api.app import GridApp
 from omnigrid.api.hub import HUB_OPS, EventHub
 from omnigrid.api.metrics import GridMetrics, merge_expositions
+from omnigrid.api.node_gauges import add_node_gauges
 from omnigrid.api.openapi import docs_app
 from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.router import Router
@@ -156,78 +154,7 @@ class GridNode:
             settings.max_inflight,
             self.streams,
         )
-        self.metrics.add_gauges(
-            "omnigrid_shard_queue_depth",
-            "Commands waiting to be forwarded from this process to another shard.",
-            ["to_shard"],
-            lambda: [([str(p)], float(link.pending)) for p, link in self.links.items()],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_shard_entities",
-            "Entities held in memory by this shard, by kind.",
-            ["kind"],
-            lambda: [([k], float(n)) for k, n in self.shard.entity_counts().items()],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_streams_open",
-            "Server-Sent Event streams open on this process.",
-            [],
-            lambda: [([], float(self.streams.open))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_stream_events_sent",
-            "Events written to streams by this process since it started.",
-            [],
-            lambda: [([], float(self.streams.sent))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_passivated_entities",
-            "Entities of this shard held only in the store (they come back on use).",
-            [],
-            lambda: [([], float(len(self.shard.residency.cold)))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_writebehind_queue_events",
-            "Journaled changes not yet in the store (bounded by OMNIGRID_WRITEBEHIND_MAX_QUEUE).",
-            [],
-            lambda: [([], float(len(self.shard.outbox)))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_writebehind_dirty_entities",
-            "Entities changed since their last stored snapshot.",
-            [],
-            lambda: [([], float(len(self.shard.dirty) + len(self.shard.draining)))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_writebehind_oldest_seconds",
-            "Age of the oldest change not yet in the store.",
-            [],
-            lambda: [([], time.time() - self.shard.outbox[0][1].at if self.shard.outbox else 0.0)],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_writebehind_failures",
-            "Drains the store refused since this process started.",
-            [],
-            lambda: [([], float(self.writebehind.failures))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_journal_ok",
-            "1 while the journal takes appends, 0 while writes answer 503.",
-            [],
-            lambda: [([], float(self.shard.journal_ok()))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_gc_frozen_objects",
-            "Objects moved out of the garbage collector's view (see tune_gc).",
-            [],
-            lambda: [([], float(gc.get_freeze_count()))],
-        )
-        self.metrics.add_gauges(
-            "omnigrid_http_inflight_requests",
-            "HTTP requests in progress in this process.",
-            [],
-            lambda: [([], float(self.app.inflight))],
-        )
+        add_node_gauges(self)
         self.unix_path = os.path.join(
             tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
         )
@@ -472,101 +399,3 @@ def http_socket(host: str, port: int) -> socket.socket:
     sock.listen(4096)
     sock.setblocking(False)
     return sock
-
-
-class ShardProcess:
-    """The Ray actor: runs a ``GridNode`` on a thread with its own event loop."""
-
-    def __init__(self, shard_id: int, settings: dict[str, Any]) -> None:
-        from omnigrid.api.cluster import RayDirectory, local_node_id
-
-        logging.basicConfig(level=settings.get("log_level", "warning").upper())
-        # Ray starts its workers at nice 15 (below the raylet); a shard answers
-        # requests and must not lose the CPU to whatever else runs on the node.
-        # Done before the serving thread starts, which inherits it (root only).
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-        self.settings = Settings.from_dict(settings)
-        self.loop = _new_loop()
-        self.node = GridNode(
-            shard_id, self.settings, RayDirectory(self.settings.namespace), local_node_id()
-        )
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.loop.run_until_complete(self.node.start())
-            except BaseException as e:
-                failure.append(e)
-                started.set()
-                return
-            tune_gc()
-            self.node.metrics.watch_gc()
-            started.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name=f"omnigrid-shard-{shard_id}", daemon=True)
-        self.thread.start()
-        started.wait(60)
-        if failure:
-            raise RuntimeError(f"shard {shard_id} failed to start: {failure[0]!r}")
-
-    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CONTROL_TIMEOUT_S)
-
-    def peer_address(self) -> PeerAddress:
-        return self.node.address()
-
-    def info(self) -> dict[str, Any]:
-        async def read() -> dict[str, Any]:
-            return self.node.info()
-
-        return self._on_loop(read())
-
-    def audit(self) -> dict[str, Any]:
-        return asyncio.run_coroutine_threadsafe(self.node.audit(), self.loop).result(
-            AUDIT_TIMEOUT_S
-        )
-
-    def metrics_text(self) -> str:
-        async def read() -> str:
-            return self.node.metrics.exposition()
-
-        return self._on_loop(read())
-
-    def stop(self) -> None:
-        self._on_loop(self.node.stop())
-
-
-def tune_gc() -> None:
-    """Keep collector pauses proportional to young objects, not to the grid's state.
-
-    Entities and reservations are long-lived, so whatever survives a
-    generation-1 pass is frozen (moved out of the collector's view; reference
-    counting still frees it). Measured here with ~600,000 reservations held:
-    thresholds of (50,000, 20, 20) gave 263 ms generation-1 passes and full
-    passes over a quarter of the heap gave p99 > 300 ms at saturation. The
-    price: a reference cycle that outlives two young passes and then becomes
-    garbage is never collected; the grid's own state holds no cycles, and
-    ``omnigrid_gc_frozen_objects`` shows the frozen count for ops to watch.
-    """
-
-    def freeze_survivors(phase: str, info: dict[str, int]) -> None:
-        if phase == "stop" and info["generation"] >= 1:
-            gc.freeze()
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(2_000, 10, 10)
-    gc.callbacks.append(freeze_survivors)
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency via uvicorn[standard]
-        return asyncio.new_event_loop()
