@@ -39,6 +39,10 @@ WATCH_REFRESH_S = 5.0
 WATCH_TTL_S = 20.0
 HISTORY_LIMIT = 10_000  # events a resume replays at most in one go
 HUB_OPS = frozenset({"hub.watch", "hub.publish", "hub.since"})
+# Events waiting for one slow stream before it is cut: the client comes back
+# with Last-Event-ID and catches up from history, instead of this process
+# holding an unbounded queue for a reader that does not read.
+MAX_QUEUED = 10_000
 
 
 def stream_wire(event: Event) -> list[Any]:
@@ -56,6 +60,7 @@ class Subscription:
         self.key = key
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.last = -1  # the last version this stream has sent (-1: none yet)
+        self.overflowed = False
 
 
 class EventHub:
@@ -143,6 +148,9 @@ class EventHub:
             subs = self.local.get(event.key)
             if subs:
                 for sub in subs:
+                    if sub.queue.qsize() >= MAX_QUEUED:
+                        sub.overflowed = True
+                        continue
                     sub.queue.put_nowait(event)
                     self.delivered += 1
 

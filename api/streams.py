@@ -11,6 +11,7 @@ the live ones: no gap, no duplicate. Versions grow by one per change, so a
 stream that sees a jump asks the owner for what is between before it goes on.
 
 A comment line every ``heartbeat_s`` keeps idle streams open through proxies.
+A stream whose reader falls 10,000 events behind is ended; its client resumes.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class StreamServer:
             await self._catch_up(sub, send, None)
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            while not gone.done():
+            while not gone.done() and not sub.overflowed:
                 getter = asyncio.ensure_future(sub.queue.get())
                 done, _ = await asyncio.wait(
                     {getter, gone}, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
@@ -149,6 +150,8 @@ class StreamServer:
                 if sub.last >= 0 and event.version > sub.last + 1:
                     await self._catch_up(sub, send, event.version)
                 await self._send_event(sub, send, event)
+            if sub.overflowed:  # end the response cleanly: the client resumes from its cursor
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
 
