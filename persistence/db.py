@@ -1,6 +1,8 @@
 """One small door to the store's database for the tables beside the entities.
 
-The behaviour log and the webhooks' tables are written with plain SQL that both
+``Database`` owns the connections (one per thread) and the one retry after a
+connection was cut, for the store itself (persistence/store.py) as for the
+tables beside it. The behaviour log and the webhooks' tables are written with plain SQL that both
 SQLite and PostgreSQL understand (``?`` placeholders, ``ON CONFLICT DO
 NOTHING``, epoch seconds as numbers, JSON as text), so one piece of code serves
 the embedded store and the system of record. A connection per thread, as for
@@ -15,9 +17,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from omnigrid.persistence.store import StoreUnavailable
-
 Row = tuple[Any, ...]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be read or written; the caller retries later."""
 
 
 class Database:
@@ -30,7 +34,8 @@ class Database:
         if sqlite_path:
             os.makedirs(os.path.dirname(os.path.abspath(sqlite_path)), exist_ok=True)
 
-    def _conn(self) -> Any:
+    def connection(self) -> Any:
+        """This thread's connection, opened (again) if it has none or it was cut."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and not (self.postgres_dsn and (conn.closed or conn.broken)):
             return conn
@@ -48,11 +53,11 @@ class Database:
         return sql.replace("?", "%s") if self.postgres_dsn else sql
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return self._run(lambda c: c.execute(self._sql(sql), params).fetchall())  # type: ignore[no-any-return]
+        return self.run(lambda c: c.execute(self._sql(sql), params).fetchall())  # type: ignore[no-any-return]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns the rows it changed."""
-        return self._run(lambda c: c.execute(self._sql(sql), params).rowcount)  # type: ignore[no-any-return]
+        return self.run(lambda c: c.execute(self._sql(sql), params).rowcount)  # type: ignore[no-any-return]
 
     def execute_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Several statements, each over many rows, in one transaction."""
@@ -74,20 +79,34 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
 
-        self._run(run)
+        self.run(run)
 
-    def _run(self, work: Any) -> Any:
+    def run(self, work: Any) -> Any:
+        """Run ``work(connection)``; a database error becomes StoreUnavailable.
+
+        A connection found cut (PostgreSQL restarted, an idle connection
+        dropped) is replaced and the work tried once more: every piece of work
+        given here is a read or an idempotent transaction.
+        """
         import psycopg
 
         for attempt in (1, 2):
             try:
-                conn = self._conn()
-                return work(conn)
+                return work(self.connection())
             except (psycopg.Error, sqlite3.Error) as e:
-                broken = self.postgres_dsn and getattr(self._local, "conn", None) is not None
-                if attempt == 1 and broken and (self._local.conn.closed or self._local.conn.broken):
-                    continue  # a connection cut while idle: one fresh try
-                raise StoreUnavailable(
-                    f"{'PostgreSQL' if self.postgres_dsn else 'SQLite'}: {e}"
-                ) from e
+                stale: Any = getattr(self._local, "conn", None)
+                cut = (
+                    bool(self.postgres_dsn) and stale is not None and (stale.closed or stale.broken)
+                )
+                if attempt == 1 and cut:
+                    continue
+                where = "PostgreSQL" if self.postgres_dsn else "SQLite"
+                raise StoreUnavailable(f"{where}: {e}") from e
         raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

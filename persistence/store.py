@@ -26,13 +26,11 @@ from typing import Any, Protocol
 
 import orjson
 
+from omnigrid.persistence.db import Database, StoreUnavailable
 from omnigrid.persistence.events import Event
 
 SCAN_CHUNK = 10_000
-
-
-class StoreUnavailable(Exception):
-    """The store could not be read or written; the caller retries later."""
+__all__ = ["PostgresStore", "RedisHotCopy", "Snapshot", "SqliteStore", "Store", "StoreUnavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,44 +281,11 @@ class PostgresStore:
     handful of round trips, not 10,000.
     """
 
-    def __init__(self, dsn: str, connect_timeout_s: float = 3.0) -> None:
+    def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.connect_timeout_s = connect_timeout_s
-        self._local = threading.local()  # one connection per thread that uses the store
+        self.db = Database(postgres_dsn=dsn)  # a connection per thread, one retry if cut
+        self._run = self.db.run
         self._migrate()
-
-    def _conn(self) -> Any:
-        import psycopg
-
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            try:
-                conn = psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout_s))
-                )
-            except psycopg.Error as e:
-                raise StoreUnavailable(f"PostgreSQL: {e}") from e
-            self._local.conn = conn
-        return conn
-
-    def _run(self, work: Any) -> Any:
-        """Run ``work(conn)``; a database error becomes StoreUnavailable.
-
-        A connection found dead (PostgreSQL restarted, an idle connection cut)
-        is replaced and the work tried once more: every piece of work here is
-        a read or an idempotent transaction.
-        """
-        import psycopg
-
-        for attempt in (1, 2):
-            conn = self._conn()
-            try:
-                return work(conn)
-            except psycopg.Error as e:
-                if attempt == 1 and (conn.closed or conn.broken):
-                    continue
-                raise StoreUnavailable(f"PostgreSQL: {e}") from e
-        raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
         def migrate(conn: Any) -> None:
@@ -378,7 +343,7 @@ class PostgresStore:
 
         for low, high in slot_ranges:
             try:
-                conn = self._conn()
+                conn = self.db.connection()
                 with conn.transaction(), conn.cursor(name="omnigrid_scan") as cur:
                     cur.itersize = SCAN_CHUNK  # a server-side cursor: a million rows stream
                     cur.execute(
@@ -431,9 +396,7 @@ class PostgresStore:
         self._run(write)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+        self.db.close()
 
 
 class RedisHotCopy:
