@@ -225,24 +225,27 @@ class Shard:
                     "another shard owns now: restart with the shard count it had, and stop "
                     "it cleanly (that drains the journal) before changing it"
                 )
-            entity = self.residency.get(event.key)
-            if entity is None or event.version > entity.version:
-                self._replay((event,))
+            if self._replay((event,)):
                 self.backlog.since.setdefault(event.key, seq)  # not in the store yet
             self.outbox.append((seq, event))
             self.seq = max(self.seq, seq)
             count += 1
         return count
 
-    def _replay(self, events: Iterable[Event]) -> None:
-        """Run journaled changes again on the entities (skipping what they already hold)."""
+    def _replay(self, events: Iterable[Event]) -> int:
+        """Run journaled changes again on the entities (skipping what they already hold).
+
+        Returns how many ran.
+        """
         clock, pending = self.clock, self._pending
         self._pending = []
+        ran = 0
         try:
             for event in events:
                 entity = self.residency.get(event.key)
                 if entity is not None and event.version <= entity.version:
                     continue  # the snapshot has it
+                ran += 1
                 self.clock = lambda at=event.at: at  # type: ignore[misc]
                 if event.op.endswith(".expire"):
                     if entity is not None:
@@ -260,6 +263,7 @@ class Shard:
                     )
         finally:
             self.clock, self._pending = clock, pending
+        return ran
 
     def _apply(self, cmd: Command) -> Result:
         self.commands[cmd.op] += 1
