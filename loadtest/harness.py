@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 import httpx
 
-from loadtest.procs import Server, free_port
+from loadtest.procs import Server, free_port, omnigrid_server
 
 HERE = Path(__file__).resolve().parent
 
@@ -268,21 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             base = args.url.rstrip("/")
             targets = [base]
         else:
-            exe = shutil.which("omnigrid")
-            assert exe, "omnigrid is not on PATH (pip install '.[load]')"
             port = free_port()
-            env = {
-                **os.environ,
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                "OMNIGRID_DATA_DIR": str(tmp),
-            }
             extra = [free_port() for _ in range(args.ports - 1)]
-            env["OMNIGRID_EXTRA_PORTS"] = ",".join(map(str, extra))
             targets = [f"http://127.0.0.1:{p}" for p in (port, *extra)]
             log(f"grid on {len(targets)} port(s), {args.shards} processes accepting on each")
-            cmd = [exe, "serve", "--port", str(port), "--shards", str(args.shards)]
-            server = Server("omnigrid", cmd, url=f"http://127.0.0.1:{port}", ready_path="/readyz",
-                            cwd=tmp, env=env, log_path=out / "grid.log")  # fmt: skip
+            env = {"OMNIGRID_EXTRA_PORTS": ",".join(map(str, extra))}
+            server = omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
             log(f"grid ready in {server.start(300):.0f} s at {server.url}")
             base = server.url
         seeded = asyncio.run(seed(base, args.skus, args.hot, 1_000_000, args.hot_on_hand))

@@ -15,7 +15,6 @@ times their replay. Results: a table, loadtest/results/persistence-<date>.json, 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import sys
@@ -31,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import orjson
 
 from loadtest import seed, tools
-from loadtest.procs import Server, descendants, free_port
+from loadtest.procs import Server, descendants, omnigrid_server
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "loadtest" / "results"
@@ -78,24 +77,8 @@ def forget_redis_namespace(url: str, namespace: str) -> None:
 
 
 def grid(env: dict[str, str], data_dir: Path, shards: int, logs: Path, tag: str) -> Server:
-    port = free_port()
-    full = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
-    full.setdefault("OMNIGRID_NAMESPACE", namespace_of(tag))
-    full["OMNIGRID_DATA_DIR"] = str(data_dir)
-    full["OMNIGRID_LOG_LEVEL"] = "info"
-    exe = shutil.which("omnigrid")
-    if exe is None:
-        raise RuntimeError("omnigrid is not on PATH (pip install '.[load]')")
-    cmd = [exe, "serve", "--port", str(port), "--shards", str(shards)]
-    return Server(
-        tag,
-        cmd,
-        url=f"http://127.0.0.1:{port}",
-        ready_path="/readyz",
-        cwd=data_dir,
-        env=full,
-        log_path=logs / f"persistence-{tag}.log",
-    )
+    full = {"OMNIGRID_NAMESPACE": namespace_of(tag), **env, "OMNIGRID_LOG_LEVEL": "info"}
+    return omnigrid_server(data_dir, logs / f"persistence-{tag}.log", shards, full, tag)
 
 
 def histogram_quantiles(metrics: str, name: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,3 +148,30 @@ class Server:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def omnigrid_server(
+    data_dir: Path,
+    log_path: Path,
+    shards: int = 2,
+    env: dict[str, str] | None = None,
+    name: str = "omnigrid",
+    port: int | None = None,
+) -> Server:
+    """``omnigrid serve`` on a free loopback port, its data in ``data_dir`` (not started)."""
+    exe = shutil.which("omnigrid")
+    if exe is None:
+        raise RuntimeError("omnigrid is not on PATH (pip install '.[load]')")
+    port = port or free_port()
+    full = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(env or {})}
+    full["OMNIGRID_DATA_DIR"] = str(data_dir)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return Server(
+        name,
+        [exe, "serve", "--port", str(port), "--shards", str(shards)],
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/readyz",
+        cwd=data_dir,
+        env=full,
+        log_path=log_path,
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ import httpx
 import orjson
 
 from loadtest import seed, tools
-from loadtest.procs import Server, free_port
+from loadtest.procs import Server, omnigrid_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SKUS = 1_000
@@ -199,18 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             base = args.url.rstrip("/")
         else:
-            exe = shutil.which("omnigrid")
-            assert exe, "omnigrid is not on PATH"
-            port = free_port()
-            env = {
-                **os.environ,
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                "OMNIGRID_DATA_DIR": str(tmp),
-            }
-            (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
-            server = Server("omnigrid", [exe, "serve", "--port", str(port)], url=f"http://127.0.0.1:{port}",
-                            ready_path="/readyz", cwd=tmp, env=env,
-                            log_path=RESULTS / "logs" / "streams.log")  # fmt: skip
+            server = omnigrid_server(tmp, RESULTS / "logs" / "streams.log")
             server.start(180)
             base = server.url
         seed.seed_server(base, skus=SKUS, carts=0, on_hand=10**9, hot_on_hand=10**9)
