@@ -1,7 +1,7 @@
 """Issue 5: locust journeys across channels against a grid, with a correctness verdict.
 
-    python loadtest/harness.py --users 2000 --spawn-rate 100 --duration 120
-    python loadtest/harness.py --url http://127.0.0.1:8000 --users 500 -d 60 --think 2,5
+    python loadtest/harness.py --users 2000 --spawn-rate 100 --hold 120
+    python loadtest/harness.py --url http://127.0.0.1:8000 --users 500 --hold 60 --think 2,5
 
 One command: raises its open-file limit to the hard limit, starts ``omnigrid
 serve`` (unless ``--url``), seeds a SKU catalogue (plus a flash sale's hot SKUs
@@ -9,9 +9,11 @@ with little stock), runs locust headless and distributed (``--processes``: one
 master and that many workers), then checks the grid against what the users saw
 acknowledged: no SKU oversold (committed never above its stock, counted from
 the grid and from the users' tally) and every acknowledged cart change present.
-It prints a one-screen verdict and writes the locust CSV/HTML reports, a JSON
-summary and a PNG of throughput, users and p50/p95/p99 over time under
-loadtest/results/locust-<date>/.
+Statistics restart once every user is spawned (locust's ``--reset-stats``), so
+the verdict's figures are those of the held load; the ramp's own are kept
+beside them, and the PNG shows the whole run. It prints a one-screen verdict
+and writes the locust CSV/HTML reports, a JSON summary and a PNG of
+throughput, users and p50/p95/p99 over time under loadtest/results/locust-<date>/.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import math
 import os
 import resource
 import shutil
@@ -94,13 +97,18 @@ def watch_connections(
         log(f"connections held by the grid: {samples[-1][1]:,}")
 
 
+def run_seconds(args: argparse.Namespace) -> int:
+    """Locust's run time: spawning every user, then holding them for ``--hold``."""
+    return math.ceil(args.users / args.spawn_rate) + int(args.hold)  # type: ignore[no-any-return]
+
+
 def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, str]) -> int:
     cmd = [
         *(sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py")),
         *("--headless", "--host", base, "--processes", str(args.processes)),
-        *("-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{int(args.duration)}s"),
+        *("-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{run_seconds(args)}s"),
         *("--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html")),
-        *("--stop-timeout", "10", "--loglevel", "WARNING"),
+        *("--reset-stats", "--stop-timeout", "10", "--loglevel", "WARNING"),
     ]
     log("running " + " ".join(cmd[2:]))
     with (out / "locust.log").open("wb") as logfile:
@@ -222,8 +230,8 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
     )
     lines = [
         "=" * 72,
-        f"VERDICT: {'PASS' if ok else 'FAIL'}   users {args.users:,}   "
-        f"duration {args.duration:.0f} s",
+        f"VERDICT: {'PASS' if ok else 'FAIL'}   users {args.users:,} held {args.hold:.0f} s "
+        f"after spawning at {args.spawn_rate:.0f}/s   (figures below: the held load)",
         f"requests {s['requests']:,}   {s['rps']:,.0f}/s   failures {s['failures']:,} "
         f"({fail_rate:.3%}; goal < 0.1%)",
         f"latency p50 {s['p50_ms']:.0f} ms   p95 {s['p95_ms']:.0f} ms   p99 {s['p99_ms']:.0f} ms "
@@ -235,6 +243,13 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
         f"applied without an answer {c['cart_writes_without_answer']}",
     ]
+    ramp = s.get("ramp")
+    if ramp:
+        lines.append(
+            f"while spawning: requests {ramp['requests']:,}   failures {ramp['failures']:,}   "
+            f"p50 {ramp['p50_ms']:.0f} ms   p95 {ramp['p95_ms']:.0f} ms   "
+            f"p99 {ramp['p99_ms']:.0f} ms"
+        )
     for kind, count in sorted(s["failures_by_kind"].items(), key=lambda kv: -kv[1])[:6]:
         lines.append(f"  failure x{count}: {kind}")
     lines.append("=" * 72)
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="a running grid (else one is started)")
     p.add_argument("-u", "--users", type=int, default=2_000)
     p.add_argument("-r", "--spawn-rate", type=float, default=100.0)
-    p.add_argument("-d", "--duration", type=float, default=120.0, help="seconds, spawning included")
+    p.add_argument("--hold", type=float, default=120.0, help="seconds every user is held")
     p.add_argument("--processes", type=int, default=2, help="locust worker processes")
     p.add_argument("--think", default="20,40", help="think time between actions, min,max s")
     p.add_argument("--shards", type=int, default=2, help="grid processes (each accepts HTTP)")
@@ -287,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             "OMNIGRID_THINK_MIN_S": think_min,
             "OMNIGRID_THINK_MAX_S": think_max,
             "OMNIGRID_TARGETS": ",".join(targets),
+            "OMNIGRID_RAMP_FILE": str(out / "ramp.json"),
         }
         started = time.monotonic()
         samples: list[tuple[float, int]] = []
@@ -307,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     summary = stats(out)
+    with contextlib.suppress(OSError):
+        summary["ramp"] = json.loads((out / "ramp.json").read_text())
     summary["connections_max"] = max((n for _, n in samples), default=0)
-    png = plot(out, f"{args.users:,} users, think {args.think} s, {stamp}")
+    title = f"{args.users:,} users ({args.spawn_rate:.0f}/s), held {args.hold:.0f} s"
+    png = plot(out, f"{title}, think {args.think} s, {stamp}")
     report = {"args": vars(args), "stats": summary, "check": checked, "connections": samples}
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     print(verdict(args, summary, checked))

@@ -20,11 +20,18 @@ import itertools
 import json
 import os
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, between, events, task
+from locust import between, events, task
+from locust.runners import WorkerRunner
+
+if __package__ in (None, ""):  # locust imports this file by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest.leanhttp import LeanHttpUser, Reply
 
 SEED = json.loads(Path(os.environ.get("OMNIGRID_SEED_FILE", "seed.json")).read_text())
 SKUS: list[str] = SEED["skus"]
@@ -39,7 +46,7 @@ _ids = itertools.count()
 TARGETS = [t for t in os.environ.get("OMNIGRID_TARGETS", "").split(",") if t]
 
 
-class SpreadUser(FastHttpUser):
+class SpreadUser(LeanHttpUser):
     """A user whose connection goes to one of the grid's ports, chosen at random."""
 
     abstract = True
@@ -53,10 +60,7 @@ class SpreadUser(FastHttpUser):
 # What this process saw acknowledged.
 CARTS: dict[str, dict[str, Any]] = {}  # uid -> last acknowledged view (version, lines)
 COMMITTED: Counter[str] = Counter()  # sku -> quantity committed with a 200
-
-
-def _json(channel: str) -> dict[str, str]:
-    return {"X-Channel": channel, "Content-Type": "application/json"}
+ENVIRONMENT: list[Any] = []  # locust's Environment, once it exists
 
 
 class Shopper(SpreadUser):
@@ -68,32 +72,25 @@ class Shopper(SpreadUser):
         self.lines: dict[str, int] = {}
 
     def _cart_write(self, method: str, path: str, body: Any, channel: str, name: str) -> None:
-        with self.client.request(
-            method, path, json=body, headers=_json(channel), name=name, catch_response=True
-        ) as r:
-            if r.status_code == 200:
-                view = r.json()
-                CARTS[self.uid] = {
-                    "version": view["version"],
-                    "lines": {line["sku"]: line["qty"] for line in view["lines"]},
-                }
-                self.lines = dict(CARTS[self.uid]["lines"])
-            elif r.status_code == 409:
-                r.success()  # sold out or cart full: a shopper's answer, not a failure
+        # 409: sold out or cart full, a shopper's answer and not a failure
+        r = self.request(method, path, body=body, channel=channel, name=name, expect=(200, 409))
+        if r is not None and r.status == 200:
+            view = r.json()
+            CARTS[self.uid] = {
+                "version": view["version"],
+                "lines": {line["sku"]: line["qty"] for line in view["lines"]},
+            }
+            self.lines = dict(CARTS[self.uid]["lines"])
 
     @task(10)
     def browse(self) -> None:
-        sku = random.choice(SKUS)
         channel = random.choice(("app", "miniprogram", "h5", "web"))
-        self.client.get(
-            f"/v1/skus/{sku}/stock", headers={"X-Channel": channel}, name="/v1/skus/[sku]/stock"
-        )
+        path = f"/v1/skus/{random.choice(SKUS)}/stock"
+        self.request("GET", path, channel=channel, name="/v1/skus/[sku]/stock")
 
     @task(6)
     def look_at_cart_in_app(self) -> None:
-        self.client.get(
-            f"/v1/carts/{self.uid}", headers={"X-Channel": "app"}, name="/v1/carts/[uid]"
-        )
+        self.request("GET", f"/v1/carts/{self.uid}", channel="app", name="/v1/carts/[uid]")
 
     @task(4)
     def add_on_miniprogram(self) -> None:
@@ -115,34 +112,18 @@ class Shopper(SpreadUser):
         """Hold every line, commit them all, empty the cart; give back holds on a refusal."""
         held: list[tuple[str, str, int]] = []
         for sku, qty in list(self.lines.items()):
-            with self.client.post(
-                f"/v1/skus/{sku}/reservations",
-                json={"qty": qty, "ttl_s": 300},
-                headers=_json("app"),
-                name="/v1/skus/[sku]/reservations",
-                catch_response=True,
-            ) as r:
-                if r.status_code == 201:
-                    held.append((sku, r.json()["reservation_id"], qty))
-                elif r.status_code == 409:
-                    r.success()
-                    break
+            r = _reserve(self, sku, qty, "app", ttl_s=300)
+            if r is None or r.status != 201:
+                break
+            held.append((sku, r.json()["reservation_id"], qty))
         if len(held) < len(self.lines):
             for sku, rid, _ in held:
-                self.client.delete(
-                    f"/v1/skus/{sku}/reservations/{rid}",
-                    headers=_json("app"),
-                    name="/v1/skus/[sku]/reservations/[rid]",
-                )
+                path = f"/v1/skus/{sku}/reservations/{rid}"
+                name = "/v1/skus/[sku]/reservations/[rid]"
+                self.request("DELETE", path, channel="app", name=name)
             return
         for sku, rid, qty in held:
-            r = self.client.post(
-                f"/v1/skus/{sku}/reservations/{rid}/commit",
-                headers=_json("app"),
-                name="/v1/skus/[sku]/reservations/[rid]/commit",
-            )
-            if r.status_code == 200:
-                COMMITTED[sku] += qty
+            _commit(self, sku, rid, qty, "app")
         self._cart_write("DELETE", f"/v1/carts/{self.uid}", None, "app", "/v1/carts/[uid]")
 
 
@@ -168,27 +149,29 @@ class FlashBuyer(SpreadUser):
         _sell(self, random.choice(HOT), random.choice(("miniprogram", "app")), 1)
 
 
-def _sell(user: FastHttpUser, sku: str, channel: str, qty: int) -> None:
-    with user.client.post(
+def _reserve(user: LeanHttpUser, sku: str, qty: int, channel: str, ttl_s: int) -> Reply | None:
+    """A hold; 409 (sold out) is an answer, not a failure."""
+    return user.request(
+        "POST",
         f"/v1/skus/{sku}/reservations",
-        json={"qty": qty, "ttl_s": 120},
-        headers=_json(channel),
+        body={"qty": qty, "ttl_s": ttl_s},
+        channel=channel,
         name="/v1/skus/[sku]/reservations",
-        catch_response=True,
-    ) as r:
-        if r.status_code == 409:
-            r.success()  # sold out
-            return
-        if r.status_code != 201:
-            return
-        rid = r.json()["reservation_id"]
-    done = user.client.post(
-        f"/v1/skus/{sku}/reservations/{rid}/commit",
-        headers=_json(channel),
-        name="/v1/skus/[sku]/reservations/[rid]/commit",
+        expect=(201, 409),
     )
-    if done.status_code == 200:
+
+
+def _commit(user: LeanHttpUser, sku: str, rid: str, qty: int, channel: str) -> None:
+    path = f"/v1/skus/{sku}/reservations/{rid}/commit"
+    name = "/v1/skus/[sku]/reservations/[rid]/commit"
+    if user.request("POST", path, channel=channel, name=name) is not None:
         COMMITTED[sku] += qty
+
+
+def _sell(user: LeanHttpUser, sku: str, channel: str, qty: int) -> None:
+    r = _reserve(user, sku, qty, channel, ttl_s=120)
+    if r is not None and r.status == 201:
+        _commit(user, sku, r.json()["reservation_id"], qty, channel)
 
 
 def _write_tally(environment: Any, **kwargs: Any) -> None:
@@ -199,4 +182,24 @@ def _write_tally(environment: Any, **kwargs: Any) -> None:
     path.write_text(json.dumps({"carts": CARTS, "committed": dict(COMMITTED)}))
 
 
+def _remember_environment(environment: Any, **kwargs: Any) -> None:
+    ENVIRONMENT.append(environment)
+
+
+def _write_ramp(**kwargs: Any) -> None:
+    """The master's figures for the spawning phase, just before --reset-stats clears them."""
+    path = os.environ.get("OMNIGRID_RAMP_FILE")
+    if not path or not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, WorkerRunner):
+        return
+    total = ENVIRONMENT[0].stats.total
+    ramp = {
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        **{f"p{q}_ms": total.get_response_time_percentile(q / 100) for q in (50, 95, 99)},
+    }
+    Path(path).write_text(json.dumps(ramp))
+
+
 events.quitting.add_listener(_write_tally)  # type: ignore[no-untyped-call]
+events.init.add_listener(_remember_environment)  # type: ignore[no-untyped-call]
+events.spawning_complete.add_listener(_write_ramp)  # type: ignore[no-untyped-call]
