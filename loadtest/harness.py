@@ -2,6 +2,7 @@
 
     python loadtest/harness.py --users 2000 --spawn-rate 100 --hold 120
     python loadtest/harness.py --url http://127.0.0.1:8000 --users 500 --hold 60 --think 2,5
+    python loadtest/harness.py --url http://api-1:8000,http://api-2:8000 -u 20000 --processes 8
 
 One command: raises its open-file limit to the hard limit, starts ``omnigrid
 serve`` (unless ``--url``), seeds a SKU catalogue (plus a flash sale's hot SKUs
@@ -35,6 +36,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,9 +59,12 @@ def raise_open_files() -> str:
     return f"open files: soft {soft} -> {hard} (hard limit; each user holds one connection)"
 
 
-async def seed(base: str, skus: int, hot: int, on_hand: int, hot_on_hand: int) -> dict[str, Any]:
-    catalogue = {f"cat-{i:05d}": on_hand for i in range(skus)}
-    flash = {f"flash-{i}": hot_on_hand for i in range(hot)}
+async def seed(
+    base: str, run: str, skus: int, hot: int, on_hand: int, hot_on_hand: int
+) -> dict[str, Any]:
+    """SKUs named after the run, so runs against one grid never share stock."""
+    catalogue = {f"{run}-cat-{i:05d}": on_hand for i in range(skus)}
+    flash = {f"{run}-flash-{i}": hot_on_hand for i in range(hot)}
     stock = {**catalogue, **flash}
     limit = asyncio.Semaphore(32)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -75,26 +80,34 @@ async def seed(base: str, skus: int, hot: int, on_hand: int, hot_on_hand: int) -
     return {"skus": list(catalogue), "hot_skus": list(flash), "on_hand": stock}
 
 
-def established(ports: set[int]) -> int:
-    """TCP connections established to these local ports (the grid's side), from /proc."""
+def established(ports: set[int], grid_side: bool) -> int:
+    """TCP connections established to these ports, from /proc.
+
+    A grid on this machine: counted on its side (local port). A grid elsewhere:
+    the connections this machine holds to it (remote port).
+    """
+    column = 1 if grid_side else 2
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             next(f)
             for line in f:
                 fields = line.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) in ports:
+                if fields[3] == "01" and int(fields[column].rsplit(":", 1)[1], 16) in ports:
                     count += 1
     return count
 
 
 def watch_connections(
-    ports: set[int], stop: threading.Event, samples: list[tuple[float, int]]
+    targets: list[str], stop: threading.Event, samples: list[tuple[float, int]]
 ) -> None:
+    ports = {urlsplit(t).port or 80 for t in targets}
+    local = all((urlsplit(t).hostname or "").startswith("127.") for t in targets)
+    whose = "held by the grid" if local else "this machine holds to the grid"
     started = time.monotonic()
     while not stop.wait(10.0):
-        samples.append((round(time.monotonic() - started), established(ports)))
-        log(f"connections held by the grid: {samples[-1][1]:,}")
+        samples.append((round(time.monotonic() - started), established(ports, local)))
+        log(f"connections {whose}: {samples[-1][1]:,}")
 
 
 def run_seconds(args: argparse.Namespace) -> int:
@@ -260,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--url", help="a running grid (else one is started)")
+    p.add_argument(
+        "--url",
+        help="a running grid (else one is started); several API hosts comma-separated: "
+        "users spread over them",
+    )
     p.add_argument("-u", "--users", type=int, default=2_000)
     p.add_argument("-r", "--spawn-rate", type=float, default=100.0)
     p.add_argument("--hold", type=float, default=120.0, help="seconds every user is held")
@@ -271,17 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skus", type=int, default=2_000)
     p.add_argument("--hot", type=int, default=5, help="flash-sale SKUs with little stock")
     p.add_argument("--hot-on-hand", type=int, default=200)
+    p.add_argument("--out", type=Path, help="report folder (default results/locust-<date>)")
     args = p.parse_args(argv)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = HERE / "results" / f"locust-{stamp}"
-    out.mkdir(parents=True)
+    run = f"lt{stamp.replace('-', '')}"  # prefixes this run's SKUs and uids
+    out = args.out or HERE / "results" / f"locust-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
     log(raise_open_files())
     tmp = Path(tempfile.mkdtemp(prefix="omnigrid-harness-"))
     server: Server | None = None
     try:
         if args.url:
-            base = args.url.rstrip("/")
-            targets = [base]
+            targets = [u.strip().rstrip("/") for u in args.url.split(",") if u.strip()]
+            base = targets[0]
         else:
             port = free_port()
             extra = [free_port() for _ in range(args.ports - 1)]
@@ -291,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             server = omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
             log(f"grid ready in {server.start(300):.0f} s at {server.url}")
             base = server.url
-        seeded = asyncio.run(seed(base, args.skus, args.hot, 1_000_000, args.hot_on_hand))
+        seeded = asyncio.run(seed(base, run, args.skus, args.hot, 1_000_000, args.hot_on_hand))
         (tmp / "seed.json").write_text(json.dumps(seeded))
         log(f"seeded {args.skus:,} SKUs and {args.hot} flash SKUs of {args.hot_on_hand}")
         think_min, think_max = args.think.split(",")
@@ -303,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             "OMNIGRID_THINK_MAX_S": think_max,
             "OMNIGRID_TARGETS": ",".join(targets),
             "OMNIGRID_RAMP_FILE": str(out / "ramp.json"),
+            "OMNIGRID_RUN_ID": run,
         }
         started = time.monotonic()
         samples: list[tuple[float, int]] = []
         stop = threading.Event()
-        ports = {int(t.rsplit(":", 1)[1]) for t in targets}
-        watcher = threading.Thread(target=watch_connections, args=(ports, stop, samples))
+        watcher = threading.Thread(target=watch_connections, args=(targets, stop, samples))
         watcher.start()
         try:
             code = run_locust(args, base, out, env)

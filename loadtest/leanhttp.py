@@ -29,8 +29,10 @@ from locust import User
 from locust.exception import LocustError
 
 _NO_BODY_STATUS = frozenset((204, 304))
-# The real select(), not gevent's: a zero-timeout poll that never yields to the hub.
-_select = gevent.monkey.get_original("select", "select")
+# The real poll(), not gevent's: a zero-timeout check that never yields to the hub
+# (and, unlike select(), takes descriptors above 1,023).
+_poll = gevent.monkey.get_original("select", "poll")
+_POLLIN = gevent.monkey.get_original("select", "POLLIN")
 
 
 class ConnectionClosed(ConnectionError):
@@ -84,7 +86,9 @@ class Connection:
         a shopper whose tasks made no request can think for longer than that.
         """
         assert self.sock is not None
-        return bool(_select([self.sock.fileno()], [], [], 0.0)[0])
+        poller = _poll()
+        poller.register(self.sock.fileno(), _POLLIN)
+        return bool(poller.poll(0))
 
     def exchange(self, request: bytes) -> Reply:
         if self.sock is not None and self._closed_while_idle():

@@ -41,6 +41,7 @@ THINK = between(
     float(os.environ.get("OMNIGRID_THINK_MAX_S", "40")),
 )
 _ids = itertools.count()
+RUN = os.environ.get("OMNIGRID_RUN_ID", "lt")  # the harness's run: uids never repeat across runs
 # Several ports of the same grid: users spread over them, since one source
 # address holds only ~28,000 connections to one address and port.
 TARGETS = [t for t in os.environ.get("OMNIGRID_TARGETS", "").split(",") if t]
@@ -68,7 +69,7 @@ class Shopper(SpreadUser):
     wait_time = THINK
 
     def on_start(self) -> None:
-        self.uid = f"lt-{os.getpid()}-{next(_ids)}"
+        self.uid = f"{RUN}-{os.getpid()}-{next(_ids)}"
         self.lines: dict[str, int] = {}
 
     def _cart_write(self, method: str, path: str, body: Any, channel: str, name: str) -> None:

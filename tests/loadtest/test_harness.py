@@ -1,0 +1,133 @@
+"""The locust harness: its correctness check against a real grid, and whole runs.
+
+The check is what makes a load run's verdict trustworthy, so it is tested
+both ways: acknowledged writes the grid holds pass, and a tally that claims
+more than the grid holds (a lost cart write, a lost or oversold commit) is
+caught. The runs start the harness as a channel's ops would, as a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtest.harness import check, seed
+from tests.conftest import Grid, new_id, write_headers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tally(folder: Path, carts: dict[str, Any], committed: dict[str, int]) -> None:
+    (folder / "tally-1.json").write_text(json.dumps({"carts": carts, "committed": committed}))
+
+
+def _sell(client: httpx.Client, sku: str, qty: int) -> None:
+    r = client.post(
+        f"/v1/skus/{sku}/reservations", json={"qty": qty, "ttl_s": 60}, headers=write_headers()
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["reservation_id"]
+    r = client.post(f"/v1/skus/{sku}/reservations/{rid}/commit", headers=write_headers())
+    assert r.status_code == 200, r.text
+
+
+def _seeded(grid: Grid) -> dict[str, Any]:
+    return asyncio.run(seed(grid.url, new_id("t"), skus=3, hot=1, on_hand=10, hot_on_hand=2))
+
+
+def test_acknowledged_writes_the_grid_holds_pass(grid: Grid, tmp_path: Path) -> None:
+    seeded = _seeded(grid)
+    sku, hot = seeded["skus"][0], seeded["hot_skus"][0]
+    uid = new_id("u")
+    with httpx.Client(base_url=grid.url, timeout=10) as client:
+        r = client.post(
+            f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 2}, headers=write_headers()
+        )
+        view = r.json()
+        _sell(client, sku, 3)
+        _sell(client, hot, 2)
+    acked = {uid: {"version": view["version"], "lines": {sku: 2}}}
+    _tally(tmp_path, acked, {sku: 3, hot: 2})
+    found = check(grid.url, seeded, tmp_path)
+    assert found["skus_checked"] == 4 and found["carts_checked"] == 1
+    assert found["oversold"] == [] and found["lost_commits"] == []
+    assert found["lost_cart_writes"] == [] and found["commits_without_answer"] == 0
+    assert found["cart_writes_without_answer"] == 0
+
+
+def test_a_tally_claiming_more_than_the_grid_holds_is_caught(grid: Grid, tmp_path: Path) -> None:
+    seeded = _seeded(grid)
+    sku, other, hot = seeded["skus"][0], seeded["skus"][1], seeded["hot_skus"][0]
+    uid, unanswered = new_id("u"), new_id("u")
+    with httpx.Client(base_url=grid.url, timeout=10) as client:
+        r = client.post(
+            f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1}, headers=write_headers()
+        )
+        version = r.json()["version"]
+        for _ in range(2):  # the second answer "never arrived": the tally has the first
+            r = client.post(
+                f"/v1/carts/{unanswered}/lines",
+                json={"sku": sku, "qty": 1},
+                headers=write_headers(),
+            )
+        _sell(client, other, 4)  # sold in the grid, answer lost: not a failure, but counted
+    carts = {
+        uid: {"version": version + 1, "lines": {sku: 1}},  # a write the grid does not hold
+        unanswered: {"version": 1, "lines": {sku: 1}},
+    }
+    _tally(tmp_path, carts, {sku: 1, hot: 3})  # sku never sold; hot has 2 on hand
+    found = check(grid.url, seeded, tmp_path)
+    assert found["lost_cart_writes"] == [uid]
+    assert found["cart_writes_without_answer"] == 1
+    assert sorted(found["lost_commits"]) == sorted([sku, hot])
+    assert found["oversold"] == [hot]  # more committed than it ever had
+    assert found["commits_without_answer"] == 4
+
+
+def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "harness.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def _assert_passed(run: subprocess.CompletedProcess[str], out: Path, users: int) -> None:
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "VERDICT: PASS" in run.stdout, run.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    stats, found = summary["stats"], summary["check"]
+    assert stats["requests"] > users and stats["failures"] == 0
+    assert summary["stats"]["ramp"]["requests"] > 0  # the spawning phase, kept apart
+    assert found["oversold"] == [] and found["lost_cart_writes"] == []
+    assert found["carts_checked"] > 0 and found["skus_checked"] == 31
+    assert max(n for _, n in summary["connections"]) >= users  # one kept connection each
+    for name in ("locust-over-time.png", "locust_stats.csv", "locust_stats_history.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "report.html").exists()
+
+
+def test_a_run_against_a_grid_named_by_url(grid: Grid, tmp_path: Path) -> None:
+    run = _harness(
+        *("--url", grid.url, "-u", "40", "-r", "40", "--hold", "12", "--think", "0.2,0.6"),
+        *("--processes", "2", "--skus", "30", "--hot", "1", "--out", str(tmp_path)),
+    )
+    _assert_passed(run, tmp_path, 40)
+
+
+def test_a_run_on_a_grid_it_starts_over_two_ports(tmp_path: Path) -> None:
+    run = _harness(
+        *("-u", "30", "-r", "30", "--hold", "12", "--think", "0.2,0.6", "--processes", "1"),
+        *("--ports", "2", "--skus", "30", "--hot", "1", "--out", str(tmp_path)),
+    )
+    _assert_passed(run, tmp_path, 30)
+    assert "grid on 2 port(s)" in run.stdout
+    assert "open files: soft" in run.stdout  # it says what it raised
