@@ -16,6 +16,7 @@ grid against it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from locust import between, events, task
+from locust import argument_parser, between, events, task
 from locust.runners import WorkerRunner
 
 if __package__ in (None, ""):  # locust imports this file by path
@@ -40,6 +41,14 @@ THINK = between(
     float(os.environ.get("OMNIGRID_THINK_MIN_S", "20")),
     float(os.environ.get("OMNIGRID_THINK_MAX_S", "40")),
 )
+# locust 2.47's worker, on every spawn message from the master (about one a
+# second while users are spawning), tests each option against
+# argument_parser.default_args_dict() inside a comprehension, and that function
+# builds and runs a whole argument parser: ~3 ms, ~60 times per message. With
+# 6 workers that was most of a core for as long as spawning lasted (py-spy: 74%
+# of a worker's time). The defaults never change within a process, so one
+# parse is kept.
+argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
 _ids = itertools.count()
 RUN = os.environ.get("OMNIGRID_RUN_ID", "lt")  # the harness's run: uids never repeat across runs
 # Several ports of the same grid: users spread over them, since one source

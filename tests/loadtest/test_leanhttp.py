@@ -132,7 +132,13 @@ def server() -> Iterator[_Server]:
 def test_a_connection_the_server_closed_while_idle_is_opened_again(server: _Server) -> None:
     port = server.server_address[1]
     # above descriptor 1,023, where select() would refuse to look
-    steps = [["fds", 1100], ["GET", "/a"], ["sleep", 1.0], ["GET", "/b"], ["GET", "/c"]]
+    steps: list[list[Any]] = [
+        ["fds", 1100],
+        ["GET", "/a"],
+        ["sleep", 1.0],
+        ["GET", "/b"],
+        ["GET", "/c"],
+    ]
     seen = _client(port, steps)
     assert [s.get("status") for s in seen] == [200, 200, 200], seen
     assert seen[0]["port"] != seen[1]["port"] == seen[2]["port"]
