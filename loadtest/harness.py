@@ -132,7 +132,8 @@ def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
     """The grid against the users' tally: oversold SKUs and lost cart writes."""
     carts: dict[str, dict[str, Any]] = {}
     committed: dict[str, int] = {}
-    for path in tally_dir.glob("tally-*.json"):
+    tallies = sorted(tally_dir.glob("tally-*.json"))
+    for path in tallies:
         part = json.loads(path.read_text())
         carts.update(part["carts"])
         for sku, qty in part["committed"].items():
@@ -159,6 +160,7 @@ def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
         elif view["version"] > acked["version"]:
             unacked_carts += 1  # applied, but its answer never reached the user
     return {
+        "tallies": len(tallies),
         "skus_checked": len(seeded["on_hand"]),
         "oversold": sorted(set(oversold)),
         "lost_commits": short,
@@ -252,8 +254,10 @@ def plot(out: Path, title: str) -> Path:
 
 def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> str:
     fail_rate = s["failures"] / s["requests"] if s.get("requests") else float("nan")
+    tallies_ok = c.get("tallies", 0) >= args.processes
     ok = (
-        not c["oversold"]
+        tallies_ok
+        and not c["oversold"]
         and not c["lost_cart_writes"]
         and not c["lost_commits"]
         and fail_rate < 0.001
@@ -274,6 +278,11 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
         f"applied without an answer {c['cart_writes_without_answer']}",
     ]
+    if not tallies_ok:
+        lines.append(
+            f"INCOMPLETE: tallies from {c.get('tallies', 0)} of {args.processes} locust workers "
+            "(a worker died before writing what it saw acknowledged)"
+        )
     ramp = s.get("ramp")
     if ramp:
         lines.append(
@@ -285,6 +294,23 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         lines.append(f"  failure x{count}: {kind}")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def invalid(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, before anything starts."""
+    if args.users < 1 or args.spawn_rate <= 0 or args.hold < 0:
+        return "--users and --spawn-rate must be positive and --hold not negative"
+    if args.processes < 1:
+        return "--processes must be at least 1 (each locust worker tallies what it saw)"
+    if args.shards < 1 or args.ports < 1 or args.skus < 1 or args.hot < 0:
+        return "--shards, --ports and --skus must be at least 1, --hot not negative"
+    try:
+        low, high = (float(x) for x in args.think.split(","))
+    except ValueError:
+        return f"--think must be min,max seconds, not {args.think!r}"
+    if not 0 <= low <= high:
+        return f"--think must be 0 <= min <= max, not {args.think!r}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hot-on-hand", type=int, default=200)
     p.add_argument("--out", type=Path, help="report folder (default results/locust-<date>)")
     args = p.parse_args(argv)
+    problem = invalid(args)
+    if problem:
+        p.error(problem)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run = f"lt{stamp.replace('-', '')}"  # prefixes this run's SKUs and uids
     out = args.out or HERE / "results" / f"locust-{stamp}"
@@ -365,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     summary["connections_max"] = max((n for _, n in samples), default=0)
     title = f"{args.users:,} users ({args.spawn_rate:.0f}/s), held {args.hold:.0f} s"
     png = plot(out, f"{title}, think {args.think} s, {stamp}")
-    report = {"args": vars(args), "stats": summary, "check": checked, "connections": samples}
+    report = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "stats": summary,
+        "check": checked,
+        "connections": samples,
+    }
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     print(verdict(args, summary, checked))
     log(f"reports in {out} ({png.name}, report.html, locust_*.csv, summary.json)")

@@ -26,8 +26,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import gevent
+import locust.runners
 from locust import argument_parser, between, events, task
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 if __package__ in (None, ""):  # locust imports this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,6 +51,11 @@ THINK = between(
 # of a worker's time). The defaults never change within a process, so one
 # parse is kept.
 argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
+# A worker whose CPU is saturated answers its heartbeats late; after 3 missed
+# seconds the master declares it missing, hands its users to the others and
+# takes it back when it answers, so more users run than asked (136,000 of
+# 100,000 in one overloaded run). A worker 30 s late is truly gone.
+locust.runners.HEARTBEAT_LIVENESS = 30
 _ids = itertools.count()
 RUN = os.environ.get("OMNIGRID_RUN_ID", "lt")  # the harness's run: uids never repeat across runs
 # Several ports of the same grid: users spread over them, since one source
@@ -184,12 +191,30 @@ def _sell(user: LeanHttpUser, sku: str, channel: str, qty: int) -> None:
         _commit(user, sku, r.json()["reservation_id"], qty, channel)
 
 
-def _write_tally(environment: Any, **kwargs: Any) -> None:
+def _write_tally(**kwargs: Any) -> None:
     folder = os.environ.get("OMNIGRID_TALLY_DIR")
-    if not folder or not (CARTS or COMMITTED):
-        return
+    if not folder or not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, MasterRunner):
+        return  # the master runs no users
     path = Path(folder) / f"tally-{os.getpid()}.json"
-    path.write_text(json.dumps({"carts": CARTS, "committed": dict(COMMITTED)}))
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"carts": CARTS, "committed": dict(COMMITTED)}))
+    temp.replace(path)  # a reader never sees half a tally
+
+
+def _keep_tally(**kwargs: Any) -> None:
+    """Write the tally every 30 s as well as at the end.
+
+    An overloaded worker can be killed before it quits cleanly; an older tally
+    still checks everything it holds (later answers only count as "applied
+    without an answer", never as lost).
+    """
+
+    def loop() -> None:
+        while True:
+            gevent.sleep(30)
+            _write_tally()
+
+    gevent.spawn(loop)
 
 
 def _remember_environment(environment: Any, **kwargs: Any) -> None:
@@ -210,6 +235,8 @@ def _write_ramp(**kwargs: Any) -> None:
     Path(path).write_text(json.dumps(ramp))
 
 
+events.test_start.add_listener(_keep_tally)  # type: ignore[no-untyped-call]
+events.test_stop.add_listener(_write_tally)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_write_tally)  # type: ignore[no-untyped-call]
 events.init.add_listener(_remember_environment)  # type: ignore[no-untyped-call]
 events.spawning_complete.add_listener(_write_ramp)  # type: ignore[no-untyped-call]

@@ -106,7 +106,7 @@ def _assert_passed(run: subprocess.CompletedProcess[str], out: Path, users: int)
     summary = json.loads((out / "summary.json").read_text())
     stats, found = summary["stats"], summary["check"]
     assert stats["requests"] > users and stats["failures"] == 0
-    assert summary["stats"]["ramp"]["requests"] > 0  # the spawning phase, kept apart
+    assert {"requests", "p99_ms"} <= set(stats["ramp"])  # the spawning phase, kept apart
     assert found["oversold"] == [] and found["lost_cart_writes"] == []
     assert found["carts_checked"] > 0 and found["skus_checked"] == 31
     assert max(n for _, n in summary["connections"]) >= users  # one kept connection each
@@ -131,3 +131,18 @@ def test_a_run_on_a_grid_it_starts_over_two_ports(tmp_path: Path) -> None:
     _assert_passed(run, tmp_path, 30)
     assert "grid on 2 port(s)" in run.stdout
     assert "open files: soft" in run.stdout  # it says what it raised
+
+
+def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    for bad in (
+        ["-u", "0"],
+        ["--spawn-rate", "-1"],
+        ["--processes", "0"],
+        ["--think", "40,20"],
+        ["--think", "soon"],
+        ["--ports", "0"],
+    ):
+        run = _harness(*bad, "--out", str(tmp_path / "never"))
+        assert run.returncode == 2, (bad, run.stdout, run.stderr)
+        assert "error:" in run.stderr, bad
+        assert not (tmp_path / "never").exists(), "nothing started, nothing written"
