@@ -296,6 +296,11 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
     return "\n".join(lines)
 
 
+def think_seconds(args: argparse.Namespace) -> tuple[float, float]:
+    low, high = args.think.split(",")
+    return float(low), float(high)
+
+
 def invalid(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, before anything starts."""
     if args.users < 1 or args.spawn_rate <= 0 or args.hold < 0:
@@ -305,7 +310,7 @@ def invalid(args: argparse.Namespace) -> str | None:
     if args.shards < 1 or args.ports < 1 or args.skus < 1 or args.hot < 0:
         return "--shards, --ports and --skus must be at least 1, --hot not negative"
     try:
-        low, high = (float(x) for x in args.think.split(","))
+        low, high = think_seconds(args)
     except ValueError:
         return f"--think must be min,max seconds, not {args.think!r}"
     if not 0 <= low <= high:
@@ -353,7 +358,14 @@ def main(argv: list[str] | None = None) -> int:
             extra = [free_port() for _ in range(args.ports - 1)]
             targets = [f"http://127.0.0.1:{p}" for p in (port, *extra)]
             log(f"grid on {len(targets)} port(s), {args.shards} processes accepting on each")
-            env = {"OMNIGRID_EXTRA_PORTS": ",".join(map(str, extra))}
+            # A user whose task made no request thinks twice before its next one:
+            # the grid must keep an idle connection open longer than that.
+            keepalive = max(75, math.ceil(2 * think_seconds(args)[1]) + 10)
+            log(f"grid keep-alive {keepalive} s (think time up to {think_seconds(args)[1]:g} s)")
+            env = {
+                "OMNIGRID_EXTRA_PORTS": ",".join(map(str, extra)),
+                "OMNIGRID_KEEPALIVE_S": str(keepalive),
+            }
             server = omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
             log(f"grid ready in {server.start(300):.0f} s at {server.url}")
             base = server.url
