@@ -214,7 +214,7 @@ def stats(out: Path) -> dict[str, Any]:
     return summary
 
 
-def plot(out: Path, title: str) -> Path:
+def plot(out: Path, title: str, connections: list[tuple[float, int]]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,8 +233,12 @@ def plot(out: Path, title: str) -> Path:
     top.plot(t, col("Requests/s"), label="requests/s")
     top.plot(t, col("Failures/s"), label="failures/s", color="red")
     users = top.twinx()
-    users.plot(t, col("User Count"), label="users", color="grey", linestyle="--")
-    users.set_ylabel("users")
+    users.plot(t, col("User Count"), label="users (locust)", color="grey", linestyle="--")
+    if connections:
+        held = [n for _, n in connections]
+        users.plot([s for s, _ in connections], held, label="connections held", color="green")
+    users.set_ylabel("users, connections")
+    users.legend(loc="lower right")
     top.set_ylabel("requests/s")
     top.legend(loc="upper left")
     for name in ("50%", "95%", "99%"):
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["ramp"] = json.loads((out / "ramp.json").read_text())
     summary["connections_max"] = max((n for _, n in samples), default=0)
     title = f"{args.users:,} users ({args.spawn_rate:.0f}/s), held {args.hold:.0f} s"
-    png = plot(out, f"{title}, think {args.think} s, {stamp}")
+    png = plot(out, f"{title}, think {args.think} s, {stamp}", samples)
     report = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "stats": summary,
