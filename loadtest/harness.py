@@ -10,9 +10,10 @@ with little stock), runs locust headless and distributed (``--processes``: one
 master and that many workers), then checks the grid against what the users saw
 acknowledged: no SKU oversold (committed never above its stock, counted from
 the grid and from the users' tally) and every acknowledged cart change present.
-Statistics restart once every user is spawned (locust's ``--reset-stats``), so
-the verdict's figures are those of the held load; the ramp's own are kept
-beside them, and the PNG shows the whole run. It prints a one-screen verdict
+Statistics restart ``--settle`` seconds after every user is spawned (for the
+requests queued while spawning to drain), so the verdict's figures are those of
+the held load; the ramp's own are kept beside them, and the PNG shows the whole
+run. It prints a one-screen verdict
 and writes the locust CSV/HTML reports, a JSON summary and a PNG of
 throughput, users and p50/p95/p99 over time under loadtest/results/locust-<date>/.
 """
@@ -111,8 +112,9 @@ def watch_connections(
 
 
 def run_seconds(args: argparse.Namespace) -> int:
-    """Locust's run time: spawning every user, then holding them for ``--hold``."""
-    return math.ceil(args.users / args.spawn_rate) + int(args.hold)  # type: ignore[no-any-return]
+    """Locust's run time: spawning every user, settling, then holding them for ``--hold``."""
+    spawning = math.ceil(args.users / args.spawn_rate)
+    return spawning + int(args.settle) + int(args.hold)  # type: ignore[no-any-return]
 
 
 def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, str]) -> int:
@@ -121,7 +123,7 @@ def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, st
         *("--headless", "--host", base, "--processes", str(args.processes)),
         *("-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{run_seconds(args)}s"),
         *("--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html")),
-        *("--reset-stats", "--stop-timeout", "10", "--loglevel", "WARNING"),
+        *("--stop-timeout", "10", "--loglevel", "WARNING"),
     ]
     log("running " + " ".join(cmd[2:]))
     with (out / "locust.log").open("wb") as logfile:
@@ -270,7 +272,7 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
     lines = [
         "=" * 72,
         f"VERDICT: {'PASS' if ok else 'FAIL'}   users {args.users:,} held {args.hold:.0f} s "
-        f"after spawning at {args.spawn_rate:.0f}/s   (figures below: the held load)",
+        f"(spawned at {args.spawn_rate:.0f}/s, settled {args.settle:.0f} s; figures: the hold)",
         f"requests {s['requests']:,}   {s['rps']:,.0f}/s   failures {s['failures']:,} "
         f"({fail_rate:.3%}; goal < 0.1%)",
         f"latency p50 {s['p50_ms']:.0f} ms   p95 {s['p95_ms']:.0f} ms   p99 {s['p99_ms']:.0f} ms "
@@ -290,7 +292,8 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
     ramp = s.get("ramp")
     if ramp:
         lines.append(
-            f"while spawning: requests {ramp['requests']:,}   failures {ramp['failures']:,}   "
+            f"spawning and settling: requests {ramp['requests']:,}   "
+            f"failures {ramp['failures']:,}   "
             f"p50 {ramp['p50_ms']:.0f} ms   p95 {ramp['p95_ms']:.0f} ms   "
             f"p99 {ramp['p99_ms']:.0f} ms"
         )
@@ -307,8 +310,8 @@ def think_seconds(args: argparse.Namespace) -> tuple[float, float]:
 
 def invalid(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, before anything starts."""
-    if args.users < 1 or args.spawn_rate <= 0 or args.hold < 0:
-        return "--users and --spawn-rate must be positive and --hold not negative"
+    if args.users < 1 or args.spawn_rate <= 0 or args.hold < 0 or args.settle < 0:
+        return "--users and --spawn-rate must be positive, --hold and --settle not negative"
     if args.processes < 1:
         return "--processes must be at least 1 (each locust worker tallies what it saw)"
     if args.shards < 1 or args.ports < 1 or args.skus < 1 or args.hot < 0:
@@ -334,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-u", "--users", type=int, default=2_000)
     p.add_argument("-r", "--spawn-rate", type=float, default=100.0)
     p.add_argument("--hold", type=float, default=120.0, help="seconds every user is held")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="seconds after spawning before the hold is measured (its figures are kept apart)",
+    )
     p.add_argument("--processes", type=int, default=2, help="locust worker processes")
     p.add_argument("--think", default="20,40", help="think time between actions, min,max s")
     p.add_argument("--shards", type=int, default=2, help="grid processes (each accepts HTTP)")
@@ -385,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "OMNIGRID_THINK_MAX_S": think_max,
             "OMNIGRID_TARGETS": ",".join(targets),
             "OMNIGRID_RAMP_FILE": str(out / "ramp.json"),
+            "OMNIGRID_SETTLE_S": str(args.settle),
             "OMNIGRID_RUN_ID": run,
         }
         started = time.monotonic()
@@ -408,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         summary["ramp"] = json.loads((out / "ramp.json").read_text())
     summary["connections_max"] = max((n for _, n in samples), default=0)
-    title = f"{args.users:,} users ({args.spawn_rate:.0f}/s), held {args.hold:.0f} s"
+    title = (
+        f"{args.users:,} users ({args.spawn_rate:.0f}/s, settle {args.settle:.0f} s), "
+        f"held {args.hold:.0f} s"
+    )
     png = plot(out, f"{title}, think {args.think} s, {stamp}", samples)
     report = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -247,22 +247,36 @@ def _remember_environment(environment: Any, **kwargs: Any) -> None:
     ENVIRONMENT.append(environment)
 
 
-def _write_ramp(**kwargs: Any) -> None:
-    """The master's figures for the spawning phase, just before --reset-stats clears them."""
-    path = os.environ.get("OMNIGRID_RAMP_FILE")
-    if not path or not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, WorkerRunner):
+def _measure_the_hold(**kwargs: Any) -> None:
+    """On the master, once every user is spawned: settle, then restart the statistics.
+
+    The figures up to then (spawning, then ``OMNIGRID_SETTLE_S`` seconds for
+    the requests queued while spawning to drain) go to ``OMNIGRID_RAMP_FILE``;
+    what locust reports from then on is the held load alone. Workers send their
+    statistics as deltas, so clearing the master's is enough.
+    """
+    if not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, WorkerRunner):
         return
-    total = ENVIRONMENT[0].stats.total
-    ramp = {
-        "requests": total.num_requests,
-        "failures": total.num_failures,
-        **{f"p{q}_ms": total.get_response_time_percentile(q / 100) for q in (50, 95, 99)},
-    }
-    Path(path).write_text(json.dumps(ramp))
+    environment = ENVIRONMENT[0]
+
+    def settle_then_reset() -> None:
+        gevent.sleep(float(os.environ.get("OMNIGRID_SETTLE_S", "0")))
+        total = environment.stats.total
+        ramp = {
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            **{f"p{q}_ms": total.get_response_time_percentile(q / 100) for q in (50, 95, 99)},
+        }
+        path = os.environ.get("OMNIGRID_RAMP_FILE")
+        if path:
+            Path(path).write_text(json.dumps(ramp))
+        environment.stats.reset_all()
+
+    gevent.spawn(settle_then_reset)
 
 
 events.test_start.add_listener(_keep_tally)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_write_tally)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_write_tally)  # type: ignore[no-untyped-call]
 events.init.add_listener(_remember_environment)  # type: ignore[no-untyped-call]
-events.spawning_complete.add_listener(_write_ramp)  # type: ignore[no-untyped-call]
+events.spawning_complete.add_listener(_measure_the_hold)  # type: ignore[no-untyped-call]

@@ -117,16 +117,18 @@ def _assert_passed(run: subprocess.CompletedProcess[str], out: Path, users: int)
 
 def test_a_run_against_a_grid_named_by_url(grid: Grid, tmp_path: Path) -> None:
     run = _harness(
-        *("--url", grid.url, "-u", "40", "-r", "40", "--hold", "12", "--think", "0.2,0.6"),
-        *("--processes", "2", "--skus", "30", "--hot", "1", "--out", str(tmp_path)),
+        *("--url", grid.url, "-u", "40", "-r", "40", "--hold", "12", "--settle", "2"),
+        *("--think", "0.2,0.6", "--processes", "2", "--skus", "30", "--hot", "1"),
+        *("--out", str(tmp_path)),
     )
     _assert_passed(run, tmp_path, 40)
 
 
 def test_a_run_on_a_grid_it_starts_over_two_ports(tmp_path: Path) -> None:
     run = _harness(
-        *("-u", "30", "-r", "30", "--hold", "12", "--think", "0.2,0.6", "--processes", "1"),
-        *("--ports", "2", "--skus", "30", "--hot", "1", "--out", str(tmp_path)),
+        *("-u", "30", "-r", "30", "--hold", "12", "--settle", "2", "--think", "0.2,0.6"),
+        *("--processes", "1", "--ports", "2", "--skus", "30", "--hot", "1"),
+        *("--out", str(tmp_path)),
     )
     _assert_passed(run, tmp_path, 30)
     assert "grid on 2 port(s)" in run.stdout
@@ -140,6 +142,7 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         ["--processes", "0"],
         ["--think", "40,20"],
         ["--think", "soon"],
+        ["--settle", "-5"],
         ["--ports", "0"],
     ):
         run = _harness(*bad, "--out", str(tmp_path / "never"))
