@@ -249,7 +249,7 @@ def plot(out: Path, title: str, connections: list[tuple[float, int]]) -> Path:
     bottom.set_yscale("log")
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel("seconds")
-    bottom.legend()
+    bottom.legend(loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     path = out / "locust-over-time.png"
