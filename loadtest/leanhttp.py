@@ -1,9 +1,9 @@
 """A lean locust user: one persistent HTTP/1.1 connection per user, nothing else.
 
 Why not FastHttpUser: at 100,000 users the load generator shares the grid's two
-cores, and FastHttpUser costs about 1.5 ms of CPU per request here (DESIGN.md's
-calibration): URL building, a header dictionary, a connection pool with a
-select() liveness check and a socket created lazily per pool, a response object
+cores, and FastHttpUser cost 347 µs of CPU per request here against this
+client's 196 µs (``loadtest/client_cost.py``, BENCHMARKS.md): URL building, a
+header dictionary, a connection pool with a liveness check, a response object
 with parsed headers. These users only ever speak to the grid, whose answers
 always carry ``content-length``, so a request is one ``sendall`` of prebuilt
 bytes and the answer is read by its status line and length. Each user opens its
