@@ -12,10 +12,10 @@ acknowledged: no SKU oversold (committed never above its stock, counted from
 the grid and from the users' tally) and every acknowledged cart change present.
 Statistics restart ``--settle`` seconds after every user is spawned (for the
 requests queued while spawning to drain), so the verdict's figures are those of
-the held load; the ramp's own are kept beside them, and the PNG shows the whole
-run. It prints a one-screen verdict
-and writes the locust CSV/HTML reports, a JSON summary and a PNG of
-throughput, users and p50/p95/p99 over time under loadtest/results/locust-<date>/.
+the held load; the ramp's own are kept beside them. It prints a one-screen
+verdict and writes the locust CSV/HTML reports, a JSON summary and a PNG of
+throughput, users, connections held and p50/p95/p99 over the whole run under
+loadtest/results/locust-<date>/ (or ``--out``).
 """
 
 from __future__ import annotations
