@@ -60,6 +60,20 @@ def raise_open_files() -> str:
     return f"open files: soft {soft} -> {hard} (hard limit; each user holds one connection)"
 
 
+async def _each(base: str, calls: list[tuple[str, str, Any]]) -> list[Any]:
+    """Every (method, path, JSON body) call against the grid, 32 at a time; their answers."""
+    limit = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def one(method: str, path: str, body: Any) -> Any:
+            async with limit:
+                r = await client.request(method, path, json=body, headers={"X-Channel": "pos"})
+                r.raise_for_status()
+                return r.json()
+
+        return await asyncio.gather(*(one(*call) for call in calls))
+
+
 async def seed(
     base: str, run: str, skus: int, hot: int, on_hand: int, hot_on_hand: int
 ) -> dict[str, Any]:
@@ -67,17 +81,7 @@ async def seed(
     catalogue = {f"{run}-cat-{i:05d}": on_hand for i in range(skus)}
     flash = {f"{run}-flash-{i}": hot_on_hand for i in range(hot)}
     stock = {**catalogue, **flash}
-    limit = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-
-        async def put(sku: str, qty: int) -> None:
-            async with limit:
-                r = await client.put(
-                    f"/v1/skus/{sku}/stock", json={"on_hand": qty}, headers={"X-Channel": "pos"}
-                )
-                r.raise_for_status()
-
-        await asyncio.gather(*(put(s, q) for s, q in stock.items()))
+    await _each(base, [("PUT", f"/v1/skus/{s}/stock", {"on_hand": q}) for s, q in stock.items()])
     return {"skus": list(catalogue), "hot_skus": list(flash), "on_hand": stock}
 
 
@@ -176,18 +180,9 @@ def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
 async def _read_all(
     base: str, skus: list[str], uids: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every SKU's stock and every cart, 32 reads at a time (100,000 carts take a while)."""
-    limit = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-
-        async def get(path: str) -> Any:
-            async with limit:
-                r = await client.get(path)
-                r.raise_for_status()
-                return r.json()
-
-        stock = await asyncio.gather(*(get(f"/v1/skus/{sku}/stock") for sku in skus))
-        carts = await asyncio.gather(*(get(f"/v1/carts/{uid}") for uid in uids))
+    """Every SKU's stock and every cart (100,000 carts take a while one at a time)."""
+    stock = await _each(base, [("GET", f"/v1/skus/{sku}/stock", None) for sku in skus])
+    carts = await _each(base, [("GET", f"/v1/carts/{uid}", None) for uid in uids])
     return dict(zip(skus, stock, strict=True)), dict(zip(uids, carts, strict=True))
 
 
@@ -373,8 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"grid on {len(targets)} port(s), {args.shards} processes accepting on each")
             # A user whose task made no request thinks twice before its next one:
             # the grid must keep an idle connection open longer than that.
-            keepalive = max(75, math.ceil(2 * think_seconds(args)[1]) + 10)
-            log(f"grid keep-alive {keepalive} s (think time up to {think_seconds(args)[1]:g} s)")
+            longest = think_seconds(args)[1]
+            keepalive = max(75, math.ceil(2 * longest) + 10)
+            log(f"grid keep-alive {keepalive} s (think time up to {longest:g} s)")
             env = {
                 "OMNIGRID_EXTRA_PORTS": ",".join(map(str, extra)),
                 "OMNIGRID_KEEPALIVE_S": str(keepalive),
@@ -385,13 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         seeded = asyncio.run(seed(base, run, args.skus, args.hot, 1_000_000, args.hot_on_hand))
         (tmp / "seed.json").write_text(json.dumps(seeded))
         log(f"seeded {args.skus:,} SKUs and {args.hot} flash SKUs of {args.hot_on_hand}")
-        think_min, think_max = args.think.split(",")
+        think_min, think_max = think_seconds(args)
         env = {
             **os.environ,
             "OMNIGRID_SEED_FILE": str(tmp / "seed.json"),
             "OMNIGRID_TALLY_DIR": str(tmp),
-            "OMNIGRID_THINK_MIN_S": think_min,
-            "OMNIGRID_THINK_MAX_S": think_max,
+            "OMNIGRID_THINK_MIN_S": str(think_min),
+            "OMNIGRID_THINK_MAX_S": str(think_max),
             "OMNIGRID_TARGETS": ",".join(targets),
             "OMNIGRID_RAMP_FILE": str(out / "ramp.json"),
             "OMNIGRID_SETTLE_S": str(args.settle),

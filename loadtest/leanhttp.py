@@ -67,17 +67,27 @@ class Connection:
         self.address = (host, port)
         self.host_header = f"Host: {host}:{port}\r\n"
         self.sock: gevent.socket.socket | None = None
+        self.idle_poller: Any = None  # watches the open socket between requests
         self.buffer = b""
 
     def open(self) -> None:
         sock = gevent.socket.create_connection(self.address, timeout=60.0)
         sock.setsockopt(gevent.socket.IPPROTO_TCP, gevent.socket.TCP_NODELAY, 1)
+        self.idle_poller = _poll()
+        self.idle_poller.register(sock.fileno(), _POLLIN)
         self.sock, self.buffer = sock, b""
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-        self.sock, self.buffer = None, b""
+        self.sock, self.idle_poller, self.buffer = None, None, b""
+
+    def request_bytes(self, method: str, path: str, channel: str, payload: bytes) -> bytes:
+        """One request to the grid, as sent: JSON body (possibly empty), channel header."""
+        return (
+            f"{method} {path} HTTP/1.1\r\n{self.host_header}X-Channel: {channel}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
 
     def _closed_while_idle(self) -> bool:
         """A keep-alive connection readable between requests has been closed by the grid.
@@ -85,10 +95,7 @@ class Connection:
         The grid closes connections idle for longer than its keep-alive (75 s);
         a shopper whose tasks made no request can think for longer than that.
         """
-        assert self.sock is not None
-        poller = _poll()
-        poller.register(self.sock.fileno(), _POLLIN)
-        return bool(poller.poll(0))
+        return bool(self.idle_poller.poll(0))
 
     def exchange(self, request: bytes) -> Reply:
         if self.sock is not None and self._closed_while_idle():
@@ -166,10 +173,7 @@ class LeanHttpUser(User):
         failure and gives None.
         """
         payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        raw = (
-            f"{method} {path} HTTP/1.1\r\n{self.connection.host_header}X-Channel: {channel}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-        ).encode() + payload
+        raw = self.connection.request_bytes(method, path, channel, payload)
         started = time.perf_counter()
         reply: Reply | None = None
         error: Exception | None = None

@@ -29,10 +29,8 @@ import json, sys, time
 from loadtest.leanhttp import Connection, ConnectionClosed
 
 def request(conn, method, path, body=b""):
-    head = (f"{method} {path} HTTP/1.1\\r\\n{conn.host_header}X-Channel: app\\r\\n"
-            f"Content-Type: application/json\\r\\nContent-Length: {len(body)}\\r\\n\\r\\n")
     try:
-        reply = conn.exchange(head.encode() + body)
+        reply = conn.exchange(conn.request_bytes(method, path, "app", body))
     except (ConnectionClosed, OSError) as e:
         return {"error": type(e).__name__, "port": None}
     return {"status": reply.status, "body": reply.body.decode(), "port": conn.sock and
