@@ -93,11 +93,12 @@ class EventHub:
             peers = self.remote.get(event.key)
             if not peers:
                 continue
+            wire = stream_wire(event)  # once, however many processes watch the key
             for peer, expires in list(peers.items()):
                 if expires < now:
                     del peers[peer]
                     continue
-                per_peer.setdefault(peer, []).append(stream_wire(event))
+                per_peer.setdefault(peer, []).append(wire)
             if not peers:
                 del self.remote[event.key]
         for peer, wires in per_peer.items():

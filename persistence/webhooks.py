@@ -51,10 +51,15 @@ class Delivery:
     attempts: int
 
 
+def event_id(event: Event) -> str:
+    """A delivery's id: the event's, stable across retries, for receivers to deduplicate."""
+    return f"{event.key}:{event.version}"
+
+
 def event_body(event: Event) -> dict[str, Any]:
-    """The JSON a receiver gets: ``id`` is the event's, stable across retries."""
+    """The JSON a receiver gets."""
     return {
-        "id": f"{event.key}:{event.version}",
+        "id": event_id(event),
         "event": event.kind,
         "key": event.key,
         "op": event.op,
@@ -77,7 +82,7 @@ def deliveries_for(
         for hook in webhooks:
             if event.kind in hook.kinds:
                 body = body or orjson.dumps(event_body(event)).decode()
-                rows.append((shard, hook.id, f"{event.key}:{event.version}", body, 0, now))
+                rows.append((shard, hook.id, event_id(event), body, 0, now))
     return rows
 
 
