@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,12 @@ from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.residency import Loader, Residency
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
+from omnigrid.persistence.journal import (
+    Journal,
+    JournalOutcomeUnknown,
+    JournalUnavailable,
+    NullJournal,
+)
 from omnigrid.persistence.store import StoreUnavailable
 from omnigrid.persistence.writebehind import Drain
 
@@ -32,10 +38,14 @@ from omnigrid.persistence.writebehind import Drain
 # cart view costs one message per shard, not one per line.
 PEEK = "stock.peek"
 SYSTEM_CHANNEL = "system"
-# After the journal refuses a batch, writes answer 503 at once for this long
-# before the journal is tried again: a dead store costs callers an immediate
-# 503, not a connect timeout each.
+# After the journal refuses a batch, writes answer 503 at once until the
+# journal is settled again, tried at most this often: a dead store costs
+# callers an immediate 503, not a connect timeout each.
 RETRY_PAUSE_S = 1.0
+# What a client is told; the cause goes to the log (it can carry driver text).
+JOURNAL_REFUSED = "the journal cannot take writes right now; retry later"
+STORE_REFUSED = "the store cannot be read right now; retry later"
+log = logging.getLogger("omnigrid.shard")
 PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
 
 
@@ -67,8 +77,15 @@ class Shard:
         # SKU are one entry, not 100,000 to pop and push again on every tick.
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
-        self._broken: str | None = None  # why the journal failed, until an append works
-        self._retry_at = 0.0
+        # Why the journal failed (for the log), until ``heal`` settles it again;
+        # the numbers of a batch sent whose outcome is unknown; when to try.
+        self._broken: str | None = None
+        self._broken_since = 0.0
+        self.doubtful: tuple[int, int] | None = None
+        self.retry_at = 0.0
+        # Whether a refused write tries to heal the journal on the caller's
+        # thread (tests, tools); a grid process heals from a worker thread.
+        self.heals_inline = True
         self._pending: list[Event] = []  # changed in this turn, not journaled yet
         # The write-behind's side (actors/backlog.py): journaled events not yet
         # in the store, and the entities changed since their last snapshot.
@@ -117,7 +134,10 @@ class Shard:
             return [self._apply(c) if self._is_read(c) else refusal for c in commands]
         results = [self._apply(cmd) for cmd in commands]
         if self.durability == "sync" and not self.flush():
-            return [self._unavailable(self._broken) for _ in commands]
+            # The refused changes are gone from memory; a read that may have
+            # seen one runs again on what the journal holds.
+            refused = self._unavailable()
+            return [self._apply(c) if self._is_read(c) else refused for c in commands]
         return results
 
     def apply(self, cmd: Command) -> Result:
@@ -125,8 +145,11 @@ class Shard:
         return self.apply_batch([cmd])[0]
 
     def _refusal(self) -> Result | None:
-        if self._broken is not None and time.monotonic() < self._retry_at:
-            return self._unavailable(self._broken)
+        if self._broken is not None:
+            if self.heals_inline and time.monotonic() >= self.retry_at:
+                self.heal()
+            if self._broken is not None:
+                return self._unavailable()
         if self.max_queue and len(self.outbox) >= self.max_queue:
             return Result(
                 503,
@@ -144,21 +167,27 @@ class Shard:
         return kind is not None and cmd.op in kind.reads
 
     def flush(self) -> bool:
-        """Hand pending events to the journal; False if it refused them."""
+        """Hand pending events to the journal; False if it refused them.
+
+        While the journal is broken nothing is sent: pending changes (expiries
+        run by reads and timers, async durability's acknowledged writes) wait
+        in memory for ``heal``.
+        """
         if not self._pending:
             return True
+        if self._broken is not None:
+            return False
         events, self._pending = self._pending, []
         try:
             self.journal.append(self.seq + 1, events)
         except JournalUnavailable as e:
-            self._broken = str(e)
-            self._retry_at = time.monotonic() + RETRY_PAUSE_S
+            self._break(e)
             if self.durability == "async":
-                self._pending = events + self._pending  # acknowledged: keep, retry
+                # Acknowledged: sent again once healed (a doubtful copy is removed first).
+                self._pending = events + self._pending
             else:
                 self._taint({event.key for event in events})
             return False
-        self._broken = None
         for event in events:
             self.seq += 1
             self.backlog.journaled(self.seq, event)
@@ -166,9 +195,54 @@ class Shard:
             self.on_journaled(events)
         return True
 
+    def _break(self, error: JournalUnavailable) -> None:
+        if isinstance(error, JournalOutcomeUnknown):
+            self.doubtful = (error.first_seq, error.last_seq)
+        self._broken = str(error)
+        self._broken_since = time.monotonic()
+        self.retry_at = self._broken_since + RETRY_PAUSE_S
+        log.warning(
+            "shard %d: the journal %s a batch (%s); writes answer 503 until it is settled",
+            self.shard_id,
+            "did not answer" if self.doubtful else "refused",
+            error,
+        )
+
+    def heal(self) -> bool:
+        """Settle the journal (blocking I/O); True when it takes writes again."""
+        try:
+            head = self.journal.settle(self.doubtful)
+        except JournalUnavailable as e:
+            self.heal_failed(e)
+            return False
+        self.healed(head)
+        return True
+
+    def heal_failed(self, error: JournalUnavailable) -> None:
+        self._broken = str(error)
+        self.retry_at = time.monotonic() + RETRY_PAUSE_S
+
+    def healed(self, head: int) -> None:
+        """The journal was settled and ends at ``head``: writes go to it again."""
+        if self._broken is None:
+            return
+        log.warning(
+            "shard %d: the journal takes writes again after %.1f s",
+            self.shard_id,
+            time.monotonic() - self._broken_since,
+        )
+        self.seq = max(self.seq, head)
+        self._broken = None
+        self.doubtful = None
+        self.flush()  # what waited: expiries, async durability's writes
+
     @staticmethod
-    def _unavailable(reason: str | None) -> Result:
-        return Result(503, None, "unavailable", f"the journal is unavailable: {reason}")
+    def _unavailable() -> Result:
+        return Result(503, None, "unavailable", JOURNAL_REFUSED)
+
+    def _store_unavailable(self, error: StoreUnavailable) -> Result:
+        log.warning("shard %d: the store cannot be read (%s)", self.shard_id, error)
+        return Result(503, None, "unavailable", STORE_REFUSED)
 
     def _taint(self, keys: set[str]) -> None:
         for key in keys:
@@ -279,7 +353,7 @@ class Shard:
         try:
             entity = self._entity(cmd.key)
         except StoreUnavailable as e:
-            return Result(503, None, "unavailable", f"the store is unavailable: {e}")
+            return self._store_unavailable(e)
         stored = entity is not None
         if entity is None:
             entity = kind(cmd.key, ident)
@@ -374,7 +448,7 @@ class Shard:
             try:
                 stock = self._entity(key)
             except StoreUnavailable as e:
-                return Result(503, None, "unavailable", f"the store is unavailable: {e}")
+                return self._store_unavailable(e)
             if stock is None:
                 out[sku] = None
             else:
@@ -408,8 +482,8 @@ class Shard:
             self._expire(entity, now)
             touched += entity.version != before
             self._schedule(entity)
-        if self._pending and time.monotonic() >= self._retry_at:
-            self.flush()  # expiries; async durability's changes; a retry after a failure
+        if self._pending:
+            self.flush()  # expiries; async durability's changes
         over = self.residency.over_budget()
         if over:
             self.residency.passivate(over, self.pinned, PASSIVATE_SCAN)
@@ -450,7 +524,7 @@ class Shard:
         upto = self.backlog.done(drain)
         # If the journal cannot trim now, the next drain trims further; replaying
         # events the store already has is harmless.
-        if upto > 0:
+        if upto > 0 and self._broken is None:  # never beside a settle on another thread
             with contextlib.suppress(JournalUnavailable):
                 self.journal.trim(upto)
 

@@ -42,8 +42,10 @@ from omnigrid.api.streams import StreamServer
 from omnigrid.api.webhooks import WebhookSender
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
-from omnigrid.persistence.journal import Journal, NullJournal, RedisJournal, SqliteJournal
-from omnigrid.persistence.store import PostgresStore, RedisHotCopy, SqliteStore, Store
+from omnigrid.persistence.hot_copy import HotCopy
+from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal, SqliteJournal
+from omnigrid.persistence.redis_journal import RedisJournal
+from omnigrid.persistence.store import PostgresStore, SqliteStore, Store
 from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
 
@@ -53,6 +55,10 @@ T = TypeVar("T")
 TICK_S = 0.1  # how often due reservations are expired
 ASYNC_FLUSH_S = 0.005  # async durability: how often acknowledged changes go to the journal
 CONTROL_TIMEOUT_S = 3.0
+# /readyz and /metrics ask every process; one that does not answer by then is
+# reported missing, so health answers within a second during any outage.
+HEALTH_TIMEOUT_S = 0.7
+HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
 AUDIT_TIMEOUT_S = 600.0
 STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
 AUDIT_CHUNK = 2_000
@@ -87,6 +93,7 @@ class GridNode:
             durability="async" if settings.durability == "async" else "sync",
             drain_keys=settings.writebehind_batch,
         )
+        self.shard.heals_inline = False  # settled from a worker thread: see _heal_journal
         started = time.monotonic()
         replayed = self.shard.recover(
             self.journal.replay(), self.store.scan(slot_map.ranges(shard_id))
@@ -107,11 +114,22 @@ class GridNode:
         self.writebehind = WriteBehind(
             self.shard,
             self.store,
-            RedisHotCopy(settings.redis_url, settings.namespace) if settings.redis_url else None,
             settings.writebehind_interval_s,
             settings.writebehind_batch,
             self.metrics.observe_writebehind_lag,
         )
+        self.hot_copy = (
+            HotCopy(
+                settings.redis_url,
+                settings.namespace,
+                settings.writebehind_interval_s,
+                settings.writebehind_batch,
+            )
+            if settings.redis_url
+            else None
+        )
+        if self.hot_copy is not None:
+            self.writebehind.on_stored = self.hot_copy.offer
         self.links = {
             peer: PeerLink(
                 peer,
@@ -174,7 +192,10 @@ class GridNode:
         self._servers.append(tcp)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._tick()))
+        self._tasks.append(loop.create_task(self._heal_journal()))
         self._tasks.append(loop.create_task(self.writebehind.run()))
+        if self.hot_copy is not None:
+            self._tasks.append(loop.create_task(self.hot_copy.run()))
         self._tasks.append(loop.create_task(self.hub.refresh_forever()))
         self._tasks.append(loop.create_task(self.webhook_sender.run()))
         if self.settings.durability == "async":
@@ -205,6 +226,9 @@ class GridNode:
         # A clean stop leaves the store complete and the journal trimmed.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writebehind.drain_all(force=True), STOP_DRAIN_TIMEOUT_S)
+        if self.hot_copy is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.hot_copy.copy(), 1.0)
         for server in self._servers:
             server.close()
         for link in self.links.values():
@@ -244,6 +268,23 @@ class GridNode:
             # With more due, only let waiting requests run first.
             await asyncio.sleep(0 if more else TICK_S)
 
+    async def _heal_journal(self) -> None:
+        """Settle a broken journal off the event loop, so a stalled Redis or a
+        locked file never holds requests, reads and health checks up."""
+        shard = self.shard
+        while True:
+            await asyncio.sleep(HEAL_EVERY_S)
+            if shard.journal_ok() or time.monotonic() < shard.retry_at:
+                continue
+            try:
+                head = await asyncio.to_thread(self.journal.settle, shard.doubtful)
+            except JournalUnavailable as e:
+                shard.heal_failed(e)
+            except Exception:
+                log.exception("settling the journal of shard %d failed", self.shard_id)
+            else:
+                shard.healed(head)
+
     async def _flush_behind(self) -> None:
         """Async durability: acknowledged changes reach the journal within ASYNC_FLUSH_S."""
         while True:
@@ -279,6 +320,8 @@ class GridNode:
         compared; passivated ones are the store's copy by construction.
         """
         drained = await self.writebehind.drain_all(force=True)
+        if self.hot_copy is not None:
+            await self.hot_copy.copy()  # what the store now has, in the hot copy too
         shard = self.shard
         keys = list(shard.entities)
         checked = mismatched = pending = 0
@@ -341,7 +384,7 @@ class GridNode:
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         """Every shard answers, its journal takes writes and its store takes drains."""
-        answers = {self.shard_id: self.info(), **(await self._ask_all("info"))}
+        answers = {self.shard_id: self.info(), **(await self._ask_all("info", HEALTH_TIMEOUT_S))}
         missing = []
         for shard, answer in sorted(answers.items()):
             if isinstance(answer, Exception):
@@ -357,7 +400,7 @@ class GridNode:
         return not missing, {"shards": self.settings.shards, "missing": missing}
 
     async def exposition(self) -> str:
-        answers = await self._ask_all("metrics_text")
+        answers = await self._ask_all("metrics_text", HEALTH_TIMEOUT_S)
         texts = [self.metrics.exposition()]
         texts += [a for a in answers.values() if isinstance(a, str)]
         return merge_expositions(texts)
@@ -377,9 +420,13 @@ def open_journal(settings: Settings, shard_id: int) -> Journal:
     if settings.durability == "none":
         return NullJournal()
     if settings.redis_url:
-        return RedisJournal(settings.redis_url, f"og:{settings.namespace}:journal:{shard_id}")
+        return RedisJournal(
+            settings.redis_url,
+            f"og:{settings.namespace}:journal:{shard_id}",
+            settings.journal_timeout_s,
+        )
     path = os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3")
-    return SqliteJournal(path, settings.journal_sync)
+    return SqliteJournal(path, settings.journal_sync, settings.journal_timeout_s)
 
 
 def open_store(settings: Settings) -> Store:

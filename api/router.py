@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from omnigrid.actors.errors import Unavailable
+from omnigrid.actors.errors import GridError, Unavailable
 from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.shard import PEEK, Shard
 from omnigrid.actors.slots import SlotMap
@@ -92,8 +92,10 @@ class Router:
             if result.status == MOVED:
                 self.adopt(SlotMap.from_wire(result.body))
                 moved.extend(group)
-            else:
+            elif result.ok:
                 out.update(result.body)
+            else:  # the owner refused the read (its store is unreachable, say)
+                raise GridError(result.code or "unavailable", result.detail or "", result.status)
         if moved:
             if redirects >= MAX_REDIRECTS:
                 raise Unavailable("the slot map is changing; try again")

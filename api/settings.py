@@ -23,6 +23,8 @@ class Settings:
     data_dir: str = "./data"  # the embedded journal's files (made absolute by the CLI)
     redis_url: str = ""  # journal in Redis Streams instead of the embedded store
     journal_sync: str = "normal"  # embedded journal: normal (survives process death) or full
+    # an append unanswered by then is refused (a locked file) or settled (a stalled Redis)
+    journal_timeout_s: float = 0.5
     # sync: journaled before the answer; async: answered first, journaled within 5 ms;
     # none: no journal, the write-behind alone (a crash loses up to one interval)
     durability: str = "sync"
@@ -69,6 +71,8 @@ class Settings:
             raise ValueError("port must be between 0 and 65535")
         if self.journal_sync not in ("full", "normal"):
             raise ValueError("journal_sync must be 'full' or 'normal'")
+        if not 0 < self.journal_timeout_s <= 30:
+            raise ValueError("journal_timeout_s must be > 0 and at most 30")
         if self.max_inflight < 1 or self.max_pending < 1:
             raise ValueError("max_inflight and max_pending must be at least 1")
         try:

@@ -7,10 +7,19 @@ has a sequence number given by its shard; once the snapshots covering events
 up to a number are durable in the store, ``trim`` drops them, so the journal
 holds only what the store does not have yet.
 
+An append either works, or is refused (``JournalUnavailable``: nothing of
+the batch is in the journal), or its outcome is unknown
+(``JournalOutcomeUnknown``: a timeout or a cut connection after the batch was
+sent). An unknown outcome is never guessed: ``settle`` fences every append
+still on its way (it can no longer land), removes the doubtful batch if it
+did land, and says where the journal ends, so a batch answered as failed
+never comes back, live or after recovery.
+
 Backends: ``SqliteJournal`` (embedded default, one WAL file per shard under
-the data directory, ``synchronous=FULL``) and ``RedisJournal`` (one Redis
-Stream per shard, when ``OMNIGRID_REDIS_URL`` is set). ``MemoryJournal``
-keeps events in memory for tests; ``NullJournal`` drops them.
+the data directory, ``synchronous`` NORMAL or FULL) and ``RedisJournal``
+(persistence/redis_journal.py: one Redis Stream per shard, when
+``OMNIGRID_REDIS_URL`` is set). ``MemoryJournal`` keeps events in memory for
+tests; ``NullJournal`` drops them.
 """
 
 from __future__ import annotations
@@ -28,10 +37,29 @@ from omnigrid.persistence.events import Event
 REPLAY_CHUNK = 10_000
 APPEND_CHUNK = 10_000  # rows per INSERT (SQLite allows 32,766 parameters)
 TRIM_CHUNK = 10_000  # journal rows deleted per trim (one per drain, 5 a second)
+# How long an append may hold the shard's event loop before it is refused (SQLite:
+# a locked file) or its outcome is unknown (Redis: no answer). OMNIGRID_JOURNAL_TIMEOUT_S.
+APPEND_TIMEOUT_S = 0.5
 
 
 class JournalUnavailable(Exception):
-    """The journal could not make a batch durable: nothing of it may be acknowledged."""
+    """The journal refused a batch (or a read): nothing of the batch is in it.
+
+    The message is for the log, never for a client: it may carry a driver's text.
+    """
+
+
+class JournalOutcomeUnknown(JournalUnavailable):
+    """The batch was sent but no answer came (a timeout, a cut connection).
+
+    It may or may not be in the journal, and may still land later: the owner
+    must ``settle`` the journal before it appends again.
+    """
+
+    def __init__(self, message: str, first_seq: int, last_seq: int) -> None:
+        super().__init__(message)
+        self.first_seq = first_seq
+        self.last_seq = last_seq
 
 
 class Journal(Protocol):
@@ -45,15 +73,27 @@ class Journal(Protocol):
         """Forget events numbered ``upto`` or lower (their snapshots are durable)."""
 
     def last_seq(self) -> int:
-        """The highest number ever appended (0 for a new journal), trimmed or not."""
+        """The highest number ever appended (0 for a new journal), trimmed or not.
+
+        Taking a journal over (a shard starting) also fences any earlier
+        writer of it, so a batch an older process sent can no longer land.
+        """
+
+    def settle(self, doubtful: tuple[int, int] | None) -> int:
+        """Fence appends on their way, remove the ``doubtful`` range (first, last) if it
+        landed, and return the highest number in use (or raise ``JournalUnavailable``).
+
+        Numbers of a removed batch may stay used: the next append starts after
+        the returned number.
+        """
 
 
-def _pack(event: Event) -> bytes:
+def pack_event(event: Event) -> bytes:
     packed: bytes = msgpack.packb(event.to_wire(), use_bin_type=True)
     return packed
 
 
-def _unpack(data: bytes) -> Event:
+def unpack_event(data: bytes) -> Event:
     wire: list[Any] = msgpack.unpackb(data, use_list=True)
     return Event.from_wire(wire)
 
@@ -69,6 +109,9 @@ class NullJournal:
         return None
 
     def last_seq(self) -> int:
+        return 0
+
+    def settle(self, doubtful: tuple[int, int] | None) -> int:
         return 0
 
 
@@ -97,6 +140,9 @@ class MemoryJournal:
     def last_seq(self) -> int:
         return self._last
 
+    def settle(self, doubtful: tuple[int, int] | None) -> int:
+        return self._last
+
 
 class SqliteJournal:
     """An embedded journal: one SQLite file in WAL mode.
@@ -104,15 +150,20 @@ class SqliteJournal:
     ``sync="full"`` fsyncs every commit: an acknowledged batch survives a
     power loss. ``sync="normal"`` hands every commit to the operating system
     and fsyncs at checkpoints: an acknowledged batch survives the death of any
-    process, not of the machine.
+    process, not of the machine. A file locked by another process is waited
+    for ``timeout_s``, then the batch is refused: the caller's event loop is
+    never held longer.
     """
 
-    def __init__(self, path: str, sync: str = "full") -> None:
+    def __init__(self, path: str, sync: str = "full", timeout_s: float = APPEND_TIMEOUT_S) -> None:
         if sync not in ("full", "normal"):
             raise ValueError("sync must be 'full' or 'normal'")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.timeout_s = timeout_s
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=timeout_s
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
         self._db.execute(
@@ -122,19 +173,35 @@ class SqliteJournal:
         self._db.execute("CREATE TABLE IF NOT EXISTS trimmed (upto INTEGER NOT NULL)")
 
     def append(self, first_seq: int, events: Sequence[Event]) -> None:
+        last = first_seq + len(events) - 1
         try:
-            with self._db:  # one transaction: the group commit
+            self._db.execute("BEGIN IMMEDIATE")  # one transaction: the group commit
+            try:
                 # One multi-row statement: executemany would give the GIL up and
                 # take it back once per row, each time after the other threads.
                 for start in range(0, len(events), APPEND_CHUNK):
                     chunk = events[start : start + APPEND_CHUNK]
                     params: list[Any] = []
                     for seq, event in enumerate(chunk, first_seq + start):
-                        params += (seq, _pack(event))
+                        params += (seq, pack_event(event))
                     values = ",".join(["(?,?)"] * len(chunk))
                     self._db.execute(f"INSERT INTO journal (seq, event) VALUES {values}", params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as e:
-            raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
+            # Whether the commit landed is read back, not assumed (an I/O error
+            # can come after the commit record was written).
+            try:
+                landed = _last_seq(self._db) >= last
+            except sqlite3.Error:
+                raise JournalOutcomeUnknown(
+                    f"SQLite journal {self.path}: {e}", first_seq, last
+                ) from e
+            if not landed:
+                raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
 
     def replay(self) -> Iterator[tuple[int, Event]]:
         last = 0
@@ -147,7 +214,7 @@ class SqliteJournal:
                 return
             for seq, data in rows:
                 last = seq
-                yield seq, _unpack(data)
+                yield seq, unpack_event(data)
 
     def trim(self, upto: int) -> None:
         """Delete at most TRIM_CHUNK numbers per call: the rest goes with the next calls.
@@ -163,81 +230,48 @@ class SqliteJournal:
             upto = min(upto, int(done) + TRIM_CHUNK)
             if upto <= done:
                 return
-            with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
                 self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
                 self._db.execute("DELETE FROM trimmed")
                 self._db.execute("INSERT INTO trimmed (upto) VALUES (?)", (upto,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
 
     def last_seq(self) -> int:
-        (appended,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()
-        (trimmed,) = self._db.execute("SELECT coalesce(max(upto), 0) FROM trimmed").fetchone()
-        return max(int(appended), int(trimmed))
+        return _last_seq(self._db)
+
+    def settle(self, doubtful: tuple[int, int] | None) -> int:
+        """Check the file takes writes again; remove the doubtful range if it landed.
+
+        A connection of its own: this runs on a worker thread while the
+        shard's loop holds the journal's connection (and appends nothing).
+        """
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.timeout_s)
+        except sqlite3.Error as e:
+            raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
+        try:
+            db.execute("BEGIN IMMEDIATE")  # the write lock can be had again
+            if doubtful is not None:
+                db.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ?", doubtful)
+            db.execute("COMMIT")
+            return _last_seq(db)
+        except sqlite3.Error as e:
+            raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
+        finally:
+            db.close()
 
     def close(self) -> None:
         self._db.close()
 
 
-class RedisJournal:
-    """One Redis Stream per shard; a batch is one pipelined round trip of XADDs.
-
-    Durable only as far as Redis is: production needs ``appendonly yes`` with
-    ``appendfsync always`` (or replicas and ``WAIT``).
-    """
-
-    def __init__(self, url: str, stream: str) -> None:
-        import redis
-
-        self.stream = stream
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-    # An event's stream id is "<seq>-0": its number is its id, and trimming is XTRIM MINID.
-
-    def append(self, first_seq: int, events: Sequence[Event]) -> None:
-        import redis
-
-        pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: all of a batch or none
-        for seq, event in enumerate(events, first_seq):
-            pipe.xadd(self.stream, {b"e": _pack(event)}, id=f"{seq}-0")
-        try:
-            pipe.execute()
-        except redis.RedisError as e:
-            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
-
-    def replay(self) -> Iterator[tuple[int, Event]]:
-        import redis
-
-        start = "-"
-        while True:
-            try:
-                entries: Any = self._redis.xrange(self.stream, min=start, count=REPLAY_CHUNK)
-            except redis.RedisError as e:
-                raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
-            if not entries:
-                return
-            for entry_id, fields in entries:
-                yield int(bytes(entry_id).split(b"-")[0]), _unpack(fields[b"e"])
-            start = "(" + bytes(entries[-1][0]).decode()
-
-    def trim(self, upto: int) -> None:
-        import redis
-
-        try:
-            self._redis.xtrim(self.stream, minid=f"{upto + 1}-0", approximate=False)
-        except redis.RedisError as e:
-            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
-
-    def last_seq(self) -> int:
-        import redis
-
-        try:
-            info: Any = self._redis.xinfo_stream(self.stream)
-        except redis.ResponseError:
-            return 0  # no such stream yet
-        except redis.RedisError as e:
-            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
-        return int(bytes(info["last-generated-id"]).split(b"-")[0])
-
-    def close(self) -> None:
-        self._redis.close()
+def _last_seq(db: sqlite3.Connection) -> int:
+    (appended,) = db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()
+    (trimmed,) = db.execute("SELECT coalesce(max(upto), 0) FROM trimmed").fetchone()
+    return max(int(appended), int(trimmed))

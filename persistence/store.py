@@ -30,7 +30,7 @@ from omnigrid.persistence.db import Database, StoreUnavailable
 from omnigrid.persistence.events import Event
 
 SCAN_CHUNK = 10_000
-__all__ = ["PostgresStore", "RedisHotCopy", "Snapshot", "SqliteStore", "Store", "StoreUnavailable"]
+__all__ = ["PostgresStore", "Snapshot", "SqliteStore", "Store", "StoreUnavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,33 +397,3 @@ class PostgresStore:
 
     def close(self) -> None:
         self.db.close()
-
-
-class RedisHotCopy:
-    """The hot copy: each entity's latest API view as JSON at ``og:<ns>:view:<key>``.
-
-    For readers that want a recent view without asking the grid (a product
-    page's stock badge, a BI job). Written in the same drain as the store,
-    after it, so it is never ahead of the system of record.
-    """
-
-    def __init__(self, url: str, namespace: str) -> None:
-        import redis
-
-        self.prefix = f"og:{namespace}:view:"
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-    def write(self, snapshots: Sequence[Snapshot], batch: int) -> None:
-        import redis
-
-        try:
-            for chunk in _chunks(snapshots, batch):
-                pipe = self._redis.pipeline(transaction=False)
-                for s in chunk:
-                    pipe.set(self.prefix + s.key, orjson.dumps(s.view))
-                pipe.execute()
-        except redis.RedisError as e:
-            raise StoreUnavailable(f"Redis hot copy: {e}") from e
-
-    def close(self) -> None:
-        self._redis.close()

@@ -2,8 +2,9 @@
 
 Every ``interval_s`` the shard's loop takes a drain (snapshots of the entities
 changed since their last one, and the journaled events not yet stored), a
-worker thread writes it to the store (and the Redis hot copy) in one
-transaction, and only then does the shard trim its journal. The journal is
+worker thread writes it to the store in one transaction, and only then does
+the shard trim its journal and are the snapshots offered to the hot copy
+(persistence/hot_copy.py), which writes them on its own. The journal is
 what makes a change durable; the store is where it lives for good and where
 passivated entities come back from.
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.store import RedisHotCopy, Snapshot, Store, StoreUnavailable
+from omnigrid.persistence.store import Snapshot, Store, StoreUnavailable
 from omnigrid.persistence.webhooks import Webhook, deliveries_for
 
 log = logging.getLogger("omnigrid.writebehind")
@@ -64,7 +65,6 @@ class WriteBehind:
         self,
         shard: DrainSource,
         store: Store,
-        hot_copy: RedisHotCopy | None,
         interval_s: float,
         batch: int,
         observe_lag: Callable[[list[float]], None] = lambda lags: None,
@@ -73,7 +73,8 @@ class WriteBehind:
     ) -> None:
         self.shard = shard
         self.store = store
-        self.hot_copy = hot_copy
+        # Told of every drain's snapshots once the store has them (the hot copy).
+        self.on_stored: Callable[[Sequence[Snapshot]], None] = lambda snapshots: None
         self.interval_s = interval_s
         self.batch = batch
         self.observe_lag = observe_lag
@@ -109,6 +110,7 @@ class WriteBehind:
                 self._failed(e)
                 return False
             self.shard.drain_done(drain)
+            self.on_stored(drain.snapshots)
             self.drains += 1
             if self.failing_since is not None:
                 log.warning(
@@ -135,8 +137,6 @@ class WriteBehind:
         now = time.time()
         deliveries = deliveries_for(self.shard_id, self.webhooks(), drain.events, now)
         self.store.write(drain.snapshots, drain.events, self.batch, deliveries)
-        if self.hot_copy is not None:
-            self.hot_copy.write(drain.snapshots, self.batch)
         now = time.time()
         self.observe_lag([now - event.at for event in drain.events])
 

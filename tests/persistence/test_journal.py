@@ -9,7 +9,8 @@ import pytest
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.persistence.journal import JournalUnavailable, RedisJournal, SqliteJournal
+from omnigrid.persistence.journal import JournalUnavailable, SqliteJournal
+from omnigrid.persistence.redis_journal import RedisJournal
 from tests.conftest import OwnRedis, free_port
 
 

@@ -70,7 +70,7 @@ def grid_shard(tmp_path: Path, dsn: str) -> tuple[Shard, PostgresStore, WriteBeh
     journal = SqliteJournal(str(tmp_path / "journal.sqlite3"), "normal")
     shard = Shard(0, SlotMap.even(1), journal, loader=store.load)
     shard.recover(journal.replay(), store.scan([(0, 16383)]))
-    return shard, store, WriteBehind(shard, store, None, 0.2, 50)
+    return shard, store, WriteBehind(shard, store, 0.2, 50)
 
 
 def write_carts(shard: Shard, start: int, count: int) -> None:

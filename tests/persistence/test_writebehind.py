@@ -43,7 +43,7 @@ class Node:
             0, SlotMap.even(1), self.journal, clock=clock, loader=self.store.load, **options
         )
         self.recovered = self.shard.recover(self.journal.replay(), self.store.scan([(0, 16383)]))
-        self.writebehind = WriteBehind(self.shard, self.store, None, 0.2, 100)
+        self.writebehind = WriteBehind(self.shard, self.store, 0.2, 100)
 
     def run(
         self, op: str, key: str, channel: str = "app", idem: str | None = None, **args: Any
@@ -201,7 +201,7 @@ def test_a_journal_that_refuses_writes_answers_503_and_reads_keep_working(
     assert node.states() == before
     db.execute("PRAGMA query_only = OFF")
     monkeypatch.setattr(shard_module, "RETRY_PAUSE_S", 0.0)
-    node.shard._retry_at = 0.0
+    node.shard.retry_at = 0.0
     assert node.ok("stock.adjust", "stock:a", channel="pos", delta=2)["on_hand"] == 13
     assert node.drain()
     assert Node(tmp_path, clock).states() == node.states()
