@@ -9,6 +9,7 @@ is the event's own or else the request's ``X-Channel``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from omnigrid.api.router import Router
 from omnigrid.persistence.behaviour import TYPES
 from omnigrid.persistence.store import StoreUnavailable
 
+log = logging.getLogger("omnigrid.behaviour")
 MAX_EVENTS = 500
 MAX_TIMELINE = 1_000
 EVENT_FIELDS = {
@@ -111,22 +113,24 @@ async def post_events(router: Router, call: Call) -> tuple[int, Any]:
     now = time.time()
     channels = router.services.channels if router.services else frozenset({call.channel})
     events = [_event(e, call.channel, channels, now) for e in raw]
-    log = _services(router).behaviour
+    behaviour = _services(router).behaviour
     try:
-        await asyncio.to_thread(log.append, uid, events)
+        await asyncio.to_thread(behaviour.append, uid, events)
     except StoreUnavailable as e:
-        raise Unavailable(f"the behaviour log cannot be written: {e}") from e
+        log.warning("the behaviour log cannot be written: %s", e)
+        raise Unavailable("the behaviour log cannot be written right now; retry later") from e
     return 202, {"uid": uid, "accepted": len(events)}
 
 
 async def timeline(router: Router, call: Call) -> tuple[int, Any]:
     uid = v.identifier(call.params["uid"], "uid")
     limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
-    log = _services(router).behaviour
+    behaviour = _services(router).behaviour
     try:
-        items = await asyncio.to_thread(log.timeline, uid, limit)
+        items = await asyncio.to_thread(behaviour.timeline, uid, limit)
     except StoreUnavailable as e:
-        raise Unavailable(f"the timeline cannot be read: {e}") from e
+        log.warning("the timeline cannot be read: %s", e)
+        raise Unavailable("the timeline cannot be read right now; retry later") from e
     return 200, {"uid": uid, "items": items}
 
 

@@ -33,7 +33,7 @@ configuration (flags override environment variables):
                            any process's death) or full (fsync per commit: survives power
                            loss; about half the write throughput today)
   OMNIGRID_JOURNAL_TIMEOUT_S  seconds an append may take before it is refused (a locked
-                           file) or settled (an unanswered Redis) (default 0.5)
+                           file) or settled (an unanswered Redis) (default 0.25)
   OMNIGRID_DURABILITY      sync (default: journaled before the answer), async (answered
                            first, journaled within 5 ms: a process death can lose that
                            window) or none (no journal: a crash loses what the write-behind

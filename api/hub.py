@@ -139,7 +139,8 @@ class EventHub:
                 events = self.history(cmd.key, cmd.args["after"])
                 return Result(200, [stream_wire(e) for e in events])
         except Exception as e:  # the store may be down: the watcher retries
-            return Result(503, None, "unavailable", f"history is unavailable: {e}")
+            log.warning("a stream's history cannot be read: %r", e)
+            return Result(503, None, "unavailable", "the history cannot be read right now")
         return Result(422, None, "invalid_request", f"{cmd.op!r} is not a hub operation")
 
     # -- the watcher's side --------------------------------------------------------

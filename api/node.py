@@ -57,7 +57,7 @@ ASYNC_FLUSH_S = 0.005  # async durability: how often acknowledged changes go to 
 CONTROL_TIMEOUT_S = 3.0
 # /readyz and /metrics ask every process; one that does not answer by then is
 # reported missing, so health answers within a second during any outage.
-HEALTH_TIMEOUT_S = 0.7
+HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
 AUDIT_TIMEOUT_S = 600.0
 STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import msgpack
 from omnigrid.actors.errors import Overloaded, Unavailable
 from omnigrid.actors.protocol import Command, Result
 
+log = logging.getLogger("omnigrid.peers")
 _LENGTH = struct.Struct("!I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
@@ -99,9 +101,11 @@ class PeerLink:
                 batch, self._queue = self._queue, []
                 try:
                     results = await asyncio.wait_for(self._round_trip(batch), self.timeout_s)
-                except (OSError, EOFError, ConnectionError, TimeoutError, ValueError) as e:
+                except Exception as e:  # a socket's error, a timeout, Ray unable to say where
+                    # the peer is (the actor restarting): the batch's callers must hear back
                     await self._close()
-                    error = Unavailable(f"shard {self.peer_id} is unreachable ({type(e).__name__})")
+                    log.warning("shard %d is unreachable: %r", self.peer_id, e)
+                    error = Unavailable("the owner of this entity cannot be reached; retry later")
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(error)

@@ -24,7 +24,7 @@ class Settings:
     redis_url: str = ""  # journal in Redis Streams instead of the embedded store
     journal_sync: str = "normal"  # embedded journal: normal (survives process death) or full
     # an append unanswered by then is refused (a locked file) or settled (a stalled Redis)
-    journal_timeout_s: float = 0.5
+    journal_timeout_s: float = 0.25
     # sync: journaled before the answer; async: answered first, journaled within 5 ms;
     # none: no journal, the write-behind alone (a crash loses up to one interval)
     durability: str = "sync"

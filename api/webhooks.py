@@ -131,7 +131,8 @@ async def _in_thread(work: Any, *args: Any) -> Any:
     try:
         return await asyncio.to_thread(work, *args)
     except StoreUnavailable as e:
-        raise Unavailable(f"the webhook registry is unavailable: {e}") from e
+        log.warning("the webhook registry cannot be reached: %s", e)
+        raise Unavailable("the webhook registry cannot be reached right now; retry later") from e
 
 
 async def register(router: Router, call: Call) -> tuple[int, Any]:

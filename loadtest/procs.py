@@ -120,6 +120,17 @@ class Server:
             f"{self.name} not ready after {ready_timeout_s:.0f}s; log: {self.log_path}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server and every descendant at once (a crash, not a stop)."""
+        if self.proc is None:
+            return
+        self._known.update(descendants(self.proc.pid))
+        for pid, start in self._known.items():
+            if _alive_same(pid, start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        self.stop(grace_s=0)
+
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL it and any descendant we saw."""
         if self.proc is None:

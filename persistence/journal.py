@@ -39,7 +39,7 @@ APPEND_CHUNK = 10_000  # rows per INSERT (SQLite allows 32,766 parameters)
 TRIM_CHUNK = 10_000  # journal rows deleted per trim (one per drain, 5 a second)
 # How long an append may hold the shard's event loop before it is refused (SQLite:
 # a locked file) or its outcome is unknown (Redis: no answer). OMNIGRID_JOURNAL_TIMEOUT_S.
-APPEND_TIMEOUT_S = 0.5
+APPEND_TIMEOUT_S = 0.25
 
 
 class JournalUnavailable(Exception):

@@ -44,7 +44,7 @@ log = logging.getLogger("omnigrid.journal")
 # How much longer than its deadline a batch's answer is waited for: the
 # answer's trip back, and the two clocks' disagreement left after ``settle``
 # measured it.
-ANSWER_MARGIN_S = 0.3
+ANSWER_MARGIN_S = 0.15
 SETTLE_TIMEOUT_S = 0.5  # one try of SETTLE; a healer tries again
 
 # KEYS: stream, writer. ARGV: epoch, deadline (ms, Redis's clock), first seq, events...

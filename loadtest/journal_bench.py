@@ -1,0 +1,77 @@
+"""Journal append cost: how long one group commit holds a shard's event loop.
+
+    python loadtest/journal_bench.py [--redis URL] [--batches N]
+
+Appends ``--batches`` batches of 1 and of 20 cart events to each journal
+backend (SQLite with synchronous NORMAL and FULL, Redis) and prints the
+median and p99 of one append, in microseconds, as JSON. Run it on two commits
+to compare them (BENCHMARKS.md quotes a run with the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from omnigrid.persistence.events import Event
+
+
+def _events(n: int) -> list[Event]:
+    view = {"uid": "u", "version": 1, "lines": [{"sku": "s", "qty": 1}]}
+    return [Event("cart", f"cart:u{i}", 1, "app", "cart.add", time.time(), view) for i in range(n)]
+
+
+def measure(
+    append: Callable[[int, list[Event]], None], batches: int, size: int
+) -> dict[str, float]:
+    events = _events(size)
+    took = []
+    seq = 1
+    for _ in range(batches):
+        started = time.perf_counter()
+        append(seq, events)
+        took.append((time.perf_counter() - started) * 1e6)
+        seq += size
+    took.sort()
+    return {
+        "p50_us": round(statistics.median(took), 1),
+        "p99_us": round(took[len(took) * 99 // 100], 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--batches", type=int, default=5_000)
+    args = parser.parse_args()
+    from omnigrid.persistence import journal as journals
+
+    results: dict[str, Any] = {}
+    for size in (1, 20):
+        for sync in ("normal", "full"):
+            path = f"{tempfile.mkdtemp()}/journal.sqlite3"
+            sqlite = journals.SqliteJournal(path, sync)
+            results[f"sqlite-{sync}/{size}"] = measure(sqlite.append, args.batches, size)
+        try:  # where the Redis journal lives differs between commits
+            from omnigrid.persistence.redis_journal import RedisJournal
+        except ImportError:
+            RedisJournal = journals.RedisJournal  # type: ignore[attr-defined,misc]
+        stream = f"og:bench-{uuid.uuid4().hex[:8]}:journal:0"
+        redis_journal = RedisJournal(args.redis, stream)
+        redis_journal.last_seq()
+        results[f"redis/{size}"] = measure(redis_journal.append, args.batches, size)
+        import redis
+
+        r = redis.Redis.from_url(args.redis)
+        r.delete(stream, stream + ":writer")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

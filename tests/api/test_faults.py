@@ -1,0 +1,174 @@
+"""Faults under load, on real servers of the tests' own: the journal's Redis stalled
+(SIGSTOP) for 1, 4 and 10 s, killed and restarted; PostgreSQL refusing connections
+for 15 s; the SQLite journal's file locked and its disk full.
+
+After each: writes succeed again within 2 s, no answer other than 200/4xx/429/503,
+health answers within a second throughout, every acknowledged write is present
+and no write answered as failed is, live, after a clean restart and after a
+kill -9, and ``omnigrid audit`` finds nothing. The scenario's pieces are
+loadtest/faults.py's, which also measures it (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.faults import (
+    CartWriters,
+    HealthProbe,
+    Phase,
+    RedisServer,
+    Tally,
+    check_carts,
+    refuse_postgres,
+    run_phase,
+    seed,
+    writing,
+)
+from tests.api.test_persistence import audit
+from tests.conftest import POSTGRES_ADMIN_DSN, Grid, PostgresDatabase, free_port, new_id
+
+CARTS = 96
+HEAL_S = 2.0
+HEALTH_S = 1.0
+
+
+@dataclass
+class Fault:
+    name: str
+    action: Callable[[], None]
+    refuses_writes: bool  # the journal's faults refuse writes; the store's must not
+
+
+def run_faults(grid: Grid, faults: list[Fault]) -> None:
+    """Each fault under load, then the checks live, after a clean restart and after kill -9."""
+    run = new_id("f")
+    seed(grid.url, run)
+    tally = Tally(CARTS)
+    writers = CartWriters(grid.url, run, tally, threads=6)
+    probe = HealthProbe(grid.url)
+    probe.start()
+    phases: list[Phase] = []
+    try:
+        for fault in faults:
+            with writing(writers):
+                time.sleep(1.5)
+                phases.append(run_phase(fault.name, fault.action, tally, observe_s=3.0))
+            assert check_carts(grid.url, run, tally) == [], fault.name
+            phase = phases[-1]
+            assert phase.heal_s is not None and phase.heal_s <= HEAL_S, phase
+            refused = sum(
+                1 for t, s in tally.answers if s == 503 and phase.started <= t <= phase.ended
+            )
+            # the fault was felt: writes refused while the journal could not take them,
+            # or (the store's fault) written on throughout
+            assert (refused > 0) == fault.refuses_writes, (fault.name, refused)
+            assert fault.refuses_writes or phase.during > 0, phase
+    finally:
+        probe.stop()
+    assert tally.statuses[200] > 0 and sum(tally.unknown) == 0, tally.statuses
+    assert probe.failures == {}, probe.failures
+    assert max(probe.slowest.values()) < HEALTH_S, probe.slowest
+    # refusals say what a client may know, never a driver's words
+    assert {d.split(":", 1)[0] for d in tally.details} <= {"503 unavailable", "429 overloaded"}
+    assert all("journal" in d or "store" in d or "429" in d for d in tally.details), tally.details
+    grid.stop()
+    grid.start()
+    assert check_carts(grid.url, run, tally) == [], "after a clean restart"
+    grid.kill()
+    grid.start()
+    assert check_carts(grid.url, run, tally) == [], "after kill -9"
+    code, report = audit(grid)
+    assert code == 0, report
+
+
+def test_redis_stalls_and_restarts_and_postgres_refusing_lose_and_resurrect_nothing(
+    postgres: PostgresDatabase,
+) -> None:
+    redis = RedisServer(free_port())  # appendonly yes, appendfsync everysec
+    redis.start()
+    grid = Grid(OMNIGRID_REDIS_URL=redis.url, OMNIGRID_POSTGRES_DSN=postgres.dsn)
+
+    def restart_redis() -> None:
+        redis.kill()
+        time.sleep(2)
+        redis.start()
+
+    try:
+        run_faults(
+            grid,
+            [
+                Fault("Redis stalled 1 s", lambda: redis.stall(1), True),
+                Fault("Redis stalled 4 s", lambda: redis.stall(4), True),
+                Fault("Redis stalled 10 s", lambda: redis.stall(10), True),
+                Fault("Redis killed and restarted", restart_redis, True),
+                Fault(
+                    "PostgreSQL refuses 15 s",
+                    lambda: refuse_postgres(POSTGRES_ADMIN_DSN, postgres.name, 15),
+                    False,
+                ),
+            ],
+        )
+    finally:
+        grid.stop()
+        redis.remove()
+
+
+@contextlib.contextmanager
+def small_disk(megabytes: int) -> Iterator[Path]:
+    """A tmpfs of its own, so the test can fill it (the machine's disk is never touched)."""
+    path = Path(tempfile.mkdtemp(prefix="omnigrid-disk-"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def lock_journals(data_dir: Path, seconds: float) -> None:
+    """Another process's writer holds every journal file's write lock."""
+    holders = []
+    for path in sorted(data_dir.glob("journal-shard*.sqlite3")):
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holders.append(db)
+    assert holders, "no journal files"
+    time.sleep(seconds)
+    for db in holders:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+def fill_disk(data_dir: Path, seconds: float) -> None:
+    """Fill the disk to the last byte, hold it full, then free it."""
+    filler = data_dir / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    time.sleep(seconds)
+    filler.unlink()
+
+
+def test_sqlite_journal_locked_and_disk_full_lose_and_resurrect_nothing() -> None:
+    with small_disk(256) as data_dir:
+        grid = Grid(data_dir=str(data_dir))
+        try:
+            run_faults(
+                grid,
+                [
+                    Fault("journal files locked 3 s", lambda: lock_journals(data_dir, 3), True),
+                    Fault("disk full 4 s", lambda: fill_disk(data_dir, 4), True),
+                ],
+            )
+        finally:
+            grid.stop()
