@@ -282,18 +282,33 @@ class Phase:
     started: float
     ended: float
     heal_s: float | None = None
+    ready_s: float | None = None  # from the fault's end to /readyz answering 200
     before: float = 0.0
     during: float = 0.0
     after: float = 0.0
 
 
-def run_phase(name: str, fault: Callable[[], None], tally: Tally, observe_s: float = 4.0) -> Phase:
+def ready_after(url: str, since: float, until: float) -> float | None:
+    """Seconds from ``since`` until /readyz answers 200 (asked every 0.1 s until ``until``)."""
+    with httpx.Client(base_url=url, timeout=2) as client:
+        while time.time() < until:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get("/readyz").status_code == 200:
+                    return time.time() - since
+            time.sleep(0.1)
+    return None
+
+
+def run_phase(
+    name: str, fault: Callable[[], None], tally: Tally, url: str, observe_s: float = 4.0
+) -> Phase:
     """Run one fault while the writers write; rates measured over equal windows."""
     started = time.time()
     fault()
     ended = time.time()
-    time.sleep(observe_s)
-    phase = Phase(name, started, ended, heal_seconds(tally, ended))
+    ready_s = ready_after(url, ended, ended + observe_s)
+    time.sleep(max(0.0, ended + observe_s - time.time()))
+    phase = Phase(name, started, ended, heal_seconds(tally, ended), ready_s)
     window = min(observe_s, 4.0)
     phase.before = rate(tally, started - window, started)
     phase.during = rate(tally, started, ended)
@@ -394,15 +409,17 @@ def main() -> int:
         for name, fault in faults:
             with writing(writers):
                 time.sleep(4)
-                phases.append(run_phase(name, fault, tally))
+                phases.append(run_phase(name, fault, tally, grid.url))
             paused = time.time()
             checks[name] = check_carts(grid.url, run, tally)
             pauses.append((paused, time.time()))
             p = phases[-1]
             heal = "never" if p.heal_s is None else f"{p.heal_s:.2f} s"
+            ready = "never" if p.ready_s is None else f"{p.ready_s:.2f} s"
             print(
                 f"{name}: {p.before:.0f} acknowledged/s before, {p.during:.0f} during, "
-                f"{p.after:.0f} after; healed in {heal}; problems: {len(checks[name])}"
+                f"{p.after:.0f} after; first write in {heal}, /readyz 200 in {ready}; "
+                f"problems: {len(checks[name])}"
             )
         probe.stop()
         grid.stop()

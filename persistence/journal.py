@@ -174,10 +174,14 @@ class SqliteJournal:
 
     def append(self, first_seq: int, events: Sequence[Event]) -> None:
         last = first_seq + len(events) - 1
+        # One statement is a transaction of its own; more need one around them
+        # (the group commit is all of the batch or none of it).
+        several = len(events) > APPEND_CHUNK
         try:
-            self._db.execute("BEGIN IMMEDIATE")  # one transaction: the group commit
+            if several:
+                self._db.execute("BEGIN IMMEDIATE")
             try:
-                # One multi-row statement: executemany would give the GIL up and
+                # Multi-row statements: executemany would give the GIL up and
                 # take it back once per row, each time after the other threads.
                 for start in range(0, len(events), APPEND_CHUNK):
                     chunk = events[start : start + APPEND_CHUNK]
@@ -186,7 +190,8 @@ class SqliteJournal:
                         params += (seq, pack_event(event))
                     values = ",".join(["(?,?)"] * len(chunk))
                     self._db.execute(f"INSERT INTO journal (seq, event) VALUES {values}", params)
-                self._db.execute("COMMIT")
+                if several:
+                    self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")

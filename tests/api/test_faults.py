@@ -60,10 +60,11 @@ def run_faults(grid: Grid, faults: list[Fault]) -> None:
         for fault in faults:
             with writing(writers):
                 time.sleep(1.5)
-                phases.append(run_phase(fault.name, fault.action, tally, observe_s=3.0))
+                phases.append(run_phase(fault.name, fault.action, tally, grid.url, 3.0))
             assert check_carts(grid.url, run, tally) == [], fault.name
             phase = phases[-1]
             assert phase.heal_s is not None and phase.heal_s <= HEAL_S, phase
+            assert phase.ready_s is not None and phase.ready_s <= HEAL_S, phase  # /readyz follows
             refused = sum(
                 1 for t, s in tally.answers if s == 503 and phase.started <= t <= phase.ended
             )
