@@ -5,6 +5,8 @@ connection) and released."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 from omnigrid.actors.protocol import Command
@@ -133,3 +135,31 @@ def test_a_killed_connection_is_replaced_on_the_next_drain(
     if not asyncio.run(writebehind.drain()):  # the dead connection fails one drain at most
         assert asyncio.run(writebehind.drain())
     assert not shard.outbox and stored_matches_memory(store, shard)
+
+
+def test_a_connection_cut_mid_transaction_is_retried_whole_on_a_new_one(
+    postgres: PostgresDatabase, tmp_path: Path
+) -> None:
+    import psycopg
+
+    shard, store, writebehind = grid_shard(tmp_path, postgres.dsn)
+    write_carts(shard, 0, 30)
+    outcome: list[bool] = []
+    drain = threading.Thread(target=lambda: outcome.append(asyncio.run(writebehind.drain())))
+    with psycopg.connect(postgres.dsn) as blocker:
+        # the drain writes its snapshots, then waits on the event log's lock: mid-transaction
+        blocker.execute("LOCK TABLE omnigrid_events IN ACCESS EXCLUSIVE MODE")
+        drain.start()
+        deadline = time.monotonic() + 10
+        waiting = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+        while not (cut := postgres.execute(waiting, postgres.name)):
+            assert time.monotonic() < deadline, "the drain never waited on the lock"
+            time.sleep(0.05)
+        postgres.execute("SELECT pg_terminate_backend(%s)", cut[0][0])
+        assert postgres.execute("SELECT count(*) FROM omnigrid_snapshots") == [(0,)]  # none half
+    drain.join(10)
+    # the store replaced the cut connection and ran the whole transaction again
+    assert outcome == [True]
+    assert stored_matches_memory(store, shard)
+    assert postgres.execute("SELECT count(*) FROM omnigrid_events") == [(30,)]
+    assert list(shard.journal.replay()) == []
