@@ -41,7 +41,7 @@ SYSTEM_CHANNEL = "system"
 # After the journal refuses a batch, writes answer 503 at once until the
 # journal is settled again, tried at most this often: a dead store costs
 # callers an immediate 503, not a connect timeout each.
-RETRY_PAUSE_S = 1.0
+RETRY_PAUSE_S = 0.5
 # What a client is told; the cause goes to the log (it can carry driver text).
 JOURNAL_REFUSED = "the journal cannot take writes right now; retry later"
 STORE_REFUSED = "the store cannot be read right now; retry later"

@@ -9,7 +9,8 @@ answered as failed applied), and no answer may be other than 200, 4xx, 429 or
 503. The same holds after a clean restart and after a kill -9 of the whole
 grid.
 
-    python loadtest/faults.py                  # the whole run (about 3 minutes)
+    python loadtest/faults.py                  # Redis journal, PostgreSQL store (~3 min)
+    python loadtest/faults.py --journal sqlite # the embedded default: locked, disk full
     python loadtest/faults.py --out DIR        # JSON and PNG go there
 
 The test suite runs the same scenario (tests/api/test_faults.py); this
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -113,6 +115,44 @@ def refuse_postgres(admin_dsn: str, database: str, seconds: float) -> None:
             time.sleep(seconds)
         finally:
             admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
+
+
+@contextlib.contextmanager
+def small_disk(megabytes: int) -> Iterator[Path]:
+    """A tmpfs of its own, so the test can fill it (the machine's disk is never touched)."""
+    path = Path(tempfile.mkdtemp(prefix="omnigrid-disk-"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def lock_journals(data_dir: Path, seconds: float) -> None:
+    """Another process's writer holds every journal file's write lock."""
+    holders = []
+    for path in sorted(data_dir.glob("journal-shard*.sqlite3")):
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holders.append(db)
+    assert holders, "no journal files"
+    time.sleep(seconds)
+    for db in holders:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+def fill_disk(data_dir: Path, seconds: float) -> None:
+    """Fill the disk to the last byte, hold it full, then free it."""
+    filler = data_dir / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    time.sleep(seconds)
+    filler.unlink()
 
 
 @dataclass
@@ -357,110 +397,139 @@ def plot(
     plt.close(fig)
 
 
+Faults = list[tuple[str, Callable[[], None]]]
+
+
+def exercise(grid: Any, faults: Faults, args: argparse.Namespace, out: Path) -> int:
+    """Every fault under load, the checks after each, restarts, audit; JSON and PNG."""
+    run = f"f{out.name.replace('-', '')}"
+    tally = Tally(args.carts)
+    seed(grid.url, run)
+    writers = CartWriters(grid.url, run, tally, args.threads)
+    probe = HealthProbe(grid.url)
+    probe.start()
+    t0 = time.time()
+    phases: list[Phase] = []
+    checks: dict[str, list[str]] = {}
+    pauses: list[tuple[float, float]] = []
+    for name, fault in faults:
+        with writing(writers):
+            time.sleep(4)
+            phases.append(run_phase(name, fault, tally, grid.url))
+        paused = time.time()
+        checks[name] = check_carts(grid.url, run, tally)
+        pauses.append((paused, time.time()))
+        p = phases[-1]
+        heal = "never" if p.heal_s is None else f"{p.heal_s:.2f} s"
+        ready = "never" if p.ready_s is None else f"{p.ready_s:.2f} s"
+        print(
+            f"{name}: {p.before:.0f} acknowledged/s before, {p.during:.0f} during, "
+            f"{p.after:.0f} after; first write in {heal}, /readyz 200 in {ready}; "
+            f"problems: {len(checks[name])}"
+        )
+    probe.stop()
+    grid.stop()
+    grid.start(120)
+    checks["after a clean restart"] = check_carts(grid.url, run, tally)
+    grid.kill()
+    grid.start(120)
+    checks["after kill -9"] = check_carts(grid.url, run, tally)
+    audit = subprocess.run(["omnigrid", "audit", "--url", grid.url], capture_output=True, text=True)
+    summary: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "journal": args.journal,
+        "carts": args.carts,
+        "threads": args.threads,
+        "statuses": dict(tally.statuses),
+        "refusals": dict(tally.details.most_common(10)),
+        "acknowledged": sum(tally.acked),
+        "unanswered": sum(tally.unknown),
+        "phases": [p.__dict__ for p in phases],
+        "health_slowest_s": probe.slowest,
+        "health_failures": dict(probe.failures),
+        "problems": checks,
+        "audit_exit": audit.returncode,
+        "audit": audit.stdout.strip().splitlines()[-3:],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    plot(tally, phases, pauses, out / "faults.png", t0)
+    print(json.dumps({k: summary[k] for k in ("statuses", "health_slowest_s")}, default=str))
+    counts = {k: len(v) for k, v in checks.items()}
+    print(f"problems: {counts}; audit exit {audit.returncode}; results in {out}")
+    return 1 if any(checks.values()) or audit.returncode != 0 else 0
+
+
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from loadtest.procs import free_port, omnigrid_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results directory")
+    parser.add_argument(
+        "--journal",
+        choices=("redis", "sqlite"),
+        default="redis",
+        help="redis: Redis journal and PostgreSQL store (stalls, restart, refusals); "
+        "sqlite: the embedded default on a small disk of its own (locked, full)",
+    )
     parser.add_argument("--carts", type=int, default=320)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out or Path(__file__).parent / "results" / f"faults-{stamp}"
+    out = args.out or Path(__file__).parent / "results" / f"faults-{args.journal}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="omnigrid-faults-log-"))
+    with contextlib.ExitStack() as stack:
+        faults: Faults
+        if args.journal == "sqlite":
+            data = stack.enter_context(small_disk(256))
+            env: dict[str, str] = {}
+            faults = [
+                ("journal files locked 3 s", lambda: lock_journals(data, 3)),
+                ("disk full 4 s", lambda: fill_disk(data, 4)),
+            ]
+        else:
+            import psycopg
+
+            database = f"omnigrid_faults_{stamp.replace('-', '_')}"
+            with psycopg.connect(args.postgres, autocommit=True) as admin:
+                admin.execute(f"CREATE DATABASE {database}")
+            stack.callback(drop_database, args.postgres, database)
+            redis_server = RedisServer(free_port())
+            redis_server.start()
+            stack.callback(redis_server.remove)
+            data = Path(tempfile.mkdtemp(prefix="omnigrid-faults-"))
+            stack.callback(shutil.rmtree, data, True)
+            env = {
+                "OMNIGRID_REDIS_URL": redis_server.url,
+                "OMNIGRID_POSTGRES_DSN": args.postgres.rsplit("/", 1)[0] + "/" + database,
+            }
+
+            def restart_redis() -> None:
+                redis_server.kill()
+                time.sleep(3)
+                redis_server.start()
+
+            faults = [
+                ("Redis stalled 1 s", lambda: redis_server.stall(1)),
+                ("Redis stalled 4 s", lambda: redis_server.stall(4)),
+                ("Redis stalled 10 s", lambda: redis_server.stall(10)),
+                ("Redis killed, restarted 3 s later", restart_redis),
+                ("PostgreSQL refuses 15 s", lambda: refuse_postgres(args.postgres, database, 15)),
+            ]
+        grid = omnigrid_server(data, logs / "grid.log", shards=2, env=env)
+        stack.callback(grid.stop)
+        print(f"grid up in {grid.start(120):.1f} s ({args.journal} journal); log in {logs}")
+        return exercise(grid, faults, args, out)
+    return 1
+
+
+def drop_database(admin_dsn: str, database: str) -> None:
     import psycopg
 
-    database = f"omnigrid_faults_{stamp.replace('-', '_')}"
-    with psycopg.connect(args.postgres, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {database}")
-    dsn = args.postgres.rsplit("/", 1)[0] + "/" + database
-    redis_server = RedisServer(free_port())
-    redis_server.start()
-    data = Path(tempfile.mkdtemp(prefix="omnigrid-faults-"))
-    env = {"OMNIGRID_REDIS_URL": redis_server.url, "OMNIGRID_POSTGRES_DSN": dsn}
-    grid = omnigrid_server(data, out / "grid.log", shards=2, env=env)
-    run = f"f{stamp.replace('-', '')}"
-    tally = Tally(args.carts)
-    try:
-        print(f"grid up in {grid.start(120):.1f} s; journal {redis_server.url}, store {database}")
-        seed(grid.url, run)
-        writers = CartWriters(grid.url, run, tally, args.threads)
-        probe = HealthProbe(grid.url)
-        probe.start()
-        t0 = time.time()
-        phases: list[Phase] = []
-        checks: dict[str, list[str]] = {}
-
-        def restart_redis() -> None:
-            redis_server.kill()
-            time.sleep(3)
-            redis_server.start()
-
-        faults: list[tuple[str, Callable[[], None]]] = [
-            ("Redis stalled 1 s", lambda: redis_server.stall(1)),
-            ("Redis stalled 4 s", lambda: redis_server.stall(4)),
-            ("Redis stalled 10 s", lambda: redis_server.stall(10)),
-            ("Redis killed, restarted 3 s later", restart_redis),
-            ("PostgreSQL refuses 15 s", lambda: refuse_postgres(args.postgres, database, 15)),
-        ]
-        pauses: list[tuple[float, float]] = []
-        for name, fault in faults:
-            with writing(writers):
-                time.sleep(4)
-                phases.append(run_phase(name, fault, tally, grid.url))
-            paused = time.time()
-            checks[name] = check_carts(grid.url, run, tally)
-            pauses.append((paused, time.time()))
-            p = phases[-1]
-            heal = "never" if p.heal_s is None else f"{p.heal_s:.2f} s"
-            ready = "never" if p.ready_s is None else f"{p.ready_s:.2f} s"
-            print(
-                f"{name}: {p.before:.0f} acknowledged/s before, {p.during:.0f} during, "
-                f"{p.after:.0f} after; first write in {heal}, /readyz 200 in {ready}; "
-                f"problems: {len(checks[name])}"
-            )
-        probe.stop()
-        grid.stop()
-        grid.start(120)
-        checks["after a clean restart"] = check_carts(grid.url, run, tally)
-        grid.kill()
-        grid.start(120)
-        checks["after kill -9"] = check_carts(grid.url, run, tally)
-        audit = subprocess.run(
-            ["omnigrid", "audit", "--url", grid.url], capture_output=True, text=True
-        )
-        summary: dict[str, Any] = {
-            "command": " ".join(sys.argv),
-            "carts": args.carts,
-            "threads": args.threads,
-            "statuses": dict(tally.statuses),
-            "refusals": dict(tally.details.most_common(10)),
-            "acknowledged": sum(tally.acked),
-            "unanswered": sum(tally.unknown),
-            "phases": [p.__dict__ for p in phases],
-            "health_slowest_s": probe.slowest,
-            "health_failures": dict(probe.failures),
-            "problems": checks,
-            "audit_exit": audit.returncode,
-            "audit": audit.stdout.strip().splitlines()[-3:],
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        plot(tally, phases, pauses, out / "faults.png", t0)
-        print(json.dumps({k: summary[k] for k in ("statuses", "health_slowest_s")}, default=str))
-        print(
-            f"problems: { {k: len(v) for k, v in checks.items()} }; audit exit {audit.returncode}"
-        )
-        print(f"results in {out}")
-        failed = any(checks.values()) or audit.returncode != 0
-        return 1 if failed else 0
-    finally:
-        grid.stop()
-        redis_server.remove()
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        shutil.rmtree(data, ignore_errors=True)
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,9 @@ loadtest/faults.py's, which also measures it (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from loadtest.faults import (
     CartWriters,
@@ -27,9 +22,12 @@ from loadtest.faults import (
     RedisServer,
     Tally,
     check_carts,
+    fill_disk,
+    lock_journals,
     refuse_postgres,
     run_phase,
     seed,
+    small_disk,
     writing,
 )
 from tests.api.test_persistence import audit
@@ -120,44 +118,6 @@ def test_redis_stalls_and_restarts_and_postgres_refusing_lose_and_resurrect_noth
     finally:
         grid.stop()
         redis.remove()
-
-
-@contextlib.contextmanager
-def small_disk(megabytes: int) -> Iterator[Path]:
-    """A tmpfs of its own, so the test can fill it (the machine's disk is never touched)."""
-    path = Path(tempfile.mkdtemp(prefix="omnigrid-disk-"))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], check=True
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def lock_journals(data_dir: Path, seconds: float) -> None:
-    """Another process's writer holds every journal file's write lock."""
-    holders = []
-    for path in sorted(data_dir.glob("journal-shard*.sqlite3")):
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("BEGIN IMMEDIATE")
-        holders.append(db)
-    assert holders, "no journal files"
-    time.sleep(seconds)
-    for db in holders:
-        db.execute("ROLLBACK")
-        db.close()
-
-
-def fill_disk(data_dir: Path, seconds: float) -> None:
-    """Fill the disk to the last byte, hold it full, then free it."""
-    filler = data_dir / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * (1 << 20))
-            f.flush()
-    time.sleep(seconds)
-    filler.unlink()
 
 
 def test_sqlite_journal_locked_and_disk_full_lose_and_resurrect_nothing() -> None:
