@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,11 +20,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from omnigrid.persistence.outage import Outage
 from omnigrid.persistence.store import Snapshot
 
 log = logging.getLogger("omnigrid.hot_copy")
 TIMEOUT_S = 1.0
-LOG_EVERY_S = 10.0
 
 
 class HotCopy:
@@ -40,9 +39,7 @@ class HotCopy:
             retry=Retry(NoBackoff(), 0),
         )
         self._waiting: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> newest (version, view)
-        self.failures = 0
-        self.failing_since: float | None = None
-        self._last_log = 0.0
+        self.outage = Outage(log, "hot copy: Redis")
 
     @property
     def waiting(self) -> int:
@@ -71,14 +68,9 @@ class HotCopy:
             for key, held in taken.items():  # back in line, unless a newer one came
                 if key not in self._waiting:
                     self._waiting[key] = held
-            self._failed(e)
+            self.outage.failed(e, f"{self.waiting} views wait")
             return False
-        if self.failing_since is not None:
-            log.warning(
-                "hot copy: Redis is back; caught up after %.1f s of failures",
-                time.monotonic() - self.failing_since,
-            )
-            self.failing_since = None
+        self.outage.worked()
         return True
 
     def _write(self, views: dict[str, tuple[int, dict[str, Any]]]) -> None:
@@ -88,17 +80,6 @@ class HotCopy:
             for key, (_, view) in items[start : start + self.batch]:
                 pipe.set(self.prefix + key, orjson.dumps(view))
             pipe.execute()
-
-    def _failed(self, error: Exception) -> None:
-        self.failures += 1
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        if now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
-            log.warning(
-                "hot copy: Redis refuses writes (%s); %d views wait, retrying", error, self.waiting
-            )
 
     def close(self) -> None:
         self._redis.close()

@@ -12,7 +12,7 @@ When the store is down, drains fail and are retried: entities stay dirty,
 events stay in the outbox, the journal keeps everything. The outbox is
 bounded by the shard (``max_queue``): past it, writes answer 503 until the
 store catches up. A log line says when the store starts failing, every
-``LOG_EVERY_S`` while it does, and when it has caught up.
+ten seconds while it does, and when it has caught up (persistence/outage.py).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from omnigrid.persistence.events import Event
+from omnigrid.persistence.outage import Outage
 from omnigrid.persistence.store import Snapshot, Store, StoreUnavailable
 from omnigrid.persistence.webhooks import Webhook, deliveries_for
 
 log = logging.getLogger("omnigrid.writebehind")
-LOG_EVERY_S = 10.0
 
 
 @dataclass(slots=True)
@@ -80,10 +80,8 @@ class WriteBehind:
         self.observe_lag = observe_lag
         self.shard_id = shard_id
         self.webhooks = webhooks  # the registrations whose deliveries each drain queues
-        self.failures = 0
         self.drains = 0
-        self.failing_since: float | None = None
-        self._last_log = 0.0
+        self.outage = Outage(log, "write-behind: the store")
         self._lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -107,17 +105,12 @@ class WriteBehind:
                 await asyncio.to_thread(self._write, drain)
             except StoreUnavailable as e:
                 self.shard.drain_failed(drain)
-                self._failed(e)
+                self.outage.failed(e, f"{len(self.shard.outbox)} changes queued")
                 return False
             self.shard.drain_done(drain)
             self.on_stored(drain.snapshots)
             self.drains += 1
-            if self.failing_since is not None:
-                log.warning(
-                    "write-behind: the store is back; caught up after %.1f s of failures",
-                    time.monotonic() - self.failing_since,
-                )
-                self.failing_since = None
+            self.outage.worked()
             return True
 
     async def drain_all(self, force: bool = False, rounds: int = 1_000) -> bool:
@@ -140,15 +133,10 @@ class WriteBehind:
         now = time.time()
         self.observe_lag([now - event.at for event in drain.events])
 
-    def _failed(self, error: StoreUnavailable) -> None:
-        self.failures += 1
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        if now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
-            log.warning(
-                "write-behind: the store refuses writes (%s); %d changes queued, retrying",
-                error,
-                len(self.shard.outbox),
-            )
+    @property
+    def failures(self) -> int:
+        return self.outage.failures
+
+    @property
+    def failing_since(self) -> float | None:
+        return self.outage.failing_since
