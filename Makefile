@@ -9,6 +9,7 @@ check: lint typecheck test
 lint:
 	ruff check actors api persistence loadtest tests
 	ruff format --check actors api persistence loadtest tests
+	lint-imports
 
 # mypy cannot follow setuptools' package-dir mapping (actors/ -> omnigrid.actors),
 # so it reads the packages through a tree of symlinks with their installed names.

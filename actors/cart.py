@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from omnigrid.actors.entity import Entity, Handler, Outcome, intern, rfc3339
+from omnigrid.actors.entity import Entity, Handler, Outcome, intern
 from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.persistence.events import rfc3339
 
 MAX_LINE_QTY = 9_999
 MAX_LINES = 200

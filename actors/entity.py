@@ -15,18 +15,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 # Idempotency keys are remembered for at least this long (the contract says 24 h).
 IDEMPOTENCY_TTL_S = 24 * 3600.0
-
-
-def rfc3339(ts: float | None) -> str | None:
-    """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

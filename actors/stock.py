@@ -13,8 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from omnigrid.actors.entity import Entity, Handler, Outcome, intern, rfc3339
+from omnigrid.actors.entity import Entity, Handler, Outcome, intern
 from omnigrid.actors.errors import GridError
+from omnigrid.persistence.events import rfc3339
 
 # A closed reservation is remembered this long, so commit/release after it
 # answers "reservation_closed" rather than "not_found".

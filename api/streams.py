@@ -24,12 +24,11 @@ from typing import Any
 
 import orjson
 
-from omnigrid.actors.entity import rfc3339
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded, Unavailable
 from omnigrid.api import validation as v
 from omnigrid.api.hub import EventHub, Subscription
 from omnigrid.api.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER_S, from_error, retry_after
-from omnigrid.persistence.events import Event
+from omnigrid.persistence.events import Event, rfc3339
 
 Scope = MutableMapping[str, Any]
 STREAM_ROUTES = {"user_stream": ("cart", "uid"), "sku_stream": ("stock", "sku")}

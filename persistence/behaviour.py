@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from omnigrid.actors.entity import rfc3339
 from omnigrid.persistence.db import Database
+from omnigrid.persistence.events import rfc3339
 
 TYPES = ("view", "favourite", "search", "store_visit", "purchase")
 

@@ -1,9 +1,22 @@
-"""A change to an entity, as plain data: what journals, streams and logs take."""
+"""A change to an entity, as plain data: what journals, streams and logs take.
+
+The lowest layer's shared basics live here so every layer may import them
+(api -> actors -> persistence, never back: ``make lint`` checks it): the event
+and the one way a time is written on the wire.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

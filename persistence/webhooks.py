@@ -17,9 +17,8 @@ from typing import Any
 
 import orjson
 
-from omnigrid.actors.entity import rfc3339
 from omnigrid.persistence.db import Database
-from omnigrid.persistence.events import Event
+from omnigrid.persistence.events import Event, rfc3339
 
 KINDS = ("cart", "stock")
 

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 
 from omnigrid.actors.cart import MAX_LINE_QTY, MAX_LINES
-from omnigrid.actors.entity import IDEMPOTENCY_TTL_S, rfc3339
+from omnigrid.actors.entity import IDEMPOTENCY_TTL_S
 from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.shard import PEEK, SYSTEM_CHANNEL, Shard
 from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.actors.stock import Stock
-from omnigrid.persistence.events import Event
+from omnigrid.persistence.events import Event, rfc3339
 from omnigrid.persistence.journal import MemoryJournal
 
 T0 = 1_700_000_000.0
