@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from omnigrid.actors.cart import MAX_LINE_QTY
 from omnigrid.actors.errors import STATUS_OF_CODE
 from omnigrid.api import validation as v
+from omnigrid.api.behaviour import FUTURE_SLACK_S, MAX_EVENTS
 from omnigrid.api.routes import ROUTES, Route
+from omnigrid.api.webhooks import MAX_URL_CHARS
+from omnigrid.persistence.behaviour import TYPES
+from omnigrid.persistence.webhooks import KINDS
 
 ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -91,7 +95,7 @@ class SyncOp(BaseModel):
     op: Literal["cart.add", "cart.set", "cart.remove", "cart.clear"]
     uid: str
     sku: str | None = None
-    qty: int | None = Field(None, ge=0, le=9999)
+    qty: int | None = Field(None, ge=0, le=MAX_LINE_QTY)
     base_version: int | None = Field(None, description="the cart version the op was made on")
     at: str | float | None = Field(None, description="when the shopper did it, offline")
 
@@ -115,6 +119,32 @@ class SyncAnswer(BaseModel):
     results: list[SyncResult]
 
 
+class BehaviourEvent(_Strict):
+    type: Literal[tuple(TYPES)]  # type: ignore[valid-type]
+    at: str | float | None = Field(
+        None,
+        description=f"RFC 3339 with a zone, or epoch seconds; at most {FUTURE_SLACK_S:.0f} s ahead",
+    )
+    channel: str | None = Field(None, description="default: X-Channel; from the registry")
+    event_id: str | None = Field(None, max_length=128, description="repeats are kept once")
+    sku: str | None = Field(None, pattern=ID)
+    query: str | None = Field(None, max_length=256)
+    store_id: str | None = Field(None, pattern=ID)
+    qty: int | None = Field(None, ge=1, le=v.MAX_COUNT)
+    amount: float | None = Field(None, ge=0, le=1e12)
+    ref: str | None = Field(None, max_length=128)
+
+
+class BehaviourBatch(_Strict):
+    uid: str = Field(pattern=ID)
+    events: list[BehaviourEvent] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class WebhookCreate(_Strict):
+    url: str = Field(max_length=MAX_URL_CHARS, description="absolute http or https URL")
+    events: list[Literal[KINDS]] = Field(min_length=1)  # type: ignore[valid-type]
+
+
 class Problem(BaseModel):
     type: str
     title: str
@@ -131,6 +161,8 @@ BODIES: dict[str, type[BaseModel]] = {
     "add_line": LineAdd,
     "set_line": LineSet,
     "sync": SyncBatch,
+    "post_events": BehaviourBatch,
+    "register_webhook": WebhookCreate,
 }
 ANSWERS: dict[str, tuple[int, Any]] = {
     "put_stock": (200, StockView),
@@ -171,7 +203,16 @@ REFUSALS: dict[str, tuple[str, ...]] = {
     "release_reservation": ("reservation_closed", "unknown_sku", "not_found"),
     "add_line": ("insufficient_stock", "unknown_sku", "cart_full"),
     "set_line": ("insufficient_stock", "unknown_sku", "cart_full"),
+    "delete_webhook": ("not_found",),
 }
+# Answers that are not JSON: the content type the route serves instead.
+MEDIA_TYPES = {
+    "metrics": "text/plain; version=0.0.4; charset=utf-8",
+    "user_stream": "text/event-stream",
+    "sku_stream": "text/event-stream",
+}
+# Streams check their id and their capacity before they start.
+STREAM_REFUSALS = ("invalid_request", "overloaded", "unavailable")
 WRITE_REFUSALS = (
     "unknown_channel",
     "version_conflict",
@@ -225,7 +266,9 @@ def _signature(route: Route) -> inspect.Signature:
 
 def _responses(route: Route) -> dict[int | str, dict[str, Any]]:
     codes = list(REFUSALS.get(route.name, ()))
-    if route.handler is not None:
+    if route.name in MEDIA_TYPES and route.name != "metrics":
+        codes += STREAM_REFUSALS
+    elif route.handler is not None:
         codes += COMMON_REFUSALS
         if route.is_write:
             codes += WRITE_REFUSALS
@@ -245,13 +288,21 @@ def _responses(route: Route) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _problems_as_problem_json(schema: dict[str, Any]) -> dict[str, Any]:
-    """Errors are served as application/problem+json, not application/json."""
-    for operation in (op for path in schema["paths"].values() for op in path.values()):
-        for status, answer in operation["responses"].items():
-            content = answer.get("content", {})
-            if status >= "400" and "application/json" in content:
-                answer["content"] = {"application/problem+json": content["application/json"]}
+def _media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Errors are served as application/problem+json, Prometheus text and event
+    streams as what they are, not application/json."""
+    names = {(route.path, route.method.lower()): route.name for route in ROUTES}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            media = MEDIA_TYPES.get(names.get((path, method), ""))
+            for status, answer in operation["responses"].items():
+                content = answer.get("content", {})
+                if "application/json" not in content:
+                    continue
+                if status >= "400":
+                    answer["content"] = {"application/problem+json": content["application/json"]}
+                elif media is not None:
+                    answer["content"] = {media: {"schema": {"type": "string"}}}
     return schema
 
 
@@ -282,7 +333,7 @@ def docs_app() -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _problems_as_problem_json(build())
+            app.openapi_schema = _media_types(build())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
