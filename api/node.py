@@ -8,7 +8,7 @@ and travel in micro-batches to the owner when it does not.
 ``ShardProcess`` (api/process.py) is the class Ray runs as an actor. Ray
 re-runs its constructor when the process dies, so the constructor starts
 everything: a thread with its own event loop that serves HTTP, the peer
-stream and the shard's timed work. Ray's own calls (address, ping, metrics)
+stream and the shard's timed work. Ray's own calls (peer_address, info, metrics_text, audit, stop)
 reach that loop through ``run_coroutine_threadsafe``.
 """
 

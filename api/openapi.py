@@ -97,7 +97,9 @@ class SyncOp(BaseModel):
     sku: str | None = None
     qty: int | None = Field(None, ge=0, le=MAX_LINE_QTY)
     base_version: int | None = Field(None, description="the cart version the op was made on")
-    at: str | float | None = Field(None, description="when the shopper did it, offline")
+    at: str | float | None = Field(
+        None, description="when the shopper did it, offline; checked, not used: ops apply in order"
+    )
 
 
 class SyncBatch(BaseModel):

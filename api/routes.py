@@ -1,8 +1,9 @@
 """The contract's endpoints as one table: method, path template, handler.
 
 The same table drives the fast dispatcher (api/app.py) and the OpenAPI
-document (api/openapi.py), so what is served and what is documented cannot
-drift apart.
+document (api/openapi.py); the bodies and answers the document shows are
+declared there, and tests/api/test_openapi.py checks every answer the app
+gives against the document, so the two cannot drift apart unseen.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Each op's result is one of:
 
 One op's conflict or rejection does not stop the ops after it: each is judged
 on its own, against the cart as the ops before it left it. ``at`` (when the
-shopper did it offline) is recorded as given and does not reorder anything.
+shopper did it offline) is checked for its type and not used: ops apply in
+the order sent, at the time they arrive.
 """
 
 from __future__ import annotations
