@@ -3,8 +3,8 @@
 A shard is a plain object, not a Ray actor: api/ wraps it in one. Commands run
 synchronously, one at a time, in the order they are handed in, so every
 entity sees one command at a time in arrival order without locks. A batch of
-commands is one turn: its events go to the journal as one group, before the
-caller releases any of the batch's answers.
+commands is one turn: its events go to the journal as one group
+(actors/commit.py), before the caller releases any of the batch's answers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from omnigrid.actors.backlog import Backlog
+from omnigrid.actors.commit import Commit, refused
 from omnigrid.actors.entity import Entity
 from omnigrid.actors.errors import GridError
 from omnigrid.actors.kinds import ENTITY_KINDS, split_key
@@ -27,7 +28,6 @@ from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.journal import (
     Journal,
-    JournalOutcomeUnknown,
     JournalUnavailable,
     NullJournal,
 )
@@ -38,12 +38,7 @@ from omnigrid.persistence.writebehind import Drain
 # cart view costs one message per shard, not one per line.
 PEEK = "stock.peek"
 SYSTEM_CHANNEL = "system"
-# After the journal refuses a batch, writes answer 503 at once until the
-# journal is settled again, tried at most this often: a dead store costs
-# callers an immediate 503, not a connect timeout each.
-RETRY_PAUSE_S = 0.5
 # What a client is told; the cause goes to the log (it can carry driver text).
-JOURNAL_REFUSED = "the journal cannot take writes right now; retry later"
 STORE_REFUSED = "the store cannot be read right now; retry later"
 log = logging.getLogger("omnigrid.shard")
 PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
@@ -77,30 +72,21 @@ class Shard:
         # SKU are one entry, not 100,000 to pop and push again on every tick.
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
-        # Why the journal failed (for the log), until ``heal`` settles it again;
-        # the numbers of a batch sent whose outcome is unknown; when to try.
-        self._broken: str | None = None
-        self._broken_since = 0.0
-        self.doubtful: tuple[int, int] | None = None
-        self.retry_at = 0.0
-        # Whether a refused write tries to heal the journal on the caller's
-        # thread (tests, tools); a grid process heals from a worker thread.
-        self.heals_inline = True
-        self._pending: list[Event] = []  # changed in this turn, not journaled yet
         # The write-behind's side (actors/backlog.py): journaled events not yet
         # in the store, and the entities changed since their last snapshot.
-        self.seq = self.journal.last_seq()
         self.backlog = Backlog()
         self.outbox = self.backlog.events
         self.dirty = self.backlog.dirty
         self.draining = self.backlog.draining
         self.max_queue = max_queue  # outbox events before writes are refused (0: no limit)
         self.drain_keys = drain_keys  # snapshots per drain (events: ten times as many)
-        # Told of every batch of events once journaled (the live streams' hub).
-        self.on_journaled: Callable[[list[Event]], None] | None = None
         # Entities whose memory held a change the journal refused: reloaded from
         # the store plus the outbox on their next use.
         self.tainted: set[str] = set()
+        # The turn's changes to the journal (actors/commit.py).
+        self.commit = Commit(
+            shard_id, self.journal, self.backlog, durability == "async", self._taint
+        )
 
     # -- slot ownership -------------------------------------------------------
 
@@ -133,11 +119,11 @@ class Shard:
         if refusal is not None:
             return [self._apply(c) if self._is_read(c) else refusal for c in commands]
         results = [self._apply(cmd) for cmd in commands]
-        if self.durability == "sync" and not self.flush():
+        if self.durability == "sync" and not self.commit.flush():
             # The refused changes are gone from memory; a read that may have
             # seen one runs again on what the journal holds.
-            refused = self._unavailable()
-            return [self._apply(c) if self._is_read(c) else refused for c in commands]
+            answer = refused()
+            return [self._apply(c) if self._is_read(c) else answer for c in commands]
         return results
 
     def apply(self, cmd: Command) -> Result:
@@ -145,11 +131,9 @@ class Shard:
         return self.apply_batch([cmd])[0]
 
     def _refusal(self) -> Result | None:
-        if self._broken is not None:
-            if self.heals_inline and time.monotonic() >= self.retry_at:
-                self.heal()
-            if self._broken is not None:
-                return self._unavailable()
+        refusal = self.commit.refusal()
+        if refusal is not None:
+            return refusal
         if self.max_queue and len(self.outbox) >= self.max_queue:
             return Result(
                 503,
@@ -165,80 +149,6 @@ class Shard:
             return True
         kind, _ = split_key(cmd.key)
         return kind is not None and cmd.op in kind.reads
-
-    def flush(self) -> bool:
-        """Hand pending events to the journal; False if it refused them.
-
-        While the journal is broken nothing is sent: pending changes (expiries
-        run by reads and timers, async durability's acknowledged writes) wait
-        in memory for ``heal``.
-        """
-        if not self._pending:
-            return True
-        if self._broken is not None:
-            return False
-        events, self._pending = self._pending, []
-        try:
-            self.journal.append(self.seq + 1, events)
-        except JournalUnavailable as e:
-            self._break(e)
-            if self.durability == "async":
-                # Acknowledged: sent again once healed (a doubtful copy is removed first).
-                self._pending = events + self._pending
-            else:
-                self._taint({event.key for event in events})
-            return False
-        for event in events:
-            self.seq += 1
-            self.backlog.journaled(self.seq, event)
-        if self.on_journaled is not None:
-            self.on_journaled(events)
-        return True
-
-    def _break(self, error: JournalUnavailable) -> None:
-        if isinstance(error, JournalOutcomeUnknown):
-            self.doubtful = (error.first_seq, error.last_seq)
-        self._broken = str(error)
-        self._broken_since = time.monotonic()
-        self.retry_at = self._broken_since + RETRY_PAUSE_S
-        log.warning(
-            "shard %d: the journal %s a batch (%s); writes answer 503 until it is settled",
-            self.shard_id,
-            "did not answer" if self.doubtful else "refused",
-            error,
-        )
-
-    def heal(self) -> bool:
-        """Settle the journal (blocking I/O); True when it takes writes again."""
-        try:
-            head = self.journal.settle(self.doubtful)
-        except JournalUnavailable as e:
-            self.heal_failed(e)
-            return False
-        self.healed(head)
-        return True
-
-    def heal_failed(self, error: JournalUnavailable) -> None:
-        self._broken = str(error)
-        self.retry_at = time.monotonic() + RETRY_PAUSE_S
-
-    def healed(self, head: int) -> None:
-        """The journal was settled and ends at ``head``: writes go to it again."""
-        if self._broken is None:
-            return
-        log.warning(
-            "shard %d: the journal takes writes again after %.1f s",
-            self.shard_id,
-            time.monotonic() - self._broken_since,
-        )
-        self.seq = max(self.seq, head)
-        self._broken = None
-        self.doubtful = None
-        self.flush()  # what waited: expiries, async durability's writes
-
-    @staticmethod
-    def _unavailable() -> Result:
-        return Result(503, None, "unavailable", JOURNAL_REFUSED)
 
     def _store_unavailable(self, error: StoreUnavailable) -> Result:
         log.warning("shard %d: the store cannot be read (%s)", self.shard_id, error)
@@ -302,7 +212,7 @@ class Shard:
             if self._replay((event,)):
                 self.backlog.since.setdefault(event.key, seq)  # not in the store yet
             self.outbox.append((seq, event))
-            self.seq = max(self.seq, seq)
+            self.commit.seq = max(self.commit.seq, seq)
             count += 1
         return count
 
@@ -311,8 +221,8 @@ class Shard:
 
         Returns how many ran.
         """
-        clock, pending = self.clock, self._pending
-        self._pending = []
+        clock, pending = self.clock, self.commit.pending
+        self.commit.pending = []
         ran = 0
         try:
             for event in events:
@@ -336,7 +246,7 @@ class Shard:
                         )
                     )
         finally:
-            self.clock, self._pending = clock, pending
+            self.clock, self.commit.pending = clock, pending
         return ran
 
     def _apply(self, cmd: Command) -> Result:
@@ -419,7 +329,7 @@ class Shard:
             cmd.idempotency_key if cmd is not None else None,
             cmd.fingerprint if cmd is not None else None,
         )
-        self._pending.append(event)
+        self.commit.pending.append(event)
         self.dirty.add(entity.key)
         self._schedule(entity)
         return view
@@ -482,8 +392,8 @@ class Shard:
             self._expire(entity, now)
             touched += entity.version != before
             self._schedule(entity)
-        if self._pending:
-            self.flush()  # expiries; async durability's changes
+        if self.commit.pending:
+            self.commit.flush()  # expiries; async durability's changes
         over = self.residency.over_budget()
         if over:
             self.residency.passivate(over, self.pinned, PASSIVATE_SCAN)
@@ -508,7 +418,7 @@ class Shard:
         does not. Entities dropped after a refused batch are rebuilt first, so
         their acknowledged changes are snapshotted before the journal is trimmed.
         """
-        if not self.flush():
+        if not self.commit.flush():
             return None
         try:
             for key in list(self.tainted):
@@ -516,7 +426,7 @@ class Shard:
         except StoreUnavailable:
             return None
         return self.backlog.take(
-            self.entities, self.seq, force, self.drain_keys, 10 * self.drain_keys
+            self.entities, self.commit.seq, force, self.drain_keys, 10 * self.drain_keys
         )
 
     def drain_done(self, drain: Drain) -> None:
@@ -524,7 +434,7 @@ class Shard:
         upto = self.backlog.done(drain)
         # If the journal cannot trim now, the next drain trims further; replaying
         # events the store already has is harmless.
-        if upto > 0 and self._broken is None:  # never beside a settle on another thread
+        if upto > 0 and self.commit.ok():  # never beside a settle on another thread
             with contextlib.suppress(JournalUnavailable):
                 self.journal.trim(upto)
 
@@ -543,7 +453,7 @@ class Shard:
     # -- introspection ------------------------------------------------------------
 
     def journal_ok(self) -> bool:
-        return self._broken is None
+        return self.commit.ok()
 
     def entity_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(ENTITY_KINDS, 0)

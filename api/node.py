@@ -93,7 +93,7 @@ class GridNode:
             durability="async" if settings.durability == "async" else "sync",
             drain_keys=settings.writebehind_batch,
         )
-        self.shard.heals_inline = False  # settled from a worker thread: see _heal_journal
+        self.shard.commit.heals_inline = False  # settled from a worker thread: see _heal_journal
         started = time.monotonic()
         replayed = self.shard.recover(
             self.journal.replay(), self.store.scan(slot_map.ranges(shard_id))
@@ -161,7 +161,7 @@ class GridNode:
         self.writebehind.shard_id = shard_id
         self.router = Router(self.shard, self.links, self.services)
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
-        self.shard.on_journaled = self.hub.on_journaled
+        self.shard.commit.on_journaled = self.hub.on_journaled
         self.streams = StreamServer(self.hub, settings.max_streams, settings.stream_heartbeat_s)
         self.app = GridApp(
             self.router,
@@ -271,25 +271,25 @@ class GridNode:
     async def _heal_journal(self) -> None:
         """Settle a broken journal off the event loop, so a stalled Redis or a
         locked file never holds requests, reads and health checks up."""
-        shard = self.shard
+        commit = self.shard.commit
         while True:
             await asyncio.sleep(HEAL_EVERY_S)
-            if shard.journal_ok() or time.monotonic() < shard.retry_at:
+            if commit.ok() or time.monotonic() < commit.retry_at:
                 continue
             try:
-                head = await asyncio.to_thread(self.journal.settle, shard.doubtful)
+                head = await asyncio.to_thread(self.journal.settle, commit.doubtful)
             except JournalUnavailable as e:
-                shard.heal_failed(e)
+                commit.heal_failed(e)
             except Exception:
                 log.exception("settling the journal of shard %d failed", self.shard_id)
             else:
-                shard.healed(head)
+                commit.healed(head)
 
     async def _flush_behind(self) -> None:
         """Async durability: acknowledged changes reach the journal within ASYNC_FLUSH_S."""
         while True:
             await asyncio.sleep(ASYNC_FLUSH_S)
-            self.shard.flush()
+            self.shard.commit.flush()
 
     # -- operations (what GridApp asks) ---------------------------------------
 

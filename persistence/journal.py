@@ -25,6 +25,7 @@ tests; ``NullJournal`` drops them.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -176,11 +177,8 @@ class SqliteJournal:
         last = first_seq + len(events) - 1
         # One statement is a transaction of its own; more need one around them
         # (the group commit is all of the batch or none of it).
-        several = len(events) > APPEND_CHUNK
         try:
-            if several:
-                self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._db, len(events) > APPEND_CHUNK):
                 # Multi-row statements: executemany would give the GIL up and
                 # take it back once per row, each time after the other threads.
                 for start in range(0, len(events), APPEND_CHUNK):
@@ -190,12 +188,6 @@ class SqliteJournal:
                         params += (seq, pack_event(event))
                     values = ",".join(["(?,?)"] * len(chunk))
                     self._db.execute(f"INSERT INTO journal (seq, event) VALUES {values}", params)
-                if several:
-                    self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             # Whether the commit landed is read back, not assumed (an I/O error
             # can come after the commit record was written).
@@ -235,16 +227,10 @@ class SqliteJournal:
             upto = min(upto, int(done) + TRIM_CHUNK)
             if upto <= done:
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._db):
                 self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
                 self._db.execute("DELETE FROM trimmed")
                 self._db.execute("INSERT INTO trimmed (upto) VALUES (?)", (upto,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
 
@@ -262,10 +248,9 @@ class SqliteJournal:
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
         try:
-            db.execute("BEGIN IMMEDIATE")  # the write lock can be had again
-            if doubtful is not None:
-                db.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ?", doubtful)
-            db.execute("COMMIT")
+            with _transaction(db):  # the write lock can be had again
+                if doubtful is not None:
+                    db.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ?", doubtful)
             return _last_seq(db)
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
@@ -274,6 +259,23 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, needed: bool = True) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in
+    autocommit mode, so without one every statement commits on its own)."""
+    if not needed:
+        yield
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _last_seq(db: sqlite3.Connection) -> int:

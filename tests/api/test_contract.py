@@ -1,12 +1,27 @@
-"""Every endpoint of the contract and its error codes, over real HTTP to a real grid."""
+"""Every endpoint of the contract and its error codes.
+
+The answers' shape needs no second process, journal or restart: these run on the
+ASGI app in-process (tests/inprocess.py), in seconds. What only a grid can show
+(its operations, its shards) runs over real HTTP to a real grid.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import httpx
+import pytest
 
-from tests.conftest import new_id, write_headers
+from tests.conftest import Grid, new_id, write_headers
+from tests.inprocess import in_process_client
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    """The in-process app (this module's tests only; others keep the real grid)."""
+    with in_process_client() as c:
+        yield c
 
 
 def stock(client: httpx.Client, on_hand: int, channel: str = "pos") -> str:
@@ -318,7 +333,8 @@ def test_if_match(client: httpx.Client) -> None:
     )
 
 
-def test_operations(client: httpx.Client) -> None:
+def test_operations(grid: Grid) -> None:
+    client = httpx.Client(base_url=grid.url, timeout=10)
     assert client.get("/healthz").status_code == 200
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["missing"] == []

@@ -8,7 +8,6 @@ checked as documents, and their refusals over HTTP.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from typing import Any
 
 import httpx
@@ -21,20 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from omnigrid.actors.shard import Shard
-from omnigrid.actors.slots import SlotMap
-from omnigrid.api.app import GridApp
-from omnigrid.api.hub import EventHub
-from omnigrid.api.metrics import GridMetrics
-from omnigrid.api.openapi import docs_app
-from omnigrid.api.router import Router
-from omnigrid.api.services import Services
-from omnigrid.api.settings import DEFAULT_CHANNELS
-from omnigrid.api.streams import StreamServer
-from omnigrid.persistence.behaviour import BehaviourLog
-from omnigrid.persistence.db import Database
-from omnigrid.persistence.store import SqliteStore
-from omnigrid.persistence.webhooks import WebhookStore
+from tests.inprocess import in_process_app
 
 CHECKS = [
     not_a_server_error,
@@ -42,33 +28,6 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-
-
-class Operations:
-    async def ready(self) -> tuple[bool, dict[str, Any]]:
-        return True, {"shards": 1, "missing": []}
-
-    async def exposition(self) -> str:
-        return "# one process, nothing measured yet\n"
-
-    async def cluster(self) -> dict[str, Any]:
-        return {"slot_map_version": 1, "shards": []}
-
-    async def audit_all(self) -> dict[str, Any]:
-        return {"checked": 0, "mismatched": 0}
-
-
-def in_process_app() -> GridApp:
-    """One shard owning every slot, its store in a temporary SQLite file."""
-    path = tempfile.mkdtemp(prefix="omnigrid-openapi-") + "/store.sqlite3"
-    store = SqliteStore(path)  # makes the tables
-    db = Database(sqlite_path=path)
-    channels = frozenset(DEFAULT_CHANNELS)
-    shard = Shard(0, SlotMap.even(1))
-    router = Router(shard, {}, Services(db, BehaviourLog(db), WebhookStore(db), channels))
-    hub = EventHub(shard, store, {}, lambda: router.slot_map)
-    streams = StreamServer(hub, max_streams=100, heartbeat_s=15)
-    return GridApp(router, Operations(), GridMetrics(0), channels, docs_app(), streams=streams)
 
 
 APP = in_process_app()

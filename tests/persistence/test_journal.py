@@ -139,7 +139,7 @@ def test_a_shard_refuses_a_stalled_batch_serves_reads_and_heals(own_redis: OwnRe
         refused = shard.apply(Command("stock.adjust", "stock:a", {"delta": 5}, "pos"))
         assert (refused.status, refused.code) == (503, "unavailable")
         assert refused.detail == "the journal cannot take writes right now; retry later"
-        assert shard.doubtful == (2, 2)
+        assert shard.commit.doubtful == (2, 2)
         # reads from memory, without the refused change
         assert shard.apply(Command("stock.get", "stock:a")).body["on_hand"] == 10
         started = time.monotonic()
@@ -147,9 +147,9 @@ def test_a_shard_refuses_a_stalled_batch_serves_reads_and_heals(own_redis: OwnRe
         assert time.monotonic() - started < 0.1
     finally:
         os.kill(own_redis.proc.pid, signal.SIGCONT)
-    shard.retry_at = 0.0
+    shard.commit.retry_at = 0.0
     assert stock(shard, "a", 12) == 200  # healed by the write itself (inline in tests)
-    assert shard.journal_ok() and shard.doubtful is None
+    assert shard.journal_ok() and shard.commit.doubtful is None
     rebuilt = Shard(0, SlotMap.even(1), RedisJournal(own_redis.url, "og:test:shard"))
     rebuilt.recover(rebuilt.journal.replay())
     view = rebuilt.entities["stock:a"].view()

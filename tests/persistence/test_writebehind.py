@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import omnigrid.actors.shard as shard_module
+import omnigrid.actors.commit as commit_module
 from omnigrid.actors.cart import Cart
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.actors.residency import pack_state, unpack_entity
@@ -200,8 +200,8 @@ def test_a_journal_that_refuses_writes_answers_503_and_reads_keep_working(
     assert node.ok("stock.get", "stock:a")["on_hand"] == 11
     assert node.states() == before
     db.execute("PRAGMA query_only = OFF")
-    monkeypatch.setattr(shard_module, "RETRY_PAUSE_S", 0.0)
-    node.shard.retry_at = 0.0
+    monkeypatch.setattr(commit_module, "RETRY_PAUSE_S", 0.0)
+    node.shard.commit.retry_at = 0.0
     assert node.ok("stock.adjust", "stock:a", channel="pos", delta=2)["on_hand"] == 13
     assert node.drain()
     assert Node(tmp_path, clock).states() == node.states()
@@ -213,7 +213,7 @@ def test_async_durability_answers_first_and_journals_on_the_next_flush(
     node = Node(tmp_path, clock, durability="async")
     node.ok("stock.set", "stock:a", channel="pos", on_hand=3)
     assert node.journal_size() == 0  # acknowledged, not yet durable: the loss window
-    assert node.shard.flush()
+    assert node.shard.commit.flush()
     assert node.journal_size() == 1
     node.ok("stock.adjust", "stock:a", delta=1)
     assert node.drain()  # a drain journals first: the store never runs ahead of the journal

@@ -1,0 +1,77 @@
+"""The ASGI app in-process, with no Ray grid: one shard owning every slot, in memory,
+its store in a temporary SQLite file. For tests of the HTTP contract's shape that
+need no second process, no journal and no restart (the document, the contract's
+answers): they run in seconds where a grid takes ten to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from typing import Any
+
+import httpx
+
+from omnigrid.actors.shard import Shard
+from omnigrid.actors.slots import SlotMap
+from omnigrid.api.app import GridApp
+from omnigrid.api.hub import EventHub
+from omnigrid.api.metrics import GridMetrics
+from omnigrid.api.openapi import docs_app
+from omnigrid.api.router import Router
+from omnigrid.api.services import Services
+from omnigrid.api.settings import DEFAULT_CHANNELS
+from omnigrid.api.streams import StreamServer
+from omnigrid.persistence.behaviour import BehaviourLog
+from omnigrid.persistence.db import Database
+from omnigrid.persistence.store import SqliteStore
+from omnigrid.persistence.webhooks import WebhookStore
+
+
+class Operations:
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"shards": 1, "missing": []}
+
+    async def exposition(self) -> str:
+        return "# one process, nothing measured yet\n"
+
+    async def cluster(self) -> dict[str, Any]:
+        return {"slot_map_version": 1, "shards": []}
+
+    async def audit_all(self) -> dict[str, Any]:
+        return {"checked": 0, "mismatched": 0}
+
+
+def in_process_app() -> GridApp:
+    """One shard owning every slot, its store in a temporary SQLite file."""
+    path = tempfile.mkdtemp(prefix="omnigrid-openapi-") + "/store.sqlite3"
+    store = SqliteStore(path)  # makes the tables
+    db = Database(sqlite_path=path)
+    channels = frozenset(DEFAULT_CHANNELS)
+    shard = Shard(0, SlotMap.even(1))
+    router = Router(shard, {}, Services(db, BehaviourLog(db), WebhookStore(db), channels))
+    hub = EventHub(shard, store, {}, lambda: router.slot_map)
+    streams = StreamServer(hub, max_streams=100, heartbeat_s=15)
+    return GridApp(router, Operations(), GridMetrics(0), channels, docs_app(), streams=streams)
+
+
+class _SyncASGITransport(httpx.BaseTransport):
+    """httpx's ASGI transport is async only: each request runs it in a loop of its own."""
+
+    def __init__(self, app: GridApp) -> None:
+        self._transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> httpx.Response:
+            response = await self._transport.handle_async_request(request)
+            body = await response.aread()
+            return httpx.Response(
+                response.status_code, headers=response.headers, content=body, request=request
+            )
+
+        return asyncio.run(send())
+
+
+def in_process_client() -> httpx.Client:
+    """A plain httpx client whose requests go to a fresh in-process app."""
+    return httpx.Client(transport=_SyncASGITransport(in_process_app()), base_url="http://grid")
