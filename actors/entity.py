@@ -50,6 +50,9 @@ class Entity:
     handlers: ClassVar[dict[str, Handler]] = {}
     # ops that never change state: they skip idempotency and version checks
     reads: ClassVar[frozenset[str]] = frozenset()
+    # what other entities' operations may read of this one: name -> (entity) -> value,
+    # asked of many entities at once, one message per owner shard (Shard.QUERY)
+    queries: ClassVar[dict[str, Callable[[Any], Any]]] = {}
 
     def __init__(self, key: str, ident: str) -> None:
         self.key = key

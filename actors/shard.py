@@ -26,20 +26,17 @@ from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.residency import Loader, Residency
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import (
-    Journal,
-    JournalUnavailable,
-    NullJournal,
-)
+from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
 from omnigrid.persistence.store import StoreUnavailable
 from omnigrid.persistence.writebehind import Drain
 
-# A read of many SKUs' availability at once: one command per owner shard, so a
-# cart view costs one message per shard, not one per line.
-PEEK = "stock.peek"
+# A declared query (Entity.queries) of many entities at once: one command per
+# owner shard, so a cart view costs one message per shard, not one per line.
+QUERY = "query"
 SYSTEM_CHANNEL = "system"
 # What a client is told; the cause goes to the log (it can carry driver text).
 STORE_REFUSED = "the store cannot be read right now; retry later"
+STORE_LOG_EVERY_S = 10.0  # a store outage is one log line per shard this often, not one a read
 log = logging.getLogger("omnigrid.shard")
 PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
 
@@ -83,6 +80,7 @@ class Shard:
         # Entities whose memory held a change the journal refused: reloaded from
         # the store plus the outbox on their next use.
         self.tainted: set[str] = set()
+        self._store_logged = -STORE_LOG_EVERY_S
         # The turn's changes to the journal (actors/commit.py).
         self.commit = Commit(
             shard_id, self.journal, self.backlog, durability == "async", self._taint
@@ -145,13 +143,16 @@ class Shard:
 
     @staticmethod
     def _is_read(cmd: Command) -> bool:
-        if cmd.op == PEEK:
+        if cmd.op == QUERY:
             return True
         kind, _ = split_key(cmd.key)
         return kind is not None and cmd.op in kind.reads
 
     def _store_unavailable(self, error: StoreUnavailable) -> Result:
-        log.warning("shard %d: the store cannot be read (%s)", self.shard_id, error)
+        now = time.monotonic()
+        if now - self._store_logged >= STORE_LOG_EVERY_S:
+            self._store_logged = now
+            log.warning("shard %d: the store cannot be read (%s)", self.shard_id, error)
         return Result(503, None, "unavailable", STORE_REFUSED)
 
     def _taint(self, keys: set[str]) -> None:
@@ -251,8 +252,8 @@ class Shard:
 
     def _apply(self, cmd: Command) -> Result:
         self.commands[cmd.op] += 1
-        if cmd.op == PEEK:
-            return self._peek(cmd.args["skus"])
+        if cmd.op == QUERY:
+            return self._query(cmd.args["name"], cmd.args["keys"])
         if not self.owns(cmd.key):
             return self._moved()
         kind, ident = split_key(cmd.key)
@@ -347,23 +348,26 @@ class Shard:
         if entity.expire(now):
             self._changed(entity, SYSTEM_CHANNEL, f"{entity.kind}.expire", now)
 
-    def _peek(self, skus: list[str]) -> Result:
-        """Availability of many SKUs (``None`` for one never stocked)."""
-        out: dict[str, int | None] = {}
+    def _query(self, name: str, keys: list[str]) -> Result:
+        """A declared query of many entities, key -> answer (``None``: never seen)."""
+        out: dict[str, Any] = {}
         now = self.clock()
-        for sku in skus:
-            key = "stock:" + sku
+        for key in keys:
             if not self.owns(key):
                 return self._moved()
+            kind, _ = split_key(key)
+            query = kind.queries.get(name) if kind is not None else None
+            if query is None:
+                return Result(422, None, "invalid_request", f"{name!r} is not a query of {key!r}")
             try:
-                stock = self._entity(key)
+                entity = self._entity(key)
             except StoreUnavailable as e:
                 return self._store_unavailable(e)
-            if stock is None:
-                out[sku] = None
+            if entity is None:
+                out[key] = None
             else:
-                self._expire(stock, now)
-                out[sku] = stock.available  # type: ignore[attr-defined]
+                self._expire(entity, now)
+                out[key] = query(entity)
         return Result(200, out)
 
     # -- timed work ---------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +38,10 @@ class Stock(Entity):
 
     kind: ClassVar[str] = "stock"
     reads: ClassVar[frozenset[str]] = frozenset({"stock.get", "stock.reservation"})
+    # a cart line's live availability (the cart checks and shows it)
+    queries: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "stock.available": lambda stock: stock.available
+    }
 
     def __init__(self, key: str, ident: str) -> None:
         super().__init__(key, ident)

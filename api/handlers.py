@@ -18,6 +18,7 @@ import orjson
 
 from omnigrid.actors.cart import MAX_LINE_QTY
 from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.actors.kinds import entity_key
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.api import validation as v
 from omnigrid.api.router import Router
@@ -71,7 +72,11 @@ def _answer(result: Result) -> tuple[int, Any]:
 
 
 def _sku_key(call: Call) -> str:
-    return "stock:" + v.identifier(call.params["sku"], "sku")
+    return _stock_key(v.identifier(call.params["sku"], "sku"))
+
+
+def _stock_key(sku: str) -> str:
+    return entity_key("stock", sku)
 
 
 def _cart_key(call: Call) -> str:
@@ -142,10 +147,17 @@ async def get_reservation(router: Router, call: Call) -> tuple[int, Any]:
 # -- cart --------------------------------------------------------------------
 
 
+async def availability(router: Router, skus: list[str]) -> dict[str, int | None]:
+    """Live availability of many SKUs (``None``: never stocked), one query per owner."""
+    keys = {_stock_key(sku): sku for sku in skus}
+    answers = await router.query("stock.available", list(keys))
+    return {sku: answers[key] for key, sku in keys.items()}
+
+
 async def _live_view(router: Router, status: int, view: dict[str, Any]) -> tuple[int, Any]:
     """The cart view with each line's live availability (one read per owner shard)."""
     lines = view["lines"]
-    available = await router.peek([line["sku"] for line in lines]) if lines else {}
+    available = await availability(router, [line["sku"] for line in lines]) if lines else {}
     out = dict(view)
     out["lines"] = [
         {**line, "available": a, "in_stock": a > 0}
@@ -167,7 +179,7 @@ async def add_line(router: Router, call: Call) -> tuple[int, Any]:
     v.fields(body, {"sku", "qty"})
     sku = v.sku_field(body)
     qty = v.integer(body, "qty", 1, MAX_LINE_QTY)
-    available = (await router.peek([sku]))[sku]
+    available = (await availability(router, [sku]))[sku]
     args = {"sku": sku, "qty": qty, "available": available}
     result = await router.call(_command("cart.add", key, args, call, body))
     return await _live_view(router, *_answer(result))
@@ -179,7 +191,7 @@ async def set_line(router: Router, call: Call) -> tuple[int, Any]:
     body = v.json_object(call.body)
     v.fields(body, {"qty"})
     qty = v.integer(body, "qty", 0, MAX_LINE_QTY)
-    available = (await router.peek([sku]))[sku] if qty else 0
+    available = (await availability(router, [sku]))[sku] if qty else 0
     args = {"sku": sku, "qty": qty, "available": available}
     result = await router.call(_command("cart.set", key, args, call, {"sku": sku, **body}))
     return await _live_view(router, *_answer(result))

@@ -9,11 +9,11 @@ map; the router adopts it and tries again.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omnigrid.actors.errors import GridError, Unavailable
 from omnigrid.actors.protocol import MOVED, Command, Result
-from omnigrid.actors.shard import PEEK, Shard
+from omnigrid.actors.shard import QUERY, Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.peers import PeerLink
 
@@ -75,18 +75,19 @@ class Router:
                 await asyncio.sleep(REDIRECT_PAUSE_S)
         raise Unavailable("the slot map is changing; try again")
 
-    async def peek(self, skus: list[str], redirects: int = 0) -> dict[str, int | None]:
-        """Live availability of many SKUs (``None``: never stocked), one command per owner."""
+    async def query(self, name: str, keys: list[str], redirects: int = 0) -> dict[str, Any]:
+        """A declared query (Entity.queries) of many entities: key -> answer (``None``:
+        never seen), one command per owner shard, all owners at once."""
         groups: dict[int, list[str]] = {}
-        for sku in dict.fromkeys(skus):
-            groups.setdefault(self.slot_map.owner("stock:" + sku), []).append(sku)
+        for key in dict.fromkeys(keys):
+            groups.setdefault(self.slot_map.owner(key), []).append(key)
         results = await asyncio.gather(
             *(
-                self._send(owner, Command(PEEK, "stock:" + group[0], {"skus": group}))
+                self._send(owner, Command(QUERY, group[0], {"name": name, "keys": group}))
                 for owner, group in groups.items()
             )
         )
-        out: dict[str, int | None] = {}
+        out: dict[str, Any] = {}
         moved: list[str] = []
         for group, result in zip(groups.values(), results, strict=True):
             if result.status == MOVED:
@@ -100,5 +101,5 @@ class Router:
             if redirects >= MAX_REDIRECTS:
                 raise Unavailable("the slot map is changing; try again")
             await asyncio.sleep(REDIRECT_PAUSE_S)
-            out.update(await self.peek(moved, redirects + 1))
+            out.update(await self.query(name, moved, redirects + 1))
         return out

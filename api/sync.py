@@ -32,7 +32,7 @@ from omnigrid.actors.cart import MAX_LINE_QTY
 from omnigrid.actors.errors import GridError, InvalidRequest
 from omnigrid.actors.protocol import Command
 from omnigrid.api import validation as v
-from omnigrid.api.handlers import Call, fingerprint
+from omnigrid.api.handlers import Call, availability, fingerprint
 from omnigrid.api.router import Router
 
 MAX_OPS = 500
@@ -106,7 +106,7 @@ async def _command(router: Router, channel: str, client_id: str, op: dict[str, A
         if name != "cart.remove":
             qty = v.integer(op, "qty", 1 if name == "cart.add" else 0, MAX_LINE_QTY)
             args["qty"] = qty
-            args["available"] = (await router.peek([sku]))[sku] if qty else 0
+            args["available"] = (await availability(router, [sku]))[sku] if qty else 0
         elif "qty" in op:
             raise InvalidRequest("cart.remove takes no qty")
     elif "sku" in op or "qty" in op:

@@ -40,6 +40,7 @@ class HotCopy:
         )
         self._waiting: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> newest (version, view)
         self.outage = Outage(log, "hot copy: Redis")
+        self._lock = asyncio.Lock()  # one copy at a time: a newer view never lands first
 
     @property
     def waiting(self) -> int:
@@ -59,19 +60,20 @@ class HotCopy:
 
     async def copy(self) -> bool:
         """Write what waits; True when it worked (or nothing waited)."""
-        if not self._waiting:
+        async with self._lock:
+            if not self._waiting:
+                return True
+            taken, self._waiting = self._waiting, {}
+            try:
+                await asyncio.to_thread(self._write, taken)
+            except redis.RedisError as e:
+                for key, held in taken.items():  # back in line, unless a newer one came
+                    if key not in self._waiting:
+                        self._waiting[key] = held
+                self.outage.failed(e, f"{self.waiting} views wait")
+                return False
+            self.outage.worked()
             return True
-        taken, self._waiting = self._waiting, {}
-        try:
-            await asyncio.to_thread(self._write, taken)
-        except redis.RedisError as e:
-            for key, held in taken.items():  # back in line, unless a newer one came
-                if key not in self._waiting:
-                    self._waiting[key] = held
-            self.outage.failed(e, f"{self.waiting} views wait")
-            return False
-        self.outage.worked()
-        return True
 
     def _write(self, views: dict[str, tuple[int, dict[str, Any]]]) -> None:
         items = list(views.items())

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from omnigrid.actors.cart import Cart
 from omnigrid.actors.protocol import Command, Result
-from omnigrid.actors.shard import PEEK, SYSTEM_CHANNEL, Shard
+from omnigrid.actors.shard import QUERY, SYSTEM_CHANNEL, Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.actors.stock import Stock
 from omnigrid.persistence.journal import MemoryJournal
@@ -255,11 +255,13 @@ class GridModel(RuleBasedStateMachine):
         assert (result.status, result.code, result.body) == (status, code, None), result
 
     def peek(self, sku_list: list[str]) -> dict[str, int | None]:
-        result = self.shard.apply(Command(PEEK, "stock:" + sku_list[0], {"skus": sku_list}))
+        keys = ["stock:" + sku for sku in sku_list]
+        args = {"name": "stock.available", "keys": keys}
+        result = self.shard.apply(Command(QUERY, keys[0], args))
         for sku in sku_list:
             self.touch(sku)
         expected = {sku: self.available(sku) for sku in sku_list}
-        assert result == Result(200, expected)
+        assert result == Result(200, {"stock:" + sku: a for sku, a in expected.items()})
         return expected
 
     # -- stock rules ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from omnigrid.actors.cart import MAX_LINE_QTY, MAX_LINES
 from omnigrid.actors.entity import IDEMPOTENCY_TTL_S
 from omnigrid.actors.protocol import MOVED, Command, Result
-from omnigrid.actors.shard import PEEK, SYSTEM_CHANNEL, Shard
+from omnigrid.actors.shard import QUERY, SYSTEM_CHANNEL, Shard
 from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.actors.stock import Stock
 from omnigrid.persistence.events import Event, rfc3339
@@ -120,13 +120,18 @@ def test_an_owned_key_on_a_two_shard_map_is_served() -> None:
     assert shard.apply(cmd("stock.set", key, on_hand=1)).status == 200
 
 
-def test_peek_of_a_sku_on_another_shard_answers_moved() -> None:
+def available(*keys: str) -> Command:
+    """The stock kind's declared query of these keys, as the router sends it."""
+    return cmd(QUERY, keys[0] if keys else "stock:none", name="stock.available", keys=list(keys))
+
+
+def test_a_query_of_a_key_on_another_shard_answers_moved() -> None:
     slot_map = SlotMap.even(2)
     shard = Shard(0, slot_map, MemoryJournal(), clock=Clock())
-    mine = key_on_shard(slot_map, 0, "stock").partition(":")[2]
-    theirs = key_on_shard(slot_map, 1, "stock").partition(":")[2]
-    assert shard.apply(cmd(PEEK, "stock:" + mine, skus=[mine])).status == 200
-    moved = shard.apply(cmd(PEEK, "stock:" + mine, skus=[mine, theirs]))
+    mine = key_on_shard(slot_map, 0, "stock")
+    theirs = key_on_shard(slot_map, 1, "stock")
+    assert shard.apply(available(mine)).status == 200
+    moved = shard.apply(available(mine, theirs))
     assert moved.status == MOVED
     assert moved.body == slot_map.to_wire()
 
@@ -372,12 +377,12 @@ def test_expiry_happens_lazily_on_access_without_a_tick(g: Grid) -> None:
     assert g.shard.tick() == 0
 
 
-def test_lazy_expiry_on_peek(g: Grid) -> None:
+def test_lazy_expiry_on_query(g: Grid) -> None:
     g.stocked("a", 10)
     g.reserve("a", 3, ttl_s=5)
-    assert g.ok(PEEK, "stock:a", skus=["a"]).body == {"a": 7}
+    assert g.shard.apply(available("stock:a")).body == {"stock:a": 7}
     g.clock.now = T0 + 5
-    assert g.ok(PEEK, "stock:a", skus=["a"]).body == {"a": 10}
+    assert g.shard.apply(available("stock:a")).body == {"stock:a": 10}
     assert g.journal.events[-1].op == "stock.expire"
     state = g.entity_state("stock:a")
     assert state is not None and state[0] == 3
@@ -784,21 +789,27 @@ def test_apply_is_one_batch_per_changing_command(g: Grid) -> None:
 # -- peek ---------------------------------------------------------------------------------
 
 
-def test_peek(g: Grid) -> None:
-    assert g.ok(PEEK, "stock:x", skus=["x"]).body == {"x": None}
+def test_query(g: Grid) -> None:
+    assert g.shard.apply(available("stock:x")).body == {"stock:x": None}
     g.stocked("a", 4)
     g.stocked("b", 0)
     g.reserve("a", 3)
-    assert g.ok(PEEK, "stock:a", skus=["a", "b", "never"]).body == {"a": 1, "b": 0, "never": None}
-    assert g.ok(PEEK, "stock:a", skus=[]).body == {}
-    # a peek keeps nothing and changes nothing
+    answer = g.shard.apply(available("stock:a", "stock:b", "stock:never")).body
+    assert answer == {"stock:a": 1, "stock:b": 0, "stock:never": None}
+    assert g.shard.apply(available()).body == {}
+    # a query keeps nothing and changes nothing
     assert set(g.shard.entities) == {"stock:a", "stock:b"}
-    assert g.shard.commands[PEEK] == 3
+    assert g.shard.commands[QUERY] == 3
+    # only what a kind declares may be asked, and only of that kind
+    unknown = g.shard.apply(available("cart:u"))
+    assert (unknown.status, unknown.code) == (422, "invalid_request")
+    not_declared = g.shard.apply(cmd(QUERY, "stock:a", name="stock.on_hand", keys=["stock:a"]))
+    assert (not_declared.status, not_declared.code) == (422, "invalid_request")
 
 
-def test_peek_of_a_sku_only_ever_touched_by_a_refused_write_is_unknown(g: Grid) -> None:
+def test_a_query_of_a_sku_only_ever_touched_by_a_refused_write_is_unknown(g: Grid) -> None:
     g.run("stock.reserve", "stock:q", qty=1, ttl_s=1)
-    assert g.ok(PEEK, "stock:q", skus=["q"]).body == {"q": None}
+    assert g.shard.apply(available("stock:q")).body == {"stock:q": None}
 
 
 # -- introspection --------------------------------------------------------------------------

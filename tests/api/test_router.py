@@ -93,10 +93,10 @@ def test_moved_answer_makes_the_router_adopt_the_newer_map() -> None:
             assert result.status == 200
             assert router.slot_map.version == 2
             assert key in owner.entities and key not in local.entities
-            # peeks regroup by the new map too
-            assert await router.peek([key.removeprefix("stock:"), "nope"]) == {
-                key.removeprefix("stock:"): 3,
-                "nope": None,
+            # queries regroup by the new map too
+            assert await router.query("stock.available", [key, "stock:nope"]) == {
+                key: 3,
+                "stock:nope": None,
             }
             await router.links[0].close()
 
