@@ -46,6 +46,8 @@ log = logging.getLogger("omnigrid.journal")
 # measured it.
 ANSWER_MARGIN_S = 0.15
 SETTLE_TIMEOUT_S = 0.5  # one try of SETTLE; a healer tries again
+# APPEND's refusals, made before it writes anything (any other error is an unknown outcome)
+REFUSALS = ("OGFENCED", "OGGAP", "OGLATE")
 
 # KEYS: stream, writer. ARGV: epoch, deadline (ms, Redis's clock), first seq, events...
 APPEND = """
@@ -158,10 +160,13 @@ class RedisJournal:
                 keys=[self.stream, self.writer_key],
                 args=[epoch, deadline_ms, first_seq, *(pack_event(e) for e in events)],
             )
-        except redis.ResponseError as e:  # the script refused: nothing was written
-            if str(e).startswith("OGFENCED"):
-                self._epoch = None  # take the journal back on the next append
-            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
+        except redis.ResponseError as e:
+            if str(e).startswith(REFUSALS):  # the script's own checks: nothing was written
+                if str(e).startswith("OGFENCED"):
+                    self._epoch = None  # take the journal back on the next append
+                raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
+            # any other error (out of memory, say) may have come after some XADDs
+            raise JournalOutcomeUnknown(f"Redis journal {self.stream}: {e}", first_seq, last) from e
         except redis.RedisError as e:
             raise JournalOutcomeUnknown(f"Redis journal {self.stream}: {e}", first_seq, last) from e
 
