@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,7 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: the project's root holds loadtest/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import httpx
+
+from loadtest.fault_makers import (
+    RedisServer,
+    fill_disk,
+    lock_journals,
+    refuse_postgres,
+    small_disk,
+)
 
 ALLOWED = {200, 429, 503}  # and every 4xx
 SKUS = 4
@@ -47,112 +55,6 @@ CLIENT_TIMEOUT_S = 60.0  # longer than anything the grid may take: every write g
 
 def allowed(status: int) -> bool:
     return status in ALLOWED or 400 <= status < 500
-
-
-class RedisServer:
-    """A redis-server of our own on a free port, with the AOF on, stopped by its pid."""
-
-    def __init__(self, port: int, fsync: str = "everysec") -> None:
-        self.port = port
-        self.fsync = fsync
-        self.dir = tempfile.mkdtemp(prefix="omnigrid-redis-")
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        assert server, "redis-server must be installed"
-        self.proc = subprocess.Popen(
-            [
-                *(server, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir),
-                *("--appendonly", "yes", "--appendfsync", self.fsync, "--save", ""),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def stall(self, seconds: float) -> None:
-        """SIGSTOP for ``seconds``, then SIGCONT: a long fsync, a swapped-out host."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.kill(self.proc.pid, signal.SIGCONT)
-
-    def remove(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def refuse_postgres(admin_dsn: str, database: str, seconds: float) -> None:
-    """The database refuses every new connection for ``seconds``; open ones are cut."""
-    import psycopg
-
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
-        try:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (database,),
-            )
-            time.sleep(seconds)
-        finally:
-            admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
-
-
-@contextlib.contextmanager
-def small_disk(megabytes: int) -> Iterator[Path]:
-    """A tmpfs of its own, so the test can fill it (the machine's disk is never touched)."""
-    path = Path(tempfile.mkdtemp(prefix="omnigrid-disk-"))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], check=True
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def lock_journals(data_dir: Path, seconds: float) -> None:
-    """Another process's writer holds every journal file's write lock."""
-    holders = []
-    for path in sorted(data_dir.glob("journal-shard*.sqlite3")):
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("BEGIN IMMEDIATE")
-        holders.append(db)
-    assert holders, "no journal files"
-    time.sleep(seconds)
-    for db in holders:
-        db.execute("ROLLBACK")
-        db.close()
-
-
-def fill_disk(data_dir: Path, seconds: float) -> None:
-    """Fill the disk to the last byte, hold it full, then free it."""
-    filler = data_dir / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * (1 << 20))
-            f.flush()
-    time.sleep(seconds)
-    filler.unlink()
 
 
 @dataclass
@@ -460,7 +362,6 @@ def exercise(grid: Any, faults: Faults, args: argparse.Namespace, out: Path) -> 
 
 
 def main() -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from loadtest.procs import free_port, omnigrid_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

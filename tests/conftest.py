@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from loadtest.faults import RedisServer
+from loadtest.fault_makers import RedisServer
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "OMNIGRID_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

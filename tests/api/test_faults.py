@@ -16,19 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loadtest.fault_makers import (
+    RedisServer,
+    fill_disk,
+    lock_journals,
+    refuse_postgres,
+    small_disk,
+)
 from loadtest.faults import (
     CartWriters,
     HealthProbe,
     Phase,
-    RedisServer,
     Tally,
     check_carts,
-    fill_disk,
-    lock_journals,
-    refuse_postgres,
     run_phase,
     seed,
-    small_disk,
     writing,
 )
 from tests.api.test_persistence import audit
