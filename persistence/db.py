@@ -11,10 +11,11 @@ the store itself; errors become ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 Row = tuple[Any, ...]
@@ -22,6 +23,23 @@ Row = tuple[Any, ...]
 
 class StoreUnavailable(Exception):
     """The store could not be read or written; the caller retries later."""
+
+
+@contextlib.contextmanager
+def sqlite_transaction(db: sqlite3.Connection, needed: bool = True) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in
+    autocommit mode, so without one every statement commits on its own)."""
+    if not needed:
+        yield
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 class Database:
@@ -69,15 +87,10 @@ class Database:
                         if rows:
                             cur.executemany(self._sql(sql), rows)
                 return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with sqlite_transaction(conn):
                 for sql, rows in statements:
                     if rows:
                         conn.executemany(sql, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
         self.run(run)
 

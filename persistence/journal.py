@@ -25,7 +25,6 @@ tests; ``NullJournal`` drops them.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from omnigrid.persistence.db import sqlite_transaction
 from omnigrid.persistence.events import Event
 
 REPLAY_CHUNK = 10_000
@@ -178,7 +178,7 @@ class SqliteJournal:
         # One statement is a transaction of its own; more need one around them
         # (the group commit is all of the batch or none of it).
         try:
-            with _transaction(self._db, len(events) > APPEND_CHUNK):
+            with sqlite_transaction(self._db, len(events) > APPEND_CHUNK):
                 # Multi-row statements: executemany would give the GIL up and
                 # take it back once per row, each time after the other threads.
                 for start in range(0, len(events), APPEND_CHUNK):
@@ -227,7 +227,7 @@ class SqliteJournal:
             upto = min(upto, int(done) + TRIM_CHUNK)
             if upto <= done:
                 return
-            with _transaction(self._db):
+            with sqlite_transaction(self._db):
                 self._db.execute("DELETE FROM journal WHERE seq <= ?", (upto,))
                 self._db.execute("DELETE FROM trimmed")
                 self._db.execute("INSERT INTO trimmed (upto) VALUES (?)", (upto,))
@@ -248,7 +248,7 @@ class SqliteJournal:
         except sqlite3.Error as e:
             raise JournalUnavailable(f"SQLite journal {self.path}: {e}") from e
         try:
-            with _transaction(db):  # the write lock can be had again
+            with sqlite_transaction(db):  # the write lock can be had again
                 if doubtful is not None:
                     db.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ?", doubtful)
             return _last_seq(db)
@@ -259,23 +259,6 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection, needed: bool = True) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (the connection is in
-    autocommit mode, so without one every statement commits on its own)."""
-    if not needed:
-        yield
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
 
 
 def _last_seq(db: sqlite3.Connection) -> int:

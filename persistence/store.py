@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from omnigrid.persistence.db import Database, StoreUnavailable
+from omnigrid.persistence.db import Database, StoreUnavailable, sqlite_transaction
 from omnigrid.persistence.events import Event
 
 SCAN_CHUNK = 10_000
@@ -160,8 +160,7 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")  # one migrator at a time across the shards
-        try:
+        with sqlite_transaction(db):  # one migrator at a time across the shards
             db.execute(
                 "CREATE TABLE IF NOT EXISTS omnigrid_schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
@@ -176,10 +175,6 @@ class SqliteStore:
                         "INSERT INTO omnigrid_schema_migrations VALUES (?, ?, ?)",
                         (version, name, time.time()),
                     )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def load(self, key: str) -> bytes | None:
         try:
@@ -243,8 +238,7 @@ class SqliteStore:
     ) -> None:
         db = self._writer
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with sqlite_transaction(db):
                 _insert_rows(
                     db,
                     "INSERT INTO omnigrid_snapshots VALUES {rows} "
@@ -263,10 +257,6 @@ class SqliteStore:
                 _insert_rows(
                     db, DELIVERY_INSERT + " VALUES {rows} ON CONFLICT DO NOTHING", deliveries, batch
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
 
