@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 if __package__ in (None, ""):  # run as a script: the project's root holds loadtest/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -302,41 +302,89 @@ def plot(
 Faults = list[tuple[str, Callable[[], None]]]
 
 
-def exercise(grid: Any, faults: Faults, args: argparse.Namespace, out: Path) -> int:
-    """Every fault under load, the checks after each, restarts, audit; JSON and PNG."""
-    run = f"f{out.name.replace('-', '')}"
-    tally = Tally(args.carts)
+class Restartable(Protocol):
+    """A grid the run can stop, start again and kill (tests' Grid, procs.Server)."""
+
+    url: str
+
+    def stop(self) -> None: ...
+
+    def start(self) -> Any: ...
+
+    def kill(self) -> None: ...
+
+
+@dataclass
+class FaultRun:
+    """What a run saw: every answer, each fault's phase, and the checks' problems."""
+
+    tally: Tally
+    phases: list[Phase]
+    pauses: list[tuple[float, float]]  # writers paused while every cart was checked
+    checks: dict[str, list[str]]  # after each fault, a clean restart and a kill -9
+    probe: HealthProbe
+    audit: subprocess.CompletedProcess[str]
+    t0: float
+
+
+def run_faults(
+    grid: Restartable,
+    faults: Faults,
+    run: str,
+    carts: int,
+    threads: int,
+    warmup_s: float = 4.0,
+    observe_s: float = 4.0,
+    say: Callable[[str], None] = print,
+) -> FaultRun:
+    """Every fault under load, every cart checked after each, after a clean restart
+    and after a kill -9 of the whole grid, then ``omnigrid audit``."""
+    tally = Tally(carts)
     seed(grid.url, run)
-    writers = CartWriters(grid.url, run, tally, args.threads)
+    writers = CartWriters(grid.url, run, tally, threads)
     probe = HealthProbe(grid.url)
     probe.start()
     t0 = time.time()
     phases: list[Phase] = []
     checks: dict[str, list[str]] = {}
     pauses: list[tuple[float, float]] = []
-    for name, fault in faults:
-        with writing(writers):
-            time.sleep(4)
-            phases.append(run_phase(name, fault, tally, grid.url))
-        paused = time.time()
-        checks[name] = check_carts(grid.url, run, tally)
-        pauses.append((paused, time.time()))
-        p = phases[-1]
-        heal = "never" if p.heal_s is None else f"{p.heal_s:.2f} s"
-        ready = "never" if p.ready_s is None else f"{p.ready_s:.2f} s"
-        print(
-            f"{name}: {p.before:.0f} acknowledged/s before, {p.during:.0f} during, "
-            f"{p.after:.0f} after; first write in {heal}, /readyz 200 in {ready}; "
-            f"problems: {len(checks[name])}"
-        )
-    probe.stop()
+    try:
+        for name, fault in faults:
+            with writing(writers):
+                time.sleep(warmup_s)
+                phases.append(run_phase(name, fault, tally, grid.url, observe_s))
+            paused = time.time()
+            checks[name] = check_carts(grid.url, run, tally)
+            pauses.append((paused, time.time()))
+            p = phases[-1]
+            heal = "never" if p.heal_s is None else f"{p.heal_s:.2f} s"
+            ready = "never" if p.ready_s is None else f"{p.ready_s:.2f} s"
+            say(
+                f"{name}: {p.before:.0f} acknowledged/s before, {p.during:.0f} during, "
+                f"{p.after:.0f} after; first write in {heal}, /readyz 200 in {ready}; "
+                f"problems: {len(checks[name])}"
+            )
+    finally:
+        probe.stop()
     grid.stop()
-    grid.start(120)
+    grid.start()
     checks["after a clean restart"] = check_carts(grid.url, run, tally)
     grid.kill()
-    grid.start(120)
+    grid.start()
     checks["after kill -9"] = check_carts(grid.url, run, tally)
-    audit = subprocess.run(["omnigrid", "audit", "--url", grid.url], capture_output=True, text=True)
+    audit = subprocess.run(
+        [sys.executable, "-m", "omnigrid.api.cli", "audit", "--url", grid.url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return FaultRun(tally, phases, pauses, checks, probe, audit, t0)
+
+
+def exercise(grid: Restartable, faults: Faults, args: argparse.Namespace, out: Path) -> int:
+    """The run, its JSON summary and its PNG; exit status 1 on any problem."""
+    result = run_faults(grid, faults, f"f{out.name.replace('-', '')}", args.carts, args.threads)
+    tally, checks, audit = result.tally, result.checks, result.audit
     summary: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "journal": args.journal,
@@ -346,15 +394,15 @@ def exercise(grid: Any, faults: Faults, args: argparse.Namespace, out: Path) -> 
         "refusals": dict(tally.details.most_common(10)),
         "acknowledged": sum(tally.acked),
         "unanswered": sum(tally.unknown),
-        "phases": [p.__dict__ for p in phases],
-        "health_slowest_s": probe.slowest,
-        "health_failures": dict(probe.failures),
+        "phases": [p.__dict__ for p in result.phases],
+        "health_slowest_s": result.probe.slowest,
+        "health_failures": dict(result.probe.failures),
         "problems": checks,
         "audit_exit": audit.returncode,
         "audit": audit.stdout.strip().splitlines()[-3:],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    plot(tally, phases, pauses, out / "faults.png", t0)
+    plot(tally, result.phases, result.pauses, out / "faults.png", result.t0)
     print(json.dumps({k: summary[k] for k in ("statuses", "health_slowest_s")}, default=str))
     counts = {k: len(v) for k, v in checks.items()}
     print(f"problems: {counts}; audit exit {audit.returncode}; results in {out}")

@@ -93,7 +93,7 @@ class Server:
         self._log: IO[bytes] | None = None
         self._known: dict[int, str] = {}
 
-    def start(self, ready_timeout_s: float) -> float:
+    def start(self, ready_timeout_s: float = 120.0) -> float:
         """Start and wait until ready; returns seconds it took."""
         t0 = time.monotonic()
         self._log = self.log_path.open("wb")

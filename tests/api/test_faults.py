@@ -23,17 +23,7 @@ from loadtest.fault_makers import (
     refuse_postgres,
     small_disk,
 )
-from loadtest.faults import (
-    CartWriters,
-    HealthProbe,
-    Phase,
-    Tally,
-    check_carts,
-    run_phase,
-    seed,
-    writing,
-)
-from tests.api.test_persistence import audit
+from loadtest.faults import run_faults
 from tests.conftest import POSTGRES_ADMIN_DSN, Grid, PostgresDatabase, free_port, new_id
 
 CARTS = 96
@@ -48,34 +38,30 @@ class Fault:
     refuses_writes: bool  # the journal's faults refuse writes; the store's must not
 
 
-def run_faults(grid: Grid, faults: list[Fault]) -> None:
+def check_faults(grid: Grid, faults: list[Fault]) -> None:
     """Each fault under load, then the checks live, after a clean restart and after kill -9."""
-    run = new_id("f")
-    seed(grid.url, run)
-    tally = Tally(CARTS)
-    writers = CartWriters(grid.url, run, tally, threads=6)
-    probe = HealthProbe(grid.url)
-    probe.start()
-    phases: list[Phase] = []
-    try:
-        for fault in faults:
-            with writing(writers):
-                time.sleep(1.5)
-                phases.append(run_phase(fault.name, fault.action, tally, grid.url, 3.0))
-            assert check_carts(grid.url, run, tally) == [], fault.name
-            phase = phases[-1]
-            assert phase.heal_s is not None and phase.heal_s <= HEAL_S, phase
-            assert phase.ready_s is not None and phase.ready_s <= HEAL_S, phase  # /readyz follows
-            refused = sum(
-                1 for t, s in tally.answers if s == 503 and phase.started <= t <= phase.ended
-            )
-            # the fault was felt: writes refused while the journal could not take them,
-            # or (the store's fault) written on throughout
-            assert (refused > 0) == fault.refuses_writes, (fault.name, refused)
-            assert fault.refuses_writes or phase.during > 0, phase
-    finally:
-        probe.stop()
+    result = run_faults(
+        grid,
+        [(f.name, f.action) for f in faults],
+        new_id("f"),
+        CARTS,
+        threads=6,
+        warmup_s=1.5,
+        observe_s=3.0,
+        say=lambda line: None,
+    )
+    tally = result.tally
+    for fault, phase in zip(faults, result.phases, strict=True):
+        assert result.checks[fault.name] == [], fault.name
+        assert phase.heal_s is not None and phase.heal_s <= HEAL_S, phase
+        assert phase.ready_s is not None and phase.ready_s <= HEAL_S, phase  # /readyz follows
+        refused = sum(1 for t, s in tally.answers if s == 503 and phase.started <= t <= phase.ended)
+        # the fault was felt: writes refused while the journal could not take them,
+        # or (the store's fault) written on throughout
+        assert (refused > 0) == fault.refuses_writes, (fault.name, refused)
+        assert fault.refuses_writes or phase.during > 0, phase
     assert tally.statuses[200] > 0 and sum(tally.unknown) == 0, tally.statuses
+    probe = result.probe
     assert probe.failures == {}, probe.failures
     # Health kept answering. Its latency (under 1 s; 0.41 s at worst in the fault run)
     # is measured by loadtest/faults.py, not here: this test shares two cores with the
@@ -84,14 +70,9 @@ def run_faults(grid: Grid, faults: list[Fault]) -> None:
     # refusals say what a client may know, never a driver's words
     assert {d.split(":", 1)[0] for d in tally.details} <= {"503 unavailable", "429 overloaded"}
     assert all("journal" in d or "store" in d or "429" in d for d in tally.details), tally.details
-    grid.stop()
-    grid.start()
-    assert check_carts(grid.url, run, tally) == [], "after a clean restart"
-    grid.kill()
-    grid.start()
-    assert check_carts(grid.url, run, tally) == [], "after kill -9"
-    code, report = audit(grid)
-    assert code == 0, report
+    assert result.checks["after a clean restart"] == []
+    assert result.checks["after kill -9"] == []
+    assert result.audit.returncode == 0, result.audit.stdout + result.audit.stderr
 
 
 def test_redis_stalls_and_restarts_and_postgres_refusing_lose_and_resurrect_nothing(
@@ -107,7 +88,7 @@ def test_redis_stalls_and_restarts_and_postgres_refusing_lose_and_resurrect_noth
         redis.start()
 
     try:
-        run_faults(
+        check_faults(
             grid,
             [
                 Fault("Redis stalled 1 s", lambda: redis.stall(1), True),
@@ -130,7 +111,7 @@ def test_sqlite_journal_locked_and_disk_full_lose_and_resurrect_nothing() -> Non
     with small_disk(256) as data_dir:
         grid = Grid(data_dir=str(data_dir))
         try:
-            run_faults(
+            check_faults(
                 grid,
                 [
                     Fault("journal files locked 3 s", lambda: lock_journals(data_dir, 3), True),
