@@ -2,22 +2,89 @@
 
 Each line remembers the channel that added it and the one that last changed
 it. A cart holds no stock: the availability a command checks against is read
-from the SKU's Stock entity by the router and passed in ``args["available"]``
-(``None`` for a SKU never stocked); the live availability in a cart view is
-filled in the same way at read time.
+from the SKU's Stock entity by the route's flow and passed in the input's
+``available`` (``None`` for a SKU never stocked), a decision the journal keeps;
+the live availability in a cart view is read the same way at answer time.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from omnigrid.actors.entity import Entity, Handler, Outcome, intern
-from omnigrid.actors.errors import GridError, InvalidRequest
+import msgspec
+
+from omnigrid.actors import stock
+from omnigrid.actors.declaration import (
+    Grid,
+    Id,
+    Input,
+    Kind,
+    Op,
+    Refusal,
+    Route,
+    Stream,
+    View,
+    answer,
+    check_id,
+)
+from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.errors import InvalidRequest
+from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
 MAX_LINE_QTY = 9_999
 MAX_LINES = 200
+CART_FULL = Refusal("cart_full", 409, "Cart full")
+LINE_SKUS = "cart.skus"  # query: the SKUs of a cart's lines
+
+
+# -- inputs ---------------------------------------------------------------------
+
+
+class LineAdd(Input):
+    sku: Id
+    qty: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QTY)]
+    available: int | None = None  # decided: the SKU's availability it was checked against
+
+    def __post_init__(self) -> None:
+        check_id(self.sku, "sku")
+
+
+class LineSet(Input):
+    sku: Id
+    qty: Annotated[int, msgspec.Meta(ge=0, le=MAX_LINE_QTY, description="0 removes the line")]
+    available: int | None = None  # decided, as for LineAdd
+
+
+class LineRemove(Input):
+    sku: Id
+
+
+# -- answers (documentation) ------------------------------------------------------
+
+
+class CartLine(View):
+    sku: str
+    qty: int
+    added_via: str
+    updated_via: str
+    updated_at: str
+    available: Annotated[
+        int, msgspec.Meta(description="the SKU's live availability at the time of the read")
+    ]
+    in_stock: Annotated[bool, msgspec.Meta(description="available > 0")]
+
+
+class CartView(View):
+    uid: str
+    version: int
+    updated_at: str | None
+    lines: list[CartLine]
+
+
+# -- the entity ---------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -32,7 +99,6 @@ class Cart(Entity):
     __slots__ = ("lines",)
 
     kind: ClassVar[str] = "cart"
-    reads: ClassVar[frozenset[str]] = frozenset({"cart.get"})
 
     def __init__(self, key: str, ident: str) -> None:
         super().__init__(key, ident)
@@ -67,62 +133,178 @@ class Cart(Entity):
             for sku, qty, added, updated, at in data
         }
 
-    def get(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
+    def get(self, _: None, channel: str, now: float) -> Outcome:
         return Outcome(200, self.view(), changed=False)
 
-    def add(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        sku: str = args["sku"]
-        line = self.lines.get(sku)
-        qty = args["qty"] + (line.qty if line else 0)
-        self._check(sku, qty, args.get("available"), new_line=line is None)
-        channel = intern(channel)
-        if line is None:
-            self.lines[intern(sku)] = Line(qty, channel, channel, now)
-        else:
-            line.qty, line.updated_via, line.updated_at = qty, channel, now
+    def add(self, inp: LineAdd, channel: str, now: float) -> Outcome:
+        line = self.lines.get(inp.sku)
+        qty = inp.qty + (line.qty if line else 0)
+        self._put(inp.sku, qty, inp.available, channel, now)
         return Outcome(200, None, changed=True)
 
-    def set_qty(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        sku: str = args["sku"]
-        qty: int = args["qty"]
-        if qty == 0:
-            return self.remove(args, channel, now)
-        line = self.lines.get(sku)
-        if line is not None and line.qty == qty:
+    def set_qty(self, inp: LineSet, channel: str, now: float) -> Outcome:
+        if inp.qty == 0:
+            return self.remove(LineRemove(sku=inp.sku), channel, now)
+        line = self.lines.get(inp.sku)
+        if line is not None and line.qty == inp.qty:
             return Outcome(200, None, changed=False)
-        self._check(sku, qty, args.get("available"), new_line=line is None)
-        channel = intern(channel)
-        if line is None:
-            self.lines[intern(sku)] = Line(qty, channel, channel, now)
-        else:
-            line.qty, line.updated_via, line.updated_at = qty, channel, now
+        self._put(inp.sku, inp.qty, inp.available, channel, now)
         return Outcome(200, None, changed=True)
 
-    def remove(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        changed = self.lines.pop(args["sku"], None) is not None
+    def remove(self, inp: LineRemove, channel: str, now: float) -> Outcome:
+        changed = self.lines.pop(inp.sku, None) is not None
         return Outcome(200, None, changed=changed)
 
-    def clear(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
+    def clear(self, _: None, channel: str, now: float) -> Outcome:
         changed = bool(self.lines)
         self.lines.clear()
         return Outcome(200, None, changed=changed)
 
-    def _check(self, sku: str, qty: int, available: int | None, new_line: bool) -> None:
+    def _put(self, sku: str, qty: int, available: int | None, channel: str, now: float) -> None:
+        line = self.lines.get(sku)
         if qty > MAX_LINE_QTY:
             raise InvalidRequest(f"a cart line holds at most {MAX_LINE_QTY}; this would be {qty}")
         if available is None:
-            raise GridError("unknown_sku", f"SKU {sku!r} has never been stocked")
-        if new_line and len(self.lines) >= MAX_LINES:
-            raise GridError("cart_full", f"a cart holds at most {MAX_LINES} lines")
+            raise stock.UNKNOWN_SKU(f"SKU {sku!r} has never been stocked")
+        if line is None and len(self.lines) >= MAX_LINES:
+            raise CART_FULL(f"a cart holds at most {MAX_LINES} lines")
         if qty > available:
-            raise GridError(
-                "insufficient_stock", f"the line would hold {qty} of {sku!r}; {available} available"
+            raise stock.INSUFFICIENT_STOCK(
+                f"the line would hold {qty} of {sku!r}; {available} available"
             )
+        channel = intern(channel)
+        if line is None:
+            self.lines[intern(sku)] = Line(qty, channel, channel, now)
+        else:
+            line.qty, line.updated_via, line.updated_at = qty, channel, now
 
-    handlers: ClassVar[dict[str, Handler]] = {
-        "cart.get": get,
-        "cart.add": add,
-        "cart.set": set_qty,
-        "cart.remove": remove,
-        "cart.clear": clear,
-    }
+
+# -- flows: a cart's answers carry each line's live availability ---------------------
+
+
+async def availability(grid: Grid, skus: list[str]) -> dict[str, int | None]:
+    """Live availability of many SKUs (``None``: never stocked), one query per owner."""
+    keys = {stock.KIND.key(sku): sku for sku in skus}
+    answers = await grid.query(dict.fromkeys(keys, stock.AVAILABLE))
+    return {sku: answers[key] for key, sku in keys.items()}
+
+
+async def live_view(
+    grid: Grid, status: int, view: dict[str, Any], known: dict[str, int | None]
+) -> tuple[int, Any]:
+    """The cart view with each line's availability: ``known`` ones, the rest read now."""
+    lines = view["lines"]
+    missing = [line["sku"] for line in lines if line["sku"] not in known]
+    if missing:
+        known = {**known, **await availability(grid, missing)}
+    out = dict(view)
+    out["lines"] = [
+        {**line, "available": a, "in_stock": a > 0}
+        for line in lines
+        for a in (known.get(line["sku"]) or 0,)
+    ]
+    return status, out
+
+
+async def then_live_view(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    """Run the command, then read its lines' availability (two round trips)."""
+    return await live_view(grid, *answer(await grid.call(cmd)), {})
+
+
+async def checked_line(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    """Add or set a line against the SKU's live availability, in two owner round trips.
+
+    The first asks the SKU's owner for its availability and the cart's owner for
+    the cart's lines, at once; the second runs the command while the other
+    lines' availability is read, at once. A line another channel added in
+    between is read after (rare: a third trip).
+    """
+    sku: str = cmd.args["sku"]
+    if cmd.args["qty"] == 0:  # set to 0: a removal, nothing to check
+        cmd.args["available"] = 0
+        return await then_live_view(grid, cmd)
+    stock_key = stock.KIND.key(sku)
+    first = await grid.query({stock_key: stock.AVAILABLE, cmd.key: LINE_SKUS})
+    cmd.args["available"] = first[stock_key]
+    others = [s for s in first[cmd.key] or () if s != sku]
+    if others:
+        result, known = await asyncio.gather(grid.call(cmd), availability(grid, others))
+    else:
+        result, known = await grid.call(cmd), {}
+    status, view = answer(result)
+    return await live_view(grid, status, view, {**known, sku: first[stock_key]})
+
+
+_REFUSALS = ("insufficient_stock", "unknown_sku", "cart_full")
+
+KIND = Kind(
+    name="cart",
+    entity=Cart,
+    ident="uid",
+    view=CartView,
+    ops=(
+        Op("cart.get", Cart.get, read=True),
+        Op("cart.add", Cart.add, LineAdd, decided=frozenset({"available"})),
+        Op("cart.set", Cart.set_qty, LineSet, decided=frozenset({"available"})),
+        Op("cart.remove", Cart.remove, LineRemove),
+        Op("cart.clear", Cart.clear),
+    ),
+    routes=(
+        Route(
+            "GET",
+            "/v1/carts/{uid}",
+            "get_cart",
+            "cart.get",
+            "Read a cart with live availability",
+            CartView,
+            flow=then_live_view,
+        ),
+        Route(
+            "DELETE",
+            "/v1/carts/{uid}",
+            "clear_cart",
+            "cart.clear",
+            "Empty a cart",
+            CartView,
+            flow=then_live_view,
+        ),
+        Route(
+            "POST",
+            "/v1/carts/{uid}/lines",
+            "add_line",
+            "cart.add",
+            "Add to a cart line",
+            CartView,
+            refusals=_REFUSALS,
+            flow=checked_line,
+        ),
+        Route(
+            "PUT",
+            "/v1/carts/{uid}/lines/{sku}",
+            "set_line",
+            "cart.set",
+            "Set a line's quantity",
+            CartView,
+            refusals=_REFUSALS,
+            path_fields={"sku": "sku"},
+            flow=checked_line,
+        ),
+        Route(
+            "DELETE",
+            "/v1/carts/{uid}/lines/{sku}",
+            "remove_line",
+            "cart.remove",
+            "Remove a line",
+            CartView,
+            path_fields={"sku": "sku"},
+            flow=then_live_view,
+        ),
+    ),
+    queries={LINE_SKUS: lambda cart: list(cart.lines)},
+    stream=Stream(
+        "/v1/streams/users/{uid}",
+        "user_stream",
+        "Server-Sent Events: every change to the user's cart (resumable with Last-Event-ID)",
+    ),
+    refusals=(CART_FULL,),
+)

@@ -1,19 +1,15 @@
 """The base of every virtual actor a shard hosts.
 
 An entity is a small object: its state, a version that grows by one with each
-change, the idempotency records of the writes it accepted, and a table of
-command handlers. A handler validates first and mutates last, so a refusal
-(a raised ``GridError``) leaves the entity exactly as it was.
-
-Adding an entity kind means writing a subclass with its ``kind`` and
-``handlers`` and registering it in ``ENTITY_KINDS`` (actors/kinds.py); the
-router never changes.
+change, and the idempotency records of the writes it accepted. Its commands
+are declared with its kind (actors/declaration.py). A handler validates first
+and mutates last, so a refusal (a raised ``GridError``) leaves the entity
+exactly as it was.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,21 +34,11 @@ class IdempotencyRecord:
     at: float
 
 
-Handler = Callable[[Any, dict[str, Any], str, float], Outcome]
-
-
 class Entity:
     # No per-instance __dict__: a million entities each save ~100 bytes.
     __slots__ = ("idempotency", "ident", "key", "updated_at", "version")
 
-    kind: ClassVar[str] = ""
-    # op name -> unbound method (self, args, channel, now) -> Outcome
-    handlers: ClassVar[dict[str, Handler]] = {}
-    # ops that never change state: they skip idempotency and version checks
-    reads: ClassVar[frozenset[str]] = frozenset()
-    # what other entities' operations may read of this one: name -> (entity) -> value,
-    # asked of many entities at once, one message per owner shard (Shard.QUERY)
-    queries: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    kind: ClassVar[str] = ""  # the name of its Kind: its keys' prefix
 
     def __init__(self, key: str, ident: str) -> None:
         self.key = key

@@ -7,21 +7,33 @@ two strings and be rebuilt on the other side.
 
 from __future__ import annotations
 
-STATUS_OF_CODE: dict[str, int] = {
-    "invalid_request": 422,
-    "unknown_channel": 400,
-    "not_found": 404,
-    "unknown_sku": 404,
-    "method_not_allowed": 405,
-    "insufficient_stock": 409,
-    "reservation_closed": 409,
-    "cart_full": 409,
-    "version_conflict": 412,
-    "payload_too_large": 413,
-    "idempotency_key_reused": 422,
-    "overloaded": 429,
-    "unavailable": 503,
+# The one code -> (status, problem title) table. These codes every part of the
+# grid may answer; each entity kind adds its own (actors/kinds.py registers them).
+COMMON_CODES: dict[str, tuple[int, str]] = {
+    "invalid_request": (422, "Invalid request"),
+    "unknown_channel": (400, "Unknown channel"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "version_conflict": (412, "Version conflict"),
+    "payload_too_large": (413, "Payload too large"),
+    "idempotency_key_reused": (422, "Idempotency key reused"),
+    "overloaded": (429, "Overloaded"),
+    "internal_error": (500, "Internal error"),
+    "unavailable": (503, "Unavailable"),
 }
+CODES: dict[str, tuple[int, str]] = dict(COMMON_CODES)
+
+
+def register_code(code: str, status: int, title: str) -> None:
+    """Add a kind's code; the same code may not mean two statuses."""
+    known = CODES.get(code)
+    if known is not None and known[0] != status:
+        raise ValueError(f"error code {code!r} answers {known[0]} already, not {status}")
+    CODES[code] = (status, title)
+
+
+def status_of(code: str) -> int:
+    return CODES[code][0]
 
 
 class GridError(Exception):
@@ -31,7 +43,7 @@ class GridError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-        self.status = status if status is not None else STATUS_OF_CODE[code]
+        self.status = status if status is not None else CODES[code][0]
 
 
 class InvalidRequest(GridError):

@@ -1,19 +1,64 @@
-"""The registry of entity kinds: a key ``"<kind>:<ident>"`` names its class."""
+"""The registry of entity kinds: a key ``"<kind>:<ident>"`` names its kind.
+
+The grid's own kinds are registered here; a deployment (or a test) adds more
+by naming modules that define a ``KIND`` (``OMNIGRID_KIND_MODULES``, ``load``).
+Everything kind-specific the grid serves is derived from this registry.
+"""
 
 from __future__ import annotations
 
-from omnigrid.actors.cart import Cart
-from omnigrid.actors.entity import Entity
-from omnigrid.actors.stock import Stock
+import importlib
+from collections.abc import Iterable
 
-ENTITY_KINDS: dict[str, type[Entity]] = {cls.kind: cls for cls in (Cart, Stock)}
+from omnigrid.actors import cart, stock
+from omnigrid.actors.declaration import Kind, Refusal
+from omnigrid.actors.errors import COMMON_CODES, register_code
+
+_KINDS: dict[str, Kind] = {}
 
 
-def entity_key(kind: str, ident: str) -> str:
-    return f"{kind}:{ident}"
+def register(kind: Kind) -> None:
+    """Add a kind; its name, ops, routes and codes must not clash with another's."""
+    if kind.name in _KINDS:
+        if _KINDS[kind.name] is kind:
+            return
+        raise ValueError(f"an entity kind named {kind.name!r} is registered already")
+    paths = {(r.method, r.path) for k in _KINDS.values() for r in k.routes}
+    names = {r.name for k in _KINDS.values() for r in k.routes}
+    for route in kind.routes:
+        if (route.method, route.path) in paths or route.name in names:
+            raise ValueError(f"{kind.name}: route {route.name} is taken")
+    for refusal in kind.refusals:
+        register_code(refusal.code, refusal.status, refusal.title)
+    _KINDS[kind.name] = kind
 
 
-def split_key(key: str) -> tuple[type[Entity] | None, str]:
-    """The entity class a key names (``None`` for an unknown kind) and its ident."""
-    kind, _, ident = key.partition(":")
-    return ENTITY_KINDS.get(kind), ident
+def load(modules: Iterable[str]) -> None:
+    """Import modules that each define ``KIND`` and register their kinds."""
+    for name in modules:
+        module = importlib.import_module(name)
+        register(module.KIND)
+
+
+def kinds() -> tuple[Kind, ...]:
+    return tuple(_KINDS.values())
+
+
+def kind_named(name: str) -> Kind | None:
+    return _KINDS.get(name)
+
+
+def split_key(key: str) -> tuple[Kind | None, str]:
+    """The kind a key names (``None`` for an unknown one) and its ident."""
+    name, _, ident = key.partition(":")
+    return _KINDS.get(name), ident
+
+
+def refusals() -> tuple[Refusal, ...]:
+    """Every error code: the common ones, then each kind's."""
+    common = tuple(Refusal(code, status, title) for code, (status, title) in COMMON_CODES.items())
+    return common + tuple(r for kind in _KINDS.values() for r in kind.refusals)
+
+
+register(stock.KIND)
+register(cart.KIND)

@@ -31,7 +31,7 @@ def unpack_entity(key: str, data: bytes) -> Entity | None:
     if kind is None:
         return None
     state: list[Any] = msgpack.unpackb(data, use_list=True, strict_map_key=False)
-    return kind.from_state(key, ident, state)
+    return kind.entity.from_state(key, ident, state)
 
 
 class Residency:

@@ -17,11 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import msgspec
+
 from omnigrid.actors.backlog import Backlog
 from omnigrid.actors.commit import Commit, refused
 from omnigrid.actors.entity import Entity
 from omnigrid.actors.errors import GridError
-from omnigrid.actors.kinds import ENTITY_KINDS, split_key
+from omnigrid.actors.kinds import kinds, split_key
 from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.residency import Loader, Residency
 from omnigrid.actors.slots import SlotMap
@@ -30,7 +32,7 @@ from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJourna
 from omnigrid.persistence.store import StoreUnavailable
 from omnigrid.persistence.writebehind import Drain
 
-# A declared query (Entity.queries) of many entities at once: one command per
+# Declared queries (Kind.queries) of many entities at once: one command per
 # owner shard, so a cart view costs one message per shard, not one per line.
 QUERY = "query"
 SYSTEM_CHANNEL = "system"
@@ -146,7 +148,8 @@ class Shard:
         if cmd.op == QUERY:
             return True
         kind, _ = split_key(cmd.key)
-        return kind is not None and cmd.op in kind.reads
+        op = kind.ops_by_name.get(cmd.op) if kind is not None else None
+        return op is not None and op.read
 
     def _store_unavailable(self, error: StoreUnavailable) -> Result:
         now = time.monotonic()
@@ -171,7 +174,7 @@ class Shard:
         if entity is None:
             kind, ident = split_key(key)
             assert kind is not None
-            entity = kind(key, ident)
+            entity = kind.entity(key, ident)
         self.residency.put(key, entity)
         self._replay(event for _, event in self.outbox if event.key == key)
         if not entity.exists:
@@ -253,13 +256,19 @@ class Shard:
     def _apply(self, cmd: Command) -> Result:
         self.commands[cmd.op] += 1
         if cmd.op == QUERY:
-            return self._query(cmd.args["name"], cmd.args["keys"])
+            return self._query(cmd.args.get("asks"))
         if not self.owns(cmd.key):
             return self._moved()
         kind, ident = split_key(cmd.key)
-        handler = kind.handlers.get(cmd.op) if kind is not None else None
-        if kind is None or handler is None:
+        op = kind.ops_by_name.get(cmd.op) if kind is not None else None
+        if kind is None or op is None:
             return Result(422, None, "invalid_request", f"{cmd.op!r} is not an operation")
+        try:
+            # Checked again here, not only at the gateway: a peer or an old journal
+            # may send anything, and a handler must only ever see a valid input.
+            inp = msgspec.convert(cmd.args, op.input) if op.input is not None else None
+        except msgspec.ValidationError as e:
+            return Result(422, None, "invalid_request", str(e))
         now = self.clock()
         try:
             entity = self._entity(cmd.key)
@@ -267,12 +276,12 @@ class Shard:
             return self._store_unavailable(e)
         stored = entity is not None
         if entity is None:
-            entity = kind(cmd.key, ident)
+            entity = kind.entity(cmd.key, ident)
         else:
             self._expire(entity, now)
-        if cmd.op in kind.reads:
+        if op.read:
             try:
-                outcome = handler(entity, cmd.args, cmd.channel, now)
+                outcome = op.handler(entity, inp, cmd.channel, now)
             except GridError as e:
                 return Result(e.status, None, e.code, e.detail)
             return Result(outcome.status, outcome.body)
@@ -297,12 +306,14 @@ class Shard:
                 f"If-Match {cmd.if_match} but the current version is {entity.version}",
             )
         try:
-            outcome = handler(entity, cmd.args, cmd.channel, now)
+            outcome = op.handler(entity, inp, cmd.channel, now)
         except GridError as e:
             return Result(e.status, None, e.code, e.detail)
         view: dict[str, Any] | None = None
         if outcome.changed:
-            view = self._changed(entity, cmd.channel, cmd.op, now, cmd)
+            # The input as the handler left it: with its decisions (Op.decided).
+            args = msgspec.structs.asdict(inp) if inp is not None else {}
+            view = self._changed(entity, cmd.channel, cmd.op, now, cmd, args)
         body = outcome.body if outcome.body is not None else (view or entity.view())
         if idem is not None:
             entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
@@ -313,7 +324,13 @@ class Shard:
         return Result(outcome.status, body)
 
     def _changed(
-        self, entity: Entity, channel: str, op: str, now: float, cmd: Command | None = None
+        self,
+        entity: Entity,
+        channel: str,
+        op: str,
+        now: float,
+        cmd: Command | None = None,
+        args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         entity.version += 1
         entity.updated_at = now
@@ -326,7 +343,7 @@ class Shard:
             op,
             now,
             view,
-            dict(cmd.args) if cmd is not None else {},
+            args or {},
             cmd.idempotency_key if cmd is not None else None,
             cmd.fingerprint if cmd is not None else None,
         )
@@ -348,15 +365,17 @@ class Shard:
         if entity.expire(now):
             self._changed(entity, SYSTEM_CHANNEL, f"{entity.kind}.expire", now)
 
-    def _query(self, name: str, keys: list[str]) -> Result:
-        """A declared query of many entities, key -> answer (``None``: never seen)."""
+    def _query(self, asks: Any) -> Result:
+        """Declared queries, key -> query name: key -> answer (``None``: never seen)."""
+        if not isinstance(asks, dict):
+            return Result(422, None, "invalid_request", "a query asks {key: query name}")
         out: dict[str, Any] = {}
         now = self.clock()
-        for key in keys:
+        for key, name in asks.items():
             if not self.owns(key):
                 return self._moved()
             kind, _ = split_key(key)
-            query = kind.queries.get(name) if kind is not None else None
+            query = kind.queries.get(name) if kind is not None and isinstance(name, str) else None
             if query is None:
                 return Result(422, None, "invalid_request", f"{name!r} is not a query of {key!r}")
             try:
@@ -460,7 +479,7 @@ class Shard:
         return self.commit.ok()
 
     def entity_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(ENTITY_KINDS, 0)
+        counts = {kind.name: 0 for kind in kinds()}
         for key in self.entities:
             counts[key.partition(":")[0]] += 1
         return counts

@@ -10,17 +10,87 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from omnigrid.actors.entity import Entity, Handler, Outcome, intern
+import msgspec
+
+from omnigrid.actors.declaration import (
+    MAX_COUNT,
+    Id,
+    Input,
+    Kind,
+    Op,
+    Refusal,
+    Route,
+    Stream,
+    View,
+)
+from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.actors.errors import GridError
 from omnigrid.persistence.events import rfc3339
 
 # A closed reservation is remembered this long, so commit/release after it
 # answers "reservation_closed" rather than "not_found".
 CLOSED_RETENTION_S = 24 * 3600.0
+MAX_TTL_S = 3600
+DEFAULT_TTL_S = 900
+MAX_REF_CHARS = 128
+MAX_REASON_CHARS = 256
+AVAILABLE = "stock.available"  # query: on_hand - reserved (a cart checks and shows it)
+
+UNKNOWN_SKU = Refusal("unknown_sku", 404, "Unknown SKU")
+INSUFFICIENT_STOCK = Refusal("insufficient_stock", 409, "Insufficient stock")
+RESERVATION_CLOSED = Refusal("reservation_closed", 409, "Reservation closed")
+
+
+# -- inputs ---------------------------------------------------------------------
+
+
+class StockSet(Input):
+    on_hand: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+
+
+class StockAdjustment(Input):
+    delta: Annotated[int, msgspec.Meta(ge=-MAX_COUNT, le=MAX_COUNT, description="non-zero")]
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.delta == 0:
+            raise ValueError("delta must not be 0")
+
+
+class ReservationCreate(Input):
+    qty: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+    ttl_s: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_S)] = DEFAULT_TTL_S
+    ref: Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)] | None = None
+    rid: str | None = None  # decided: the reservation's id, so a replay makes the same one
+
+
+class ReservationRef(Input):
+    reservation_id: Id
+
+
+# -- answers (documentation) ------------------------------------------------------
+
+
+class StockView(View):
+    sku: str
+    on_hand: int
+    reserved: int
+    available: Annotated[int, msgspec.Meta(description="on_hand - reserved, never negative")]
+    version: int
+    updated_at: str | None
+
+
+class ReservationView(View):
+    reservation_id: str
+    sku: str
+    qty: int
+    status: Literal["held", "committed", "released", "expired"]
+    expires_at: str
+    ref: str | None
+    channel: str
 
 
 @dataclass(slots=True)
@@ -37,11 +107,6 @@ class Stock(Entity):
     __slots__ = ("_closed", "_held_by_expiry", "on_hand", "reservations", "reserved")
 
     kind: ClassVar[str] = "stock"
-    reads: ClassVar[frozenset[str]] = frozenset({"stock.get", "stock.reservation"})
-    # a cart line's live availability (the cart checks and shows it)
-    queries: ClassVar[dict[str, Callable[[Any], Any]]] = {
-        "stock.available": lambda stock: stock.available
-    }
 
     def __init__(self, key: str, ident: str) -> None:
         super().__init__(key, ident)
@@ -136,63 +201,56 @@ class Stock(Entity):
 
     # -- commands -------------------------------------------------------------
 
-    def get(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        if not self.exists:
-            raise GridError("unknown_sku", f"SKU {self.ident!r} has never been stocked")
+    def get(self, _: None, channel: str, now: float) -> Outcome:
+        self._require_stocked()
         return Outcome(200, self.view(), changed=False)
 
-    def set_on_hand(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        on_hand: int = args["on_hand"]
-        if on_hand < self.reserved:
-            raise GridError(
-                "insufficient_stock",
-                f"on_hand {on_hand} is below the {self.reserved} currently reserved",
+    def set_on_hand(self, inp: StockSet, channel: str, now: float) -> Outcome:
+        if inp.on_hand < self.reserved:
+            raise INSUFFICIENT_STOCK(
+                f"on_hand {inp.on_hand} is below the {self.reserved} currently reserved"
             )
-        changed = on_hand != self.on_hand or not self.exists
-        self.on_hand = on_hand
+        changed = inp.on_hand != self.on_hand or not self.exists
+        self.on_hand = inp.on_hand
         return Outcome(200, None, changed=changed)
 
-    def adjust(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
+    def adjust(self, inp: StockAdjustment, channel: str, now: float) -> Outcome:
         self._require_stocked()
-        delta: int = args["delta"]
-        if self.on_hand + delta < self.reserved:
-            raise GridError(
-                "insufficient_stock",
-                f"on_hand {self.on_hand} {delta:+d} would drop below the "
-                f"{self.reserved} currently reserved",
+        if self.on_hand + inp.delta < self.reserved:
+            raise INSUFFICIENT_STOCK(
+                f"on_hand {self.on_hand} {inp.delta:+d} would drop below the "
+                f"{self.reserved} currently reserved"
             )
-        self.on_hand += delta
+        self.on_hand += inp.delta
         return Outcome(200, None, changed=True)
 
-    def reserve(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
+    def reserve(self, inp: ReservationCreate, channel: str, now: float) -> Outcome:
         self._require_stocked()
-        qty: int = args["qty"]
-        if qty > self.available:
-            raise GridError("insufficient_stock", f"asked for {qty}, {self.available} available")
-        # The id is a decision: it goes back into args, so the journal keeps it
-        # and a replay of this command makes the same reservation.
-        rid = args.get("rid") or "r" + secrets.token_hex(10)
-        args["rid"] = rid
-        r = Reservation(rid, qty, "held", now + args["ttl_s"], args.get("ref"), intern(channel))
-        self.reservations[rid] = r
-        heapq.heappush(self._held_by_expiry, (r.expires_at, rid))
-        self.reserved += qty
+        if inp.qty > self.available:
+            raise INSUFFICIENT_STOCK(f"asked for {inp.qty}, {self.available} available")
+        # The id is a decision: it goes back into the input, so the journal keeps
+        # it and a replay of this command makes the same reservation.
+        inp.rid = inp.rid or "r" + secrets.token_hex(10)
+        r = Reservation(inp.rid, inp.qty, "held", now + inp.ttl_s, inp.ref, intern(channel))
+        self.reservations[r.rid] = r
+        heapq.heappush(self._held_by_expiry, (r.expires_at, r.rid))
+        self.reserved += inp.qty
         return Outcome(201, self.reservation_view(r), changed=True)
 
-    def commit(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        r = self._reservation(args["reservation_id"])
+    def commit(self, inp: ReservationRef, channel: str, now: float) -> Outcome:
+        r = self._reservation(inp.reservation_id)
         if r.status != "held":
-            raise GridError("reservation_closed", f"reservation {r.rid} is {r.status}")
+            raise RESERVATION_CLOSED(f"reservation {r.rid} is {r.status}")
         r.status = "committed"
         self.reserved -= r.qty
         self.on_hand -= r.qty
         self._closed.append((now, r.rid))
         return Outcome(200, self.reservation_view(r), changed=True)
 
-    def release(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        r = self._reservation(args["reservation_id"])
+    def release(self, inp: ReservationRef, channel: str, now: float) -> Outcome:
+        r = self._reservation(inp.reservation_id)
         if r.status == "committed":
-            raise GridError("reservation_closed", f"reservation {r.rid} is committed")
+            raise RESERVATION_CLOSED(f"reservation {r.rid} is committed")
         if r.status != "held":  # released or expired already: nothing left to give back
             return Outcome(200, self.reservation_view(r), changed=False)
         r.status = "released"
@@ -200,12 +258,12 @@ class Stock(Entity):
         self._closed.append((now, r.rid))
         return Outcome(200, self.reservation_view(r), changed=True)
 
-    def get_reservation(self, args: dict[str, Any], channel: str, now: float) -> Outcome:
-        return Outcome(200, self.reservation_view(self._reservation(args["reservation_id"])), False)
+    def get_reservation(self, inp: ReservationRef, channel: str, now: float) -> Outcome:
+        return Outcome(200, self.reservation_view(self._reservation(inp.reservation_id)), False)
 
     def _require_stocked(self) -> None:
         if not self.exists:
-            raise GridError("unknown_sku", f"SKU {self.ident!r} has never been stocked")
+            raise UNKNOWN_SKU(f"SKU {self.ident!r} has never been stocked")
 
     def _reservation(self, rid: str) -> Reservation:
         self._require_stocked()
@@ -214,12 +272,98 @@ class Stock(Entity):
             raise GridError("not_found", f"no reservation {rid!r} for SKU {self.ident!r}")
         return r
 
-    handlers: ClassVar[dict[str, Handler]] = {
-        "stock.get": get,
-        "stock.set": set_on_hand,
-        "stock.adjust": adjust,
-        "stock.reserve": reserve,
-        "stock.commit": commit,
-        "stock.release": release,
-        "stock.reservation": get_reservation,
-    }
+
+_RESERVATION = {"rid": "reservation_id"}
+_WITH_RESERVATION = ("unknown_sku", "not_found")
+
+KIND = Kind(
+    name="stock",
+    entity=Stock,
+    ident="sku",
+    view=StockView,
+    ops=(
+        Op("stock.get", Stock.get, read=True),
+        Op("stock.set", Stock.set_on_hand, StockSet),
+        Op("stock.adjust", Stock.adjust, StockAdjustment),
+        Op("stock.reserve", Stock.reserve, ReservationCreate, decided=frozenset({"rid"})),
+        Op("stock.commit", Stock.commit, ReservationRef),
+        Op("stock.release", Stock.release, ReservationRef),
+        Op("stock.reservation", Stock.get_reservation, ReservationRef, read=True),
+    ),
+    routes=(
+        Route(
+            "PUT",
+            "/v1/skus/{sku}/stock",
+            "put_stock",
+            "stock.set",
+            "Set a SKU's on-hand stock",
+            StockView,
+            refusals=("insufficient_stock",),
+        ),
+        Route(
+            "GET",
+            "/v1/skus/{sku}/stock",
+            "get_stock",
+            "stock.get",
+            "Read a SKU's stock",
+            StockView,
+            refusals=("unknown_sku",),
+        ),
+        Route(
+            "POST",
+            "/v1/skus/{sku}/stock/adjustments",
+            "adjust_stock",
+            "stock.adjust",
+            "Add to or take from a SKU's on-hand stock",
+            StockView,
+            refusals=("insufficient_stock", "unknown_sku"),
+        ),
+        Route(
+            "POST",
+            "/v1/skus/{sku}/reservations",
+            "reserve",
+            "stock.reserve",
+            "Hold stock for a checkout",
+            ReservationView,
+            status=201,
+            refusals=("insufficient_stock", "unknown_sku"),
+        ),
+        Route(
+            "GET",
+            "/v1/skus/{sku}/reservations/{rid}",
+            "get_reservation",
+            "stock.reservation",
+            "Read a reservation",
+            ReservationView,
+            refusals=_WITH_RESERVATION,
+            path_fields=_RESERVATION,
+        ),
+        Route(
+            "POST",
+            "/v1/skus/{sku}/reservations/{rid}/commit",
+            "commit_reservation",
+            "stock.commit",
+            "Commit a held reservation (on_hand drops by its qty)",
+            ReservationView,
+            refusals=("reservation_closed", *_WITH_RESERVATION),
+            path_fields=_RESERVATION,
+        ),
+        Route(
+            "DELETE",
+            "/v1/skus/{sku}/reservations/{rid}",
+            "release_reservation",
+            "stock.release",
+            "Release a held reservation",
+            ReservationView,
+            refusals=("reservation_closed", *_WITH_RESERVATION),
+            path_fields=_RESERVATION,
+        ),
+    ),
+    queries={AVAILABLE: lambda stock: stock.available},
+    stream=Stream(
+        "/v1/streams/skus/{sku}",
+        "sku_stream",
+        "Server-Sent Events: every change to the SKU's stock (resumable with Last-Event-ID)",
+    ),
+    refusals=(UNKNOWN_SKU, INSUFFICIENT_STOCK, RESERVATION_CLOSED),
+)

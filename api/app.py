@@ -29,7 +29,7 @@ from omnigrid.api.problems import (
 )
 from omnigrid.api.router import Router
 from omnigrid.api.routes import Route, RouteTable
-from omnigrid.api.streams import STREAM_ROUTES, StreamServer
+from omnigrid.api.streams import StreamServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,18 +44,6 @@ log = logging.getLogger("omnigrid.api")
 JSON = b"application/json"
 TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 DOCS_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
-ENTITY_ROUTES = frozenset(
-    {
-        "put_stock",
-        "get_stock",
-        "adjust_stock",
-        "get_cart",
-        "clear_cart",
-        "add_line",
-        "set_line",
-        "remove_line",
-    }
-)
 
 
 class Operations(Protocol):
@@ -110,8 +98,8 @@ class GridApp:
         method: str = scope["method"]
         route, params, path_known = self.table.match(method, path)
         name = route.name if route is not None else "unmatched"
-        if route is not None and route.name in STREAM_ROUTES and self.streams is not None:
-            await self.streams.serve(scope, receive, send, route.name, params)
+        if route is not None and route.stream is not None and self.streams is not None:
+            await self.streams.serve(scope, receive, send, route.stream, params)
             return
         self.inflight += 1
         try:
@@ -188,7 +176,7 @@ class GridApp:
             )
             status, answer = await route.handler(self.router, call)
             headers: list[tuple[bytes, bytes]] = []
-            if route.name in ENTITY_ROUTES:
+            if route.etag:
                 headers.append((b"etag", b'"%d"' % answer["version"]))
             return status, orjson.dumps(answer), JSON, headers, channel, None
         except GridError as err:

@@ -12,8 +12,12 @@ import asyncio
 import logging
 import time
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
+
+from omnigrid.actors import cart
+from omnigrid.actors.declaration import MAX_COUNT, Id
 from omnigrid.actors.errors import InvalidRequest, Unavailable
 from omnigrid.api import validation as v
 from omnigrid.api.handlers import Call
@@ -37,6 +41,47 @@ EVENT_FIELDS = {
     "ref",
 }
 FUTURE_SLACK_S = 24 * 3600.0
+MAX_QUERY_CHARS = 256
+MAX_REF_CHARS = 128
+MAX_EVENT_ID_CHARS = 128
+MAX_AMOUNT = 1e12
+
+
+# -- the document's shapes (api/openapi.py); the checks are below -------------------
+
+
+class BehaviourEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal[TYPES]  # type: ignore[valid-type]
+    at: (
+        Annotated[
+            str | float,
+            msgspec.Meta(
+                description="RFC 3339 with a zone, or epoch seconds; "
+                f"at most {FUTURE_SLACK_S:.0f} s ahead"
+            ),
+        ]
+        | None
+    ) = None
+    channel: (
+        Annotated[str, msgspec.Meta(description="default: X-Channel; from the registry")] | None
+    ) = None
+    event_id: (
+        Annotated[
+            str, msgspec.Meta(max_length=MAX_EVENT_ID_CHARS, description="repeats are kept once")
+        ]
+        | None
+    ) = None
+    sku: Id | None = None
+    query: Annotated[str, msgspec.Meta(max_length=MAX_QUERY_CHARS)] | None = None
+    store_id: Id | None = None
+    qty: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] | None = None
+    amount: Annotated[float, msgspec.Meta(ge=0, le=MAX_AMOUNT)] | None = None
+    ref: Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)] | None = None
+
+
+class BehaviourBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    uid: Id
+    events: Annotated[list[BehaviourEvent], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
 
 
 def _at(value: Any, now: float) -> float:
@@ -70,7 +115,7 @@ def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict
     own = raw.get("channel", channel)
     if own not in channels:
         raise InvalidRequest(f"channel {own!r} is not in the registry")
-    event_id = v.text(raw, "event_id", 128)
+    event_id = v.text(raw, "event_id", MAX_EVENT_ID_CHARS)
     data: dict[str, Any] = {}
     if "sku" in raw:
         data["sku"] = v.sku_field(raw)
@@ -78,19 +123,19 @@ def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict
         if not isinstance(raw["store_id"], str):
             raise InvalidRequest("store_id must be a string")
         data["store_id"] = v.identifier(raw["store_id"], "store_id")
-    for name, limit in (("query", 256), ("ref", 128)):
+    for name, limit in (("query", MAX_QUERY_CHARS), ("ref", MAX_REF_CHARS)):
         if name in raw:
             data[name] = v.text(raw, name, limit)
     if "qty" in raw:
-        data["qty"] = v.integer(raw, "qty", 1, v.MAX_COUNT)
+        data["qty"] = v.integer(raw, "qty", 1, MAX_COUNT)
     if "amount" in raw:
         amount = raw["amount"]
         if (
             isinstance(amount, bool)
             or not isinstance(amount, int | float)
-            or not 0 <= amount <= 1e12
+            or not 0 <= amount <= MAX_AMOUNT
         ):
-            raise InvalidRequest("amount must be a number between 0 and 10^12")
+            raise InvalidRequest(f"amount must be a number between 0 and {MAX_AMOUNT:.0e}")
         data["amount"] = amount
     return {
         "type": raw["type"],
@@ -127,7 +172,7 @@ async def timeline(router: Router, call: Call) -> tuple[int, Any]:
     limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
     behaviour = _services(router).behaviour
     try:
-        items = await asyncio.to_thread(behaviour.timeline, uid, limit)
+        items = await asyncio.to_thread(behaviour.timeline, uid, cart.KIND.key(uid), limit)
     except StoreUnavailable as e:
         log.warning("the timeline cannot be read: %s", e)
         raise Unavailable("the timeline cannot be read right now; retry later") from e

@@ -11,6 +11,7 @@ import threading
 import urllib.request
 from dataclasses import replace
 
+from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.api.settings import DEFAULT_CHANNELS, Settings
 
 VERSION = "0.1.0"
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             data_dir=args.data_dir,
         )
-    except ValueError as e:
+        load_kinds(settings.kind_modules)  # here first: a bad module fails at once
+    except (ValueError, ImportError, AttributeError) as e:
         parser.error(str(e))
     # Shard processes run in Ray's working directories: give them an absolute path.
     return serve_grid(replace(settings, data_dir=os.path.abspath(settings.data_dir)))

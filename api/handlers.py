@@ -1,25 +1,28 @@
-"""What each endpoint of the contract does: validate, build commands, route.
+"""Handlers: what an endpoint does with a request, already read and checked.
 
 Handlers are plain async functions over a ``Call`` (the request, already read
 and checked for size, channel and headers) and answer ``(status, body)``;
-refusals are raised as ``GridError``. They never build per-request models: a
-body is a dict checked field by field (api/validation.py).
+refusals are raised as ``GridError``. An entity kind's routes all share one
+handler shape (``route_handler``): the body and path become the command's
+typed input, checked by the same msgspec class that documents it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 import orjson
 
-from omnigrid.actors.cart import MAX_LINE_QTY
-from omnigrid.actors.errors import GridError, InvalidRequest
-from omnigrid.actors.kinds import entity_key
-from omnigrid.actors.protocol import Command, Result
+from omnigrid.actors.declaration import Input, Kind, Op
+from omnigrid.actors.declaration import Route as KindRoute
+from omnigrid.actors.errors import InvalidRequest
+from omnigrid.actors.protocol import Command
 from omnigrid.api import validation as v
 from omnigrid.api.router import Router
 
@@ -51,159 +54,66 @@ def fingerprint(op: str, key: str, body: dict[str, Any]) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
-def _command(
-    op: str, key: str, args: dict[str, Any], call: Call, fp_body: dict[str, Any]
-) -> Command:
-    return Command(
-        op,
-        key,
-        args,
-        call.channel,
-        call.idempotency_key,
-        fingerprint(op, key, fp_body) if call.idempotency_key is not None else None,
-        call.if_match,
-    )
-
-
-def _answer(result: Result) -> tuple[int, Any]:
-    if not result.ok:
-        raise GridError(result.code or "invalid_request", result.detail or "", result.status)
-    return result.status, result.body
-
-
-def _sku_key(call: Call) -> str:
-    return _stock_key(v.identifier(call.params["sku"], "sku"))
-
-
-def _stock_key(sku: str) -> str:
-    return entity_key("stock", sku)
-
-
-def _cart_key(call: Call) -> str:
-    return "cart:" + v.identifier(call.params["uid"], "uid")
-
-
-# -- stock ------------------------------------------------------------------
-
-
-async def put_stock(router: Router, call: Call) -> tuple[int, Any]:
-    key = _sku_key(call)
-    body = v.json_object(call.body)
-    v.fields(body, {"on_hand"})
-    args = {"on_hand": v.integer(body, "on_hand", 0, v.MAX_COUNT)}
-    return _answer(await router.call(_command("stock.set", key, args, call, body)))
-
-
-async def adjust_stock(router: Router, call: Call) -> tuple[int, Any]:
-    key = _sku_key(call)
-    body = v.json_object(call.body)
-    v.fields(body, {"delta"}, {"reason"})
-    delta = v.integer(body, "delta", -v.MAX_COUNT, v.MAX_COUNT)
-    if delta == 0:
-        raise InvalidRequest("delta must not be 0")
-    v.text(body, "reason", v.MAX_REASON_CHARS)
-    return _answer(await router.call(_command("stock.adjust", key, {"delta": delta}, call, body)))
-
-
-async def get_stock(router: Router, call: Call) -> tuple[int, Any]:
-    return _answer(await router.call(Command("stock.get", _sku_key(call))))
-
-
-async def reserve(router: Router, call: Call) -> tuple[int, Any]:
-    key = _sku_key(call)
-    body = v.json_object(call.body)
-    v.fields(body, {"qty"}, {"ttl_s", "ref"})
-    args = {
-        "qty": v.integer(body, "qty", 1, v.MAX_COUNT),
-        "ttl_s": v.integer(body, "ttl_s", 1, v.MAX_TTL_S, default=v.DEFAULT_TTL_S),
-        "ref": v.text(body, "ref", v.MAX_REF_CHARS),
-    }
-    return _answer(await router.call(_command("stock.reserve", key, args, call, body)))
-
-
-async def _on_reservation(op: str, router: Router, call: Call) -> tuple[int, Any]:
-    key = _sku_key(call)
-    rid = v.identifier(call.params["rid"], "reservation_id")
-    if call.body.strip() and v.json_object(call.body):
-        raise InvalidRequest("this request takes no body")
-    args = {"reservation_id": rid}
-    return _answer(await router.call(_command(op, key, args, call, args)))
-
-
-async def commit_reservation(router: Router, call: Call) -> tuple[int, Any]:
-    return await _on_reservation("stock.commit", router, call)
-
-
-async def release_reservation(router: Router, call: Call) -> tuple[int, Any]:
-    return await _on_reservation("stock.release", router, call)
-
-
-async def get_reservation(router: Router, call: Call) -> tuple[int, Any]:
-    key = _sku_key(call)
-    rid = v.identifier(call.params["rid"], "reservation_id")
-    return _answer(await router.call(Command("stock.reservation", key, {"reservation_id": rid})))
-
-
-# -- cart --------------------------------------------------------------------
-
-
-async def availability(router: Router, skus: list[str]) -> dict[str, int | None]:
-    """Live availability of many SKUs (``None``: never stocked), one query per owner."""
-    keys = {_stock_key(sku): sku for sku in skus}
-    answers = await router.query("stock.available", list(keys))
-    return {sku: answers[key] for key, sku in keys.items()}
-
-
-async def _live_view(router: Router, status: int, view: dict[str, Any]) -> tuple[int, Any]:
-    """The cart view with each line's live availability (one read per owner shard)."""
-    lines = view["lines"]
-    available = await availability(router, [line["sku"] for line in lines]) if lines else {}
-    out = dict(view)
-    out["lines"] = [
-        {**line, "available": a, "in_stock": a > 0}
-        for line in lines
-        for a in (available.get(line["sku"]) or 0,)
+@functools.cache
+def _body_of(input_type: type[Input], excluded: frozenset[str]) -> type[Input]:
+    if not excluded:
+        return input_type
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(input_type)
+        if f.name not in excluded
     ]
-    return status, out
-
-
-async def get_cart(router: Router, call: Call) -> tuple[int, Any]:
-    return await _live_view(
-        router, *_answer(await router.call(Command("cart.get", _cart_key(call))))
+    body = msgspec.defstruct(
+        input_type.__name__, fields, bases=(Input,), module=input_type.__module__
     )
+    return cast(type[Input], body)
 
 
-async def add_line(router: Router, call: Call) -> tuple[int, Any]:
-    key = _cart_key(call)
-    body = v.json_object(call.body)
-    v.fields(body, {"sku", "qty"})
-    sku = v.sku_field(body)
-    qty = v.integer(body, "qty", 1, MAX_LINE_QTY)
-    available = (await availability(router, [sku]))[sku]
-    args = {"sku": sku, "qty": qty, "available": available}
-    result = await router.call(_command("cart.add", key, args, call, body))
-    return await _live_view(router, *_answer(result))
+def body_type(op: Op, route: KindRoute) -> type[Input] | None:
+    """The body a route takes, for the document: the op's input without its path
+    fields and decisions (the input class itself checks bodies)."""
+    if op.input is None:
+        return None
+    excluded = frozenset(route.path_fields.values()) | op.decided
+    if not {f.name for f in msgspec.structs.fields(op.input)} - excluded:
+        return None  # everything comes from the path: the route takes no body
+    return _body_of(op.input, excluded)
 
 
-async def set_line(router: Router, call: Call) -> tuple[int, Any]:
-    key = _cart_key(call)
-    sku = v.identifier(call.params["sku"], "sku")
-    body = v.json_object(call.body)
-    v.fields(body, {"qty"})
-    qty = v.integer(body, "qty", 0, MAX_LINE_QTY)
-    available = (await availability(router, [sku]))[sku] if qty else 0
-    args = {"sku": sku, "qty": qty, "available": available}
-    result = await router.call(_command("cart.set", key, args, call, {"sku": sku, **body}))
-    return await _live_view(router, *_answer(result))
+def route_handler(kind: Kind, route: KindRoute) -> Handler:
+    """The handler of a kind's route: read the path and body into the command's
+    typed input, then run the route's flow (one owner call unless it says more)."""
+    op = kind.ops_by_name[route.op]
+    # What the client may not send in the body: path fields and the grid's decisions.
+    not_in_body = set(route.path_fields.values()) | op.decided
 
+    async def handle(router: Router, call: Call) -> tuple[int, Any]:
+        key = kind.key(v.identifier(call.params[kind.ident], kind.ident))
+        from_path = {
+            name: v.identifier(call.params[param], name)
+            for param, name in route.path_fields.items()
+        }
+        body = v.json_object(call.body) if route.is_write else {}
+        args = {**body, **from_path}
+        if op.input is None:
+            if body:
+                raise InvalidRequest("this request takes no body")
+        else:
+            if not_in_body & body.keys():
+                raise InvalidRequest(
+                    f"unknown field(s): {', '.join(sorted(not_in_body & body.keys()))}"
+                )
+            try:
+                args = msgspec.structs.asdict(msgspec.convert(args, op.input))
+            except msgspec.ValidationError as e:
+                raise InvalidRequest(str(e)) from None
+        if op.read:
+            cmd = Command(op.name, key, args)
+        else:
+            # The fingerprint is of what the client said (the body as sent and the
+            # path's fields), so a retry matches whatever defaults fill in later.
+            fp = fingerprint(op.name, key, {**from_path, **body}) if call.idempotency_key else None
+            cmd = Command(op.name, key, args, call.channel, call.idempotency_key, fp, call.if_match)
+        return await route.flow(router, cmd)
 
-async def remove_line(router: Router, call: Call) -> tuple[int, Any]:
-    key = _cart_key(call)
-    args = {"sku": v.identifier(call.params["sku"], "sku")}
-    result = await router.call(_command("cart.remove", key, args, call, args))
-    return await _live_view(router, *_answer(result))
-
-
-async def clear_cart(router: Router, call: Call) -> tuple[int, Any]:
-    result = await router.call(_command("cart.clear", _cart_key(call), {}, call, {}))
-    return await _live_view(router, *_answer(result))
+    return handle

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
+from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
@@ -80,6 +81,7 @@ class GridNode:
         self.settings = settings
         self.directory = directory
         self.node_id = node_id
+        load_kinds(settings.kind_modules)  # before recovery: the journal may hold their events
         self.journal = open_journal(settings, shard_id)
         self.store = open_store(settings)
         slot_map = SlotMap.even(settings.shards)

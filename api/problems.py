@@ -6,27 +6,10 @@ from typing import Any
 
 import orjson
 
-from omnigrid.actors.errors import GridError
+from omnigrid.actors.errors import CODES, GridError
 
 PROBLEM_TYPE_BASE = "https://omnigrid.dev/problems/"
 PROBLEM_CONTENT_TYPE = b"application/problem+json"
-
-TITLES: dict[str, str] = {
-    "invalid_request": "Invalid request",
-    "unknown_channel": "Unknown channel",
-    "not_found": "Not found",
-    "unknown_sku": "Unknown SKU",
-    "method_not_allowed": "Method not allowed",
-    "insufficient_stock": "Insufficient stock",
-    "reservation_closed": "Reservation closed",
-    "cart_full": "Cart full",
-    "version_conflict": "Version conflict",
-    "payload_too_large": "Payload too large",
-    "idempotency_key_reused": "Idempotency key reused",
-    "overloaded": "Overloaded",
-    "unavailable": "Unavailable",
-    "internal_error": "Internal error",
-}
 
 # Seconds a client should wait before retrying a 429 or 503.
 RETRY_AFTER_S = 1
@@ -35,7 +18,7 @@ RETRY_AFTER_S = 1
 def problem(status: int, code: str, detail: str, instance: str | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
-        "title": TITLES.get(code, code.replace("_", " ").capitalize()),
+        "title": CODES[code][1] if code in CODES else code.replace("_", " ").capitalize(),
         "status": status,
         "detail": detail,
         "code": code,

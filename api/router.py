@@ -9,6 +9,7 @@ map; the router adopts it and tries again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from omnigrid.actors.errors import GridError, Unavailable
@@ -75,24 +76,24 @@ class Router:
                 await asyncio.sleep(REDIRECT_PAUSE_S)
         raise Unavailable("the slot map is changing; try again")
 
-    async def query(self, name: str, keys: list[str], redirects: int = 0) -> dict[str, Any]:
-        """A declared query (Entity.queries) of many entities: key -> answer (``None``:
-        never seen), one command per owner shard, all owners at once."""
-        groups: dict[int, list[str]] = {}
-        for key in dict.fromkeys(keys):
-            groups.setdefault(self.slot_map.owner(key), []).append(key)
+    async def query(self, asks: Mapping[str, str], redirects: int = 0) -> dict[str, Any]:
+        """Declared queries (Kind.queries), key -> query name, of entities of any kinds:
+        key -> answer (``None``: never seen); one command per owner shard, all at once."""
+        groups: dict[int, dict[str, str]] = {}
+        for key, name in asks.items():
+            groups.setdefault(self.slot_map.owner(key), {})[key] = name
         results = await asyncio.gather(
             *(
-                self._send(owner, Command(QUERY, group[0], {"name": name, "keys": group}))
+                self._send(owner, Command(QUERY, next(iter(group)), {"asks": group}))
                 for owner, group in groups.items()
             )
         )
         out: dict[str, Any] = {}
-        moved: list[str] = []
+        moved: dict[str, str] = {}
         for group, result in zip(groups.values(), results, strict=True):
             if result.status == MOVED:
                 self.adopt(SlotMap.from_wire(result.body))
-                moved.extend(group)
+                moved.update(group)
             elif result.ok:
                 out.update(result.body)
             else:  # the owner refused the read (its store is unreachable, say)
@@ -101,5 +102,5 @@ class Router:
             if redirects >= MAX_REDIRECTS:
                 raise Unavailable("the slot map is changing; try again")
             await asyncio.sleep(REDIRECT_PAUSE_S)
-            out.update(await self.query(name, moved, redirects + 1))
+            out.update(await self.query(moved, redirects + 1))
         return out

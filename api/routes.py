@@ -1,17 +1,22 @@
-"""The contract's endpoints as one table: method, path template, handler.
+"""Every endpoint as one table: method, path template, handler, and its document.
 
-The same table drives the fast dispatcher (api/app.py) and the OpenAPI
-document (api/openapi.py); the bodies and answers the document shows are
-declared there, and tests/api/test_openapi.py checks every answer the app
-gives against the document, so the two cannot drift apart unseen.
+The entity kinds' routes are derived from their declarations (actors/kinds.py);
+the rest (offline sync, behaviour, webhooks, operations) are listed here. The
+same table drives the dispatcher (api/app.py) and the OpenAPI document
+(api/openapi.py); tests/api/test_openapi.py has schemathesis check the app's
+answers against that document.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from omnigrid.actors.declaration import Kind
+from omnigrid.actors.kinds import kinds
 from omnigrid.api import behaviour as b
 from omnigrid.api import handlers as h
+from omnigrid.api import sync as sd
 from omnigrid.api import webhooks as w
 from omnigrid.api.sync import sync as offline_sync
 
@@ -21,8 +26,16 @@ class Route:
     method: str
     path: str  # template, e.g. "/v1/carts/{uid}/lines/{sku}"
     name: str
-    handler: h.Handler | None  # None: an operations route the app answers itself
+    handler: h.Handler | None  # None: a route the app answers itself (operations, streams)
     summary: str
+    status: int = 200  # the success status
+    body: Any = None  # the request body's type, for the document
+    answer: Any = None  # the success answer's type, for the document
+    refusals: tuple[str, ...] = ()  # problem codes beyond those every route can answer
+    media_type: str = "application/json"  # of the success answer
+    etag: bool = False  # answers an entity's view: ETag is its version
+    stream: Kind | None = None  # Server-Sent Events of this kind's entities
+    kind: Kind | None = None
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -33,94 +46,87 @@ class Route:
         return self.method not in ("GET", "HEAD")
 
 
-ROUTES: tuple[Route, ...] = (
-    Route("PUT", "/v1/skus/{sku}/stock", "put_stock", h.put_stock, "Set a SKU's on-hand stock"),
-    Route("GET", "/v1/skus/{sku}/stock", "get_stock", h.get_stock, "Read a SKU's stock"),
-    Route(
-        "POST",
-        "/v1/skus/{sku}/stock/adjustments",
-        "adjust_stock",
-        h.adjust_stock,
-        "Add to or take from a SKU's on-hand stock",
-    ),
-    Route("POST", "/v1/skus/{sku}/reservations", "reserve", h.reserve, "Hold stock for a checkout"),
-    Route(
-        "GET",
-        "/v1/skus/{sku}/reservations/{rid}",
-        "get_reservation",
-        h.get_reservation,
-        "Read a reservation",
-    ),
-    Route(
-        "POST",
-        "/v1/skus/{sku}/reservations/{rid}/commit",
-        "commit_reservation",
-        h.commit_reservation,
-        "Commit a held reservation (on_hand drops by its qty)",
-    ),
-    Route(
-        "DELETE",
-        "/v1/skus/{sku}/reservations/{rid}",
-        "release_reservation",
-        h.release_reservation,
-        "Release a held reservation",
-    ),
-    Route("GET", "/v1/carts/{uid}", "get_cart", h.get_cart, "Read a cart with live availability"),
-    Route("DELETE", "/v1/carts/{uid}", "clear_cart", h.clear_cart, "Empty a cart"),
-    Route("POST", "/v1/carts/{uid}/lines", "add_line", h.add_line, "Add to a cart line"),
-    Route("PUT", "/v1/carts/{uid}/lines/{sku}", "set_line", h.set_line, "Set a line's quantity"),
-    Route("DELETE", "/v1/carts/{uid}/lines/{sku}", "remove_line", h.remove_line, "Remove a line"),
-    Route("POST", "/v1/sync", "sync", offline_sync, "Replay a device's offline cart work once"),
-    Route("POST", "/v1/events", "post_events", b.post_events, "Log channel behaviour for a uid"),
-    Route("POST", "/v1/webhooks", "register_webhook", w.register, "Register a webhook"),
-    Route("GET", "/v1/webhooks", "list_webhooks", w.list_webhooks, "List the webhooks"),
-    Route("DELETE", "/v1/webhooks/{webhook_id}", "delete_webhook", w.delete, "Delete a webhook"),
-    Route(
-        "GET",
-        "/v1/webhooks/{webhook_id}/dead-letters",
-        "dead_letters",
-        w.dead_letters,
-        "Deliveries given up on after the last retry",
-    ),
-    Route(
-        "GET",
-        "/v1/users/{uid}/timeline",
-        "timeline",
-        b.timeline,
-        "A user's behaviour and cart changes across channels, in time order",
-    ),
-    Route(
-        "GET",
-        "/v1/streams/users/{uid}",
-        "user_stream",
-        None,
-        "Server-Sent Events: every change to the user's cart (resumable with Last-Event-ID)",
-    ),
-    Route(
-        "GET",
-        "/v1/streams/skus/{sku}",
-        "sku_stream",
-        None,
-        "Server-Sent Events: every change to the SKU's stock (resumable with Last-Event-ID)",
-    ),
-    Route("GET", "/healthz", "healthz", None, "200 while the process lives"),
-    Route("GET", "/readyz", "readyz", None, "200 when every shard answers, else 503"),
-    Route("GET", "/metrics", "metrics", None, "Prometheus metrics of every grid process"),
-    Route("GET", "/v1/cluster", "cluster", None, "Shards, their processes and slot ranges"),
-    Route(
-        "POST",
-        "/v1/cluster/audit",
-        "audit",
-        None,
-        "Drain the write-behind, then compare live entities with the store",
-    ),
-)
+EVENT_STREAM = "text/event-stream"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def kind_routes(kind: Kind) -> list[Route]:
+    routes = []
+    for r in kind.routes:
+        op = kind.ops_by_name[r.op]
+        routes.append(
+            Route(
+                r.method,
+                r.path,
+                r.name,
+                h.route_handler(kind, r),
+                r.summary,
+                r.status,
+                h.body_type(op, r) if r.is_write else None,
+                r.answer,
+                r.refusals,
+                etag=r.answer is kind.view,
+                kind=kind,
+            )
+        )
+    if kind.stream is not None:
+        s = kind.stream
+        routes.append(
+            Route(
+                "GET",
+                s.path,
+                s.name,
+                None,
+                s.summary,
+                media_type=EVENT_STREAM,
+                answer=str,
+                stream=kind,
+                kind=kind,
+            )
+        )
+    return routes
+
+
+OWN_ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/sync", "sync", offline_sync, "Replay a device's offline cart work once",
+          body=sd.SyncBatch, answer=sd.SyncAnswer),
+    Route("POST", "/v1/events", "post_events", b.post_events, "Log channel behaviour for a uid",
+          status=202, body=b.BehaviourBatch, answer=dict[str, Any]),
+    Route("POST", "/v1/webhooks", "register_webhook", w.register, "Register a webhook",
+          status=201, body=w.WebhookCreate, answer=dict[str, Any]),
+    Route("GET", "/v1/webhooks", "list_webhooks", w.list_webhooks, "List the webhooks",
+          answer=dict[str, Any]),
+    Route("DELETE", "/v1/webhooks/{webhook_id}", "delete_webhook", w.delete, "Delete a webhook",
+          answer=dict[str, Any], refusals=("not_found",)),
+    Route("GET", "/v1/webhooks/{webhook_id}/dead-letters", "dead_letters", w.dead_letters,
+          "Deliveries given up on after the last retry", answer=dict[str, Any]),
+    Route("GET", "/v1/users/{uid}/timeline", "timeline", b.timeline,
+          "A user's behaviour and cart changes across channels, in time order",
+          answer=dict[str, Any]),
+    Route("GET", "/healthz", "healthz", None, "200 while the process lives",
+          answer=dict[str, str]),
+    Route("GET", "/readyz", "readyz", None, "200 when every shard answers, else 503",
+          answer=dict[str, Any]),
+    Route("GET", "/metrics", "metrics", None, "Prometheus metrics of every grid process",
+          answer=str, media_type=PROMETHEUS),
+    Route("GET", "/v1/cluster", "cluster", None, "Shards, their processes and slot ranges",
+          answer=dict[str, Any]),
+    Route("POST", "/v1/cluster/audit", "audit", None,
+          "Drain the write-behind, then compare live entities with the store",
+          answer=dict[str, Any]),
+)  # fmt: skip
+
+
+def all_routes() -> tuple[Route, ...]:
+    """The registered kinds' routes, then the grid's own."""
+    return tuple(route for kind in kinds() for route in kind_routes(kind)) + OWN_ROUTES
 
 
 class RouteTable:
     """Matches a request path to a route and its parameters by segments."""
 
-    def __init__(self, routes: tuple[Route, ...] = ROUTES) -> None:
+    def __init__(self, routes: tuple[Route, ...] | None = None) -> None:
+        routes = all_routes() if routes is None else routes
         self._by_length: dict[int, list[Route]] = {}
         for route in routes:
             self._by_length.setdefault(len(route.segments), []).append(route)

@@ -40,6 +40,9 @@ class Settings:
     webhook_backoff_s: float = 1.0  # first retry after this, doubling each time
     webhook_timeout_s: float = 5.0  # a receiver that takes longer has failed this try
     log_level: str = "warning"
+    # more entity kinds: modules that each define a KIND (actors/declaration.py),
+    # importable by every grid process ("myshop.kinds.wishlist,myshop.kinds.review")
+    kind_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -49,7 +52,7 @@ class Settings:
             raw = os.environ.get("OMNIGRID_" + f.name.upper())
             if raw is None:
                 continue
-            if f.name == "channels":
+            if f.name in ("channels", "kind_modules"):
                 values[f.name] = tuple(c.strip() for c in raw.split(",") if c.strip())
             elif f.type in ("int", int):
                 values[f.name] = int(raw)
@@ -98,4 +101,5 @@ class Settings:
     def from_dict(cls, data: dict[str, Any]) -> Settings:
         data = dict(data)
         data["channels"] = tuple(data["channels"])
+        data["kind_modules"] = tuple(data.get("kind_modules", ()))
         return cls(**data)

@@ -1,9 +1,10 @@
 """Server-Sent Events: one entity's changes, live, resumable, on any grid process.
 
-``GET /v1/streams/users/{uid}`` streams the user's cart (``event: cart``);
-``GET /v1/streams/skus/{sku}`` streams the SKU's stock (``event: stock``).
-Each event's ``id`` is ``<kind>:<version>``, its ``data`` the entity's new
-view plus ``channel``, ``op``, ``version`` and ``at``. A client that comes
+Each entity kind may declare a stream route (``GET /v1/streams/users/{uid}``
+streams the user's cart as ``event: cart``, ``GET /v1/streams/skus/{sku}``
+the SKU's stock as ``event: stock``). Each event's ``id`` is
+``<kind>:<version>``, its ``data`` the entity's new view plus ``channel``,
+``op``, ``version`` and ``at``. A client that comes
 back with ``Last-Event-ID`` (the header browsers send, or the query parameter
 ``last_event_id``) first gets every change after that version, from the
 owner's history (the store's event log and the journal not yet stored), then
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from omnigrid.actors.declaration import Kind
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded, Unavailable
 from omnigrid.api import validation as v
 from omnigrid.api.hub import EventHub, Subscription
@@ -31,7 +33,6 @@ from omnigrid.api.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER_S, from_erro
 from omnigrid.persistence.events import Event, rfc3339
 
 Scope = MutableMapping[str, Any]
-STREAM_ROUTES = {"user_stream": ("cart", "uid"), "sku_stream": ("stock", "sku")}
 
 
 def parse_cursor(raw: str, kind: str) -> int:
@@ -70,15 +71,14 @@ class StreamServer:
         self.sent = 0
 
     async def serve(
-        self, scope: Scope, receive: Any, send: Any, route_name: str, params: dict[str, str]
+        self, scope: Scope, receive: Any, send: Any, kind: Kind, params: dict[str, str]
     ) -> None:
-        kind, param = STREAM_ROUTES[route_name]
         try:
-            ident = v.identifier(params[param], param)
-            last = self._cursor(scope, kind)
+            ident = v.identifier(params[kind.ident], kind.ident)
+            last = self._cursor(scope, kind.name)
             if self.open >= self.max_streams:
                 raise Overloaded(f"{self.open} streams are already open on this process")
-            sub = await self._subscribe(f"{kind}:{ident}")
+            sub = await self._subscribe(kind.key(ident))
         except GridError as err:
             await self._refuse(send, err, scope["path"])
             return

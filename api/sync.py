@@ -26,13 +26,16 @@ the order sent, at the time they arrive.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from omnigrid.actors.cart import MAX_LINE_QTY
+import msgspec
+
+from omnigrid.actors import cart
+from omnigrid.actors.declaration import ID_RE, MAX_COUNT, Id
 from omnigrid.actors.errors import GridError, InvalidRequest
 from omnigrid.actors.protocol import Command
 from omnigrid.api import validation as v
-from omnigrid.api.handlers import Call, availability, fingerprint
+from omnigrid.api.handlers import Call, fingerprint
 from omnigrid.api.router import Router
 
 MAX_OPS = 500
@@ -42,11 +45,56 @@ CONFLICTS = frozenset({"version_conflict", "insufficient_stock", "unknown_sku", 
 OP_FIELDS = {"op_id", "op", "uid", "sku", "qty", "base_version", "at"}
 
 
+# -- the document's shapes (api/openapi.py); the checks are below -------------------
+
+
+class SyncOp(msgspec.Struct, kw_only=True):
+    op_id: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=MAX_OP_ID_CHARS, description="unique per op")
+    ]
+    op: Literal["cart.add", "cart.set", "cart.remove", "cart.clear"]
+    uid: Id
+    sku: Id | None = None
+    qty: Annotated[int, msgspec.Meta(ge=0, le=cart.MAX_LINE_QTY)] | None = None
+    base_version: (
+        Annotated[int, msgspec.Meta(ge=0, description="the cart version the op was made on")] | None
+    ) = None
+    at: (
+        Annotated[
+            str | float,
+            msgspec.Meta(description="when the shopper did it, offline; checked, not used"),
+        ]
+        | None
+    ) = None
+
+
+class SyncBatch(msgspec.Struct, kw_only=True):
+    client_id: Id
+    ops: Annotated[list[SyncOp], msgspec.Meta(min_length=1, max_length=MAX_OPS)]
+
+
+class SyncResult(msgspec.Struct, kw_only=True):
+    op_id: str | None
+    status: Literal["applied", "duplicate", "conflict", "rejected"]
+    code: str | None
+    detail: str | None
+    version: int | None = None
+    view: (
+        Annotated[dict[str, Any], msgspec.Meta(description="conflicts: the cart as it is now")]
+        | None
+    ) = None
+
+
+class SyncAnswer(msgspec.Struct, kw_only=True):
+    client_id: str
+    results: list[SyncResult]
+
+
 async def sync(router: Router, call: Call) -> tuple[int, Any]:
     body = v.json_object(call.body)
     v.fields(body, {"client_id", "ops"})
     client_id = body["client_id"]
-    if not isinstance(client_id, str) or v.ID_PATTERN.fullmatch(client_id) is None:
+    if not isinstance(client_id, str) or ID_RE.fullmatch(client_id) is None:
         raise InvalidRequest("client_id must be a string matching ^[A-Za-z0-9_.:-]{1,64}$")
     ops = body["ops"]
     if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_OPS:
@@ -92,25 +140,28 @@ async def _command(router: Router, channel: str, client_id: str, op: dict[str, A
     uid = op["uid"]
     if not isinstance(uid, str):
         raise InvalidRequest("uid must be a string")
-    key = "cart:" + v.identifier(uid, "uid")
+    key = cart.KIND.key(v.identifier(uid, "uid"))
     base = op.get("base_version")
     if base is not None:
-        base = v.integer(op, "base_version", 0, v.MAX_COUNT)
+        base = v.integer(op, "base_version", 0, MAX_COUNT)
     at = op.get("at")
     if isinstance(at, bool) or not isinstance(at, str | int | float | None):
         raise InvalidRequest("at must be an RFC 3339 string or epoch seconds")
+    # The op's sku and qty are checked by the cart op's own input class.
+    given = {k: op[k] for k in ("sku", "qty") if k in op}
+    declared = cart.KIND.ops_by_name[name]
     args: dict[str, Any] = {}
-    if name in ("cart.add", "cart.set", "cart.remove"):
-        sku = v.sku_field(op)
-        args["sku"] = sku
-        if name != "cart.remove":
-            qty = v.integer(op, "qty", 1 if name == "cart.add" else 0, MAX_LINE_QTY)
-            args["qty"] = qty
-            args["available"] = (await availability(router, [sku]))[sku] if qty else 0
-        elif "qty" in op:
-            raise InvalidRequest("cart.remove takes no qty")
-    elif "sku" in op or "qty" in op:
-        raise InvalidRequest("cart.clear takes no sku or qty")
+    if declared.input is None:
+        if given:
+            raise InvalidRequest(f"{name} takes no sku or qty")
+    else:
+        try:
+            args = msgspec.structs.asdict(msgspec.convert(given, declared.input))
+        except msgspec.ValidationError as e:
+            raise InvalidRequest(f"{name}: {e}") from None
+        if "available" in args:  # add, set: checked against the SKU's live availability
+            sku = args["sku"]
+            args["available"] = (await cart.availability(router, [sku]))[sku] if args["qty"] else 0
     content = {k: op.get(k) for k in ("op", "uid", "sku", "qty", "base_version")}
     return Command(
         name,

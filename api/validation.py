@@ -7,26 +7,18 @@ reaches an entity before it has passed.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
+from omnigrid.actors.declaration import ID_RE
 from omnigrid.actors.errors import GridError, InvalidRequest, MalformedRequest
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_BODY_BYTES = 64 * 1024
-# Counts are bounded far below JSON's range so that no sum can overflow a
-# 64-bit store later (PostgreSQL bigint) and no huge number costs CPU.
-MAX_COUNT = 1_000_000_000_000
-MAX_REF_CHARS = 128
-MAX_REASON_CHARS = 256
-MAX_TTL_S = 3600
-DEFAULT_TTL_S = 900
 
 
 def identifier(value: str, what: str) -> str:
-    if ID_PATTERN.fullmatch(value) is None:
+    if ID_RE.fullmatch(value) is None:
         raise MalformedRequest(f"{what} must match ^[A-Za-z0-9_.:-]{{1,64}}$")
     return value
 
@@ -97,7 +89,7 @@ def text(body: dict[str, Any], name: str, max_chars: int) -> str | None:
 
 def sku_field(body: dict[str, Any]) -> str:
     value = body.get("sku")
-    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+    if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
         raise InvalidRequest("sku must be a string matching ^[A-Za-z0-9_.:-]{1,64}$")
     return value
 

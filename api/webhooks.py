@@ -1,6 +1,6 @@
 """Webhook endpoints and the sender that works through each shard's delivery queue.
 
-``POST /v1/webhooks`` registers a URL for entity kinds (``cart``, ``stock``) and
+``POST /v1/webhooks`` registers a URL for entity kinds (``cart``, ``stock``, ...) and
 answers the signing secret once. Every process reloads the registrations every
 ``REGISTRY_REFRESH_S``, so deliveries start within that long of a registration.
 Each shard process sends the deliveries its drains queued: signed, at least
@@ -15,23 +15,37 @@ import asyncio
 import logging
 import time
 import urllib.parse
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import msgspec
 
 from omnigrid.actors.errors import GridError, InvalidRequest, Unavailable
+from omnigrid.actors.kinds import kinds
 from omnigrid.api import validation as v
 from omnigrid.api.handlers import Call
 from omnigrid.api.router import Router
 from omnigrid.api.signing import HEADER, sign
 from omnigrid.persistence.store import StoreUnavailable
-from omnigrid.persistence.webhooks import KINDS, Delivery, Webhook, WebhookStore
+from omnigrid.persistence.webhooks import Delivery, Webhook, WebhookStore
 
 log = logging.getLogger("omnigrid.webhooks")
 REGISTRY_REFRESH_S = 2.0
 POLL_S = 0.25
 SEND_BATCH = 100
 MAX_URL_CHARS = 2048
+
+
+class WebhookCreate(msgspec.Struct, kw_only=True):
+    """The document's shape of a registration (``register`` checks it)."""
+
+    url: Annotated[
+        str, msgspec.Meta(max_length=MAX_URL_CHARS, description="absolute http or https URL")
+    ]
+    events: Annotated[
+        list[str],
+        msgspec.Meta(min_length=1, description="entity kinds (api/openapi.py lists them)"),
+    ]
 
 
 class WebhookSender:
@@ -144,10 +158,11 @@ async def register(router: Router, call: Call) -> tuple[int, Any]:
         raise InvalidRequest("url must be an absolute http or https URL")
     if len(url) > MAX_URL_CHARS:
         raise InvalidRequest(f"url is limited to {MAX_URL_CHARS} characters")
-    kinds = body["events"]
-    if not isinstance(kinds, list) or not kinds or any(k not in KINDS for k in kinds):
-        raise InvalidRequest(f"events must be a non-empty list of {', '.join(KINDS)}")
-    hook: Webhook = await _in_thread(_store(router).register, url, sorted(set(kinds)))
+    events = body["events"]
+    names = [kind.name for kind in kinds()]  # every kind's changes are webhook events
+    if not isinstance(events, list) or not events or any(e not in names for e in events):
+        raise InvalidRequest(f"events must be a non-empty list of {', '.join(names)}")
+    hook: Webhook = await _in_thread(_store(router).register, url, sorted(set(events)))
     return 201, {**hook.public(), "secret": hook.secret}
 
 

@@ -48,8 +48,9 @@ class BehaviourLog:
             ]
         )
 
-    def timeline(self, uid: str, limit: int) -> list[dict[str, Any]]:
-        """The ``limit`` most recent items, behaviour and cart changes, oldest first."""
+    def timeline(self, uid: str, entity_key: str, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` most recent items, the uid's behaviour and the changes of
+        its entity ``entity_key`` (its cart), oldest first."""
         behaviour = self.db.query(
             "SELECT at, id, type, channel, data, event_id FROM omnigrid_behaviour "
             "WHERE uid = ? ORDER BY at DESC, id DESC LIMIT ?",
@@ -60,7 +61,7 @@ class BehaviourLog:
         changes = self.db.query(
             f"SELECT {at}, kind, op, channel, version, {view} FROM omnigrid_events "
             "WHERE key = ? ORDER BY version DESC LIMIT ?",
-            ("cart:" + uid, limit),
+            (entity_key, limit),
         )
         items: list[tuple[float, int, dict[str, Any]]] = []  # (at, arrival order, item)
         for when, row_id, kind, channel, data, event_id in behaviour:

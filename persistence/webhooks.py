@@ -20,8 +20,6 @@ import orjson
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.events import Event, rfc3339
 
-KINDS = ("cart", "stock")
-
 
 @dataclass(frozen=True, slots=True)
 class Webhook:

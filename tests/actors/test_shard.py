@@ -68,7 +68,7 @@ class Grid:
     def stocked(self, sku: str, on_hand: int) -> None:
         self.ok("stock.set", "stock:" + sku, channel="pos", on_hand=on_hand)
 
-    def reserve(self, sku: str, qty: int, ttl_s: float = 60.0, **kw: Any) -> str:
+    def reserve(self, sku: str, qty: int, ttl_s: int = 60, **kw: Any) -> str:
         result = self.ok("stock.reserve", "stock:" + sku, qty=qty, ttl_s=ttl_s, **kw)
         assert result.status == 201
         rid: str = result.body["reservation_id"]
@@ -120,9 +120,13 @@ def test_an_owned_key_on_a_two_shard_map_is_served() -> None:
     assert shard.apply(cmd("stock.set", key, on_hand=1)).status == 200
 
 
+AVAIL = "stock.available"
+
+
 def available(*keys: str) -> Command:
     """The stock kind's declared query of these keys, as the router sends it."""
-    return cmd(QUERY, keys[0] if keys else "stock:none", name="stock.available", keys=list(keys))
+    asks = dict.fromkeys(keys, "stock.available")
+    return cmd(QUERY, keys[0] if keys else "stock:none", asks=asks)
 
 
 def test_a_query_of_a_key_on_another_shard_answers_moved() -> None:
@@ -803,8 +807,16 @@ def test_query(g: Grid) -> None:
     # only what a kind declares may be asked, and only of that kind
     unknown = g.shard.apply(available("cart:u"))
     assert (unknown.status, unknown.code) == (422, "invalid_request")
-    not_declared = g.shard.apply(cmd(QUERY, "stock:a", name="stock.on_hand", keys=["stock:a"]))
+    not_declared = g.shard.apply(cmd(QUERY, "stock:a", asks={"stock:a": "stock.on_hand"}))
     assert (not_declared.status, not_declared.code) == (422, "invalid_request")
+    # one query may ask entities of several kinds, each its own kind's query
+    g.ok("cart.add", "cart:u", sku="a", qty=1, available=1)
+    mixed = g.shard.apply(cmd(QUERY, "cart:u", asks={"cart:u": "cart.skus", "stock:a": AVAIL}))
+    assert mixed.body == {"cart:u": ["a"], "stock:a": 1}
+    # a malformed query from a buggy peer is refused, not a crash of the batch
+    for bad in ({}, {"asks": ["stock:a"]}, {"asks": {"stock:a": 7}}):
+        refused = g.shard.apply(cmd(QUERY, "stock:a", **bad))
+        assert (refused.status, refused.code) == (422, "invalid_request"), bad
 
 
 def test_a_query_of_a_sku_only_ever_touched_by_a_refused_write_is_unknown(g: Grid) -> None:

@@ -8,7 +8,7 @@ import sys
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from omnigrid.api.routes import ROUTES
+from omnigrid.api.routes import all_routes
 from tests.api.test_contract import stock
 from tests.conftest import new_id, write_headers
 
@@ -40,7 +40,7 @@ def test_metrics_cover_every_process(client: httpx.Client) -> None:
 
 def test_openapi_documents_every_route(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
-    for route in ROUTES:
+    for route in all_routes():
         operation = doc["paths"][route.path][route.method.lower()]
         if route.name in ("put_stock", "adjust_stock", "reserve", "add_line", "set_line"):
             assert "requestBody" in operation, route.name

@@ -94,7 +94,8 @@ def test_moved_answer_makes_the_router_adopt_the_newer_map() -> None:
             assert router.slot_map.version == 2
             assert key in owner.entities and key not in local.entities
             # queries regroup by the new map too
-            assert await router.query("stock.available", [key, "stock:nope"]) == {
+            asks = {key: "stock.available", "stock:nope": "stock.available"}
+            assert await router.query(asks) == {
                 key: 3,
                 "stock:nope": None,
             }
