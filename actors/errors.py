@@ -32,8 +32,8 @@ def register_code(code: str, status: int, title: str) -> None:
     CODES[code] = (status, title)
 
 
-def status_of(code: str) -> int:
-    return CODES[code][0]
+def forget_code(code: str) -> None:
+    CODES.pop(code, None)
 
 
 class GridError(Exception):

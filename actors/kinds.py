@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from omnigrid.actors import cart, stock
 from omnigrid.actors.declaration import Kind, Refusal
-from omnigrid.actors.errors import COMMON_CODES, register_code
+from omnigrid.actors.errors import COMMON_CODES, forget_code, register_code
 
 _KINDS: dict[str, Kind] = {}
 
@@ -31,6 +31,17 @@ def register(kind: Kind) -> None:
     for refusal in kind.refusals:
         register_code(refusal.code, refusal.status, refusal.title)
     _KINDS[kind.name] = kind
+
+
+def unregister(kind: Kind) -> None:
+    """Take a kind out again (tests that register one of their own)."""
+    if _KINDS.get(kind.name) is not kind:
+        return
+    del _KINDS[kind.name]
+    in_use = {r.code for k in _KINDS.values() for r in k.refusals} | set(COMMON_CODES)
+    for refusal in kind.refusals:
+        if refusal.code not in in_use:
+            forget_code(refusal.code)
 
 
 def load(modules: Iterable[str]) -> None:

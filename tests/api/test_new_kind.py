@@ -28,12 +28,21 @@ from tests.conftest import Grid, new_id, write_headers
 from tests.inprocess import in_process_app, in_process_client
 from tests.kinds import counter
 
-kinds.register(counter.KIND)
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def counter_kind() -> Iterator[None]:
+    """The counter kind, registered in this process for this module's tests only."""
+    kinds.register(counter.KIND)
+    try:
+        yield
+    finally:
+        kinds.unregister(counter.KIND)
+
+
 @pytest.fixture()
-def local() -> Iterator[httpx.Client]:
+def local(counter_kind: None) -> Iterator[httpx.Client]:
     with in_process_client() as client:
         yield client
 
@@ -111,7 +120,12 @@ def test_a_new_kind_is_in_the_openapi_document(local: httpx.Client) -> None:
     assert "counter" in schemas["WebhookCreate"]["properties"]["events"]["items"]["enum"]
 
 
-COUNTER_SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", in_process_app()).include(
+@pytest.fixture()
+def counter_schema(counter_kind: None) -> Any:
+    return schemathesis.openapi.from_asgi("/openapi.json", in_process_app())
+
+
+COUNTER_SCHEMA = schemathesis.pytest.from_fixture("counter_schema").include(
     path_regex="^/v1/counters/"
 )
 
