@@ -31,7 +31,7 @@ BIG_SNAPSHOT_EVERY_S = 10.0
 
 class Backlog:
     def __init__(self) -> None:
-        self.events: deque[tuple[int, Event]] = deque()  # journaled, not yet logged
+        self.unstored: deque[tuple[int, Event]] = deque()  # journaled, not yet logged
         self.dirty: set[str] = set()  # changed since their last stored snapshot
         self.draining: set[str] = set()  # their snapshot is being stored right now
         # key -> journal number of its first change no stored snapshot holds:
@@ -40,7 +40,7 @@ class Backlog:
         self.big: dict[str, float] = {}  # big entities -> when last snapshotted
 
     def journaled(self, seq: int, event: Event) -> None:
-        self.events.append((seq, event))
+        self.unstored.append((seq, event))
         self.since.setdefault(event.key, seq)
 
     def pending(self, key: str) -> bool:
@@ -61,7 +61,7 @@ class Backlog:
         250,000 (a restart after a store outage) packed at once stalled it for
         seconds. The rest goes with the next drains.
         """
-        if not self.dirty and not self.events:
+        if not self.dirty and not self.unstored:
             return None
         # Every change not in the store must be snapshotted some day: a key
         # with one and not dirty (never expected) is made dirty, never left
@@ -79,7 +79,9 @@ class Backlog:
                 keys.add(key)
         self.dirty -= keys
         self.draining |= keys
-        taken = self.events if len(self.events) <= max_events else list(self.events)[:max_events]
+        taken = (
+            self.unstored if len(self.unstored) <= max_events else list(self.unstored)[:max_events]
+        )
         events = [event for _, event in taken]
         views = {event.key: event for event in events}  # latest event per key: its view
         snapshots = []
@@ -112,11 +114,11 @@ class Backlog:
         return Drain(keys, snapshots, events, upto, since)
 
     def empty(self) -> bool:
-        return not self.dirty and not self.events
+        return not self.dirty and not self.unstored
 
     def done(self, drain: Drain) -> int:
         """The store has the drain: forget its events; returns how far the journal may go."""
-        events = self.events
+        events = self.unstored
         while events and events[0][0] <= drain.upto:
             events.popleft()
         self.draining -= drain.keys

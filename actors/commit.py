@@ -51,7 +51,7 @@ class Commit:
         # kept and sent again once healed, never dropped
         self.keep_refused = keep_refused
         self.on_refused = on_refused
-        self.pending: list[Event] = []  # changed in this turn, not journaled yet
+        self.unjournaled: list[Event] = []  # changed in this turn, not journaled yet
         self.seq = journal.last_seq()  # the last number journaled
         # Told of every group of events once journaled (the live streams' hub).
         self.on_journaled: Callable[[list[Event]], None] | None = None
@@ -79,17 +79,17 @@ class Commit:
         run by reads and timers, async durability's acknowledged writes) wait
         in memory for ``heal``.
         """
-        if not self.pending:
+        if not self.unjournaled:
             return True
         if self._broken is not None:
             return False
-        events, self.pending = self.pending, []
+        events, self.unjournaled = self.unjournaled, []
         try:
             self.journal.append(self.seq + 1, events)
         except JournalUnavailable as e:
             self._break(e)
             if self.keep_refused:  # sent again once healed (a doubtful copy removed first)
-                self.pending = events + self.pending
+                self.unjournaled = events + self.unjournaled
             else:
                 self.on_refused({event.key for event in events})
             return False

@@ -10,7 +10,6 @@ commands is one turn: its events go to the journal as one group
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import time
 from collections import Counter
@@ -22,11 +21,13 @@ import msgspec
 from omnigrid.actors.backlog import Backlog
 from omnigrid.actors.commit import Commit, refused
 from omnigrid.actors.entity import Entity
-from omnigrid.actors.errors import GridError
 from omnigrid.actors.kinds import kinds, split_key
 from omnigrid.actors.protocol import MOVED, Command, Result
+from omnigrid.actors.recovery import recover, replay
 from omnigrid.actors.residency import Loader, Residency
+from omnigrid.actors.runner import run_command
 from omnigrid.actors.slots import SlotMap
+from omnigrid.actors.timers import Timers
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
 from omnigrid.persistence.store import StoreUnavailable
@@ -66,21 +67,14 @@ class Shard:
         self.entities = self.residency.entities  # the ones in memory
         self.durability = durability
         self.commands = Counter[str]()
-        # Timed work: a heap of (when, key) with at most one live entry per
-        # entity (``_scheduled``); a flash sale's 100,000 reservations of one
-        # SKU are one entry, not 100,000 to pop and push again on every tick.
-        self._deadlines: list[tuple[float, str]] = []
-        self._scheduled: dict[str, float] = {}
+        self.timers = Timers()  # when each entity next has timed work (actors/timers.py)
         # The write-behind's side (actors/backlog.py): journaled events not yet
         # in the store, and the entities changed since their last snapshot.
         self.backlog = Backlog()
-        self.outbox = self.backlog.events
-        self.dirty = self.backlog.dirty
-        self.draining = self.backlog.draining
-        self.max_queue = max_queue  # outbox events before writes are refused (0: no limit)
+        self.max_queue = max_queue  # unstored events before writes are refused (0: no limit)
         self.drain_keys = drain_keys  # snapshots per drain (events: ten times as many)
         # Entities whose memory held a change the journal refused: reloaded from
-        # the store plus the outbox on their next use.
+        # the store plus the unstored events on their next use.
         self.tainted: set[str] = set()
         self._store_logged = -STORE_LOG_EVERY_S
         # The turn's changes to the journal (actors/commit.py).
@@ -117,13 +111,13 @@ class Shard:
         """
         refusal = self._refusal()
         if refusal is not None:
-            return [self._apply(c) if self._is_read(c) else refusal for c in commands]
-        results = [self._apply(cmd) for cmd in commands]
+            return [self.apply_one(c) if self._is_read(c) else refusal for c in commands]
+        results = [self.apply_one(cmd) for cmd in commands]
         if self.durability == "sync" and not self.commit.flush():
             # The refused changes are gone from memory; a read that may have
             # seen one runs again on what the journal holds.
             answer = refused()
-            return [self._apply(c) if self._is_read(c) else answer for c in commands]
+            return [self.apply_one(c) if self._is_read(c) else answer for c in commands]
         return results
 
     def apply(self, cmd: Command) -> Result:
@@ -134,12 +128,12 @@ class Shard:
         refusal = self.commit.refusal()
         if refusal is not None:
             return refusal
-        if self.max_queue and len(self.outbox) >= self.max_queue:
+        if self.max_queue and len(self.backlog.unstored) >= self.max_queue:
             return Result(
                 503,
                 None,
                 "unavailable",
-                f"the write-behind queue is full ({len(self.outbox)} changes wait for the store)",
+                f"the write-behind queue is full ({self.unstored_count()} changes to store)",
             )
         return None
 
@@ -162,11 +156,12 @@ class Shard:
         for key in keys:
             self.residency.drop(key)
             self.backlog.forget(key)
-            self._scheduled.pop(key, None)
+            self.timers.forget(key)
         self.tainted |= keys
 
     def _entity(self, key: str) -> Entity | None:
-        """The entity from memory, the store, or (after a refused batch) both plus the outbox."""
+        """The entity from memory or the store; after a refused batch, the store's
+        snapshot plus its unstored (journaled) events."""
         if key not in self.tainted:
             return self.residency.get(key)
         entity = self.residency.load(key)
@@ -176,11 +171,11 @@ class Shard:
             assert kind is not None
             entity = kind.entity(key, ident)
         self.residency.put(key, entity)
-        self._replay(event for _, event in self.outbox if event.key == key)
+        replay(self, (event for _, event in self.backlog.unstored if event.key == key))
         if not entity.exists:
             self.residency.drop(key)
             return None
-        self._schedule(entity)
+        self.timers.schedule(entity)
         return entity
 
     def recover(
@@ -188,72 +183,11 @@ class Shard:
         events: Iterable[tuple[int, Event]],
         snapshots: Iterable[tuple[str, bytes]] = (),
     ) -> int:
-        """Rebuild state: the store's snapshots, then the journal after them.
+        """Rebuild state from the store's snapshots and the journal (actors/recovery.py)."""
+        return recover(self, events, snapshots)
 
-        A snapshot stands for every change up to its version; a journaled change
-        beyond it runs again at its own recorded time. Every change's command
-        carries the decisions it made (reservation ids, the availability a cart
-        line was checked against), so the same commands at the same clock reach
-        the same state, versions and idempotency records. Journaled changes
-        go back into the outbox: the store may not have them yet. Returns the
-        number of journaled events.
-        """
-        for key, data in snapshots:
-            if self.owns(key):
-                entity = self.residency.restore(key, data)
-                if entity is not None:
-                    self._schedule(entity)
-        count = 0
-        for seq, event in events:
-            if not self.owns(event.key):
-                # The journal is per shard: a grid restarted after a crash with
-                # another shard count would drop these changes. Refuse instead.
-                raise RuntimeError(
-                    f"shard {self.shard_id}'s journal holds a change to {event.key!r}, which "
-                    "another shard owns now: restart with the shard count it had, and stop "
-                    "it cleanly (that drains the journal) before changing it"
-                )
-            if self._replay((event,)):
-                self.backlog.since.setdefault(event.key, seq)  # not in the store yet
-            self.outbox.append((seq, event))
-            self.commit.seq = max(self.commit.seq, seq)
-            count += 1
-        return count
-
-    def _replay(self, events: Iterable[Event]) -> int:
-        """Run journaled changes again on the entities (skipping what they already hold).
-
-        Returns how many ran.
-        """
-        clock, pending = self.clock, self.commit.pending
-        self.commit.pending = []
-        ran = 0
-        try:
-            for event in events:
-                entity = self.residency.get(event.key)
-                if entity is not None and event.version <= entity.version:
-                    continue  # the snapshot has it
-                ran += 1
-                self.clock = lambda at=event.at: at  # type: ignore[misc]
-                if event.op.endswith(".expire"):
-                    if entity is not None:
-                        self._expire(entity, event.at)
-                else:
-                    self._apply(
-                        Command(
-                            event.op,
-                            event.key,
-                            dict(event.args),
-                            event.channel,
-                            event.idempotency_key,
-                            event.fingerprint,
-                        )
-                    )
-        finally:
-            self.clock, self.commit.pending = clock, pending
-        return ran
-
-    def _apply(self, cmd: Command) -> Result:
+    def apply_one(self, cmd: Command) -> Result:
+        """Run one command within the current turn (recovery replays through here)."""
         self.commands[cmd.op] += 1
         if cmd.op == QUERY:
             return self._query(cmd.args.get("asks"))
@@ -278,50 +212,18 @@ class Shard:
         if entity is None:
             entity = kind.entity(cmd.key, ident)
         else:
-            self._expire(entity, now)
-        if op.read:
-            try:
-                outcome = op.handler(entity, inp, cmd.channel, now)
-            except GridError as e:
-                return Result(e.status, None, e.code, e.detail)
-            return Result(outcome.status, outcome.body)
-
-        idem = cmd.idempotency_key
-        if idem is not None:
-            record = entity.idempotency.get(idem)
-            if record is not None:
-                if record.fingerprint != (cmd.fingerprint or ""):
-                    return Result(
-                        422,
-                        None,
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used with a different request",
-                    )
-                return Result(record.status, record.body, replayed=True)
-        if cmd.if_match is not None and cmd.if_match != entity.version:
-            return Result(
-                412,
-                None,
-                "version_conflict",
-                f"If-Match {cmd.if_match} but the current version is {entity.version}",
-            )
-        try:
-            outcome = op.handler(entity, inp, cmd.channel, now)
-        except GridError as e:
-            return Result(e.status, None, e.code, e.detail)
-        view: dict[str, Any] | None = None
-        if outcome.changed:
-            # The input as the handler left it: with its decisions (Op.decided).
-            args = msgspec.structs.asdict(inp) if inp is not None else {}
-            view = self._changed(entity, cmd.channel, cmd.op, now, cmd, args)
-        body = outcome.body if outcome.body is not None else (view or entity.view())
-        if idem is not None:
-            entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
-        if not stored and (outcome.changed or idem is not None):
+            self.expire(entity, now)
+        ran = run_command(op, entity, cmd, inp, now, self._record)
+        if not stored and (ran.changed or ran.remembered):
             self.residency.put(cmd.key, entity)
-        if idem is not None and not outcome.changed:
-            self.dirty.add(entity.key)  # the new idempotency record goes to the store
-        return Result(outcome.status, body)
+        if ran.remembered and not ran.changed:
+            self.backlog.dirty.add(entity.key)  # the new idempotency record goes to the store
+        return ran.result
+
+    def _record(
+        self, entity: Entity, cmd: Command, args: dict[str, Any], now: float
+    ) -> dict[str, Any]:
+        return self._changed(entity, cmd.channel, cmd.op, now, args, cmd)
 
     def _changed(
         self,
@@ -329,9 +231,10 @@ class Shard:
         channel: str,
         op: str,
         now: float,
+        args: dict[str, Any],
         cmd: Command | None = None,
-        args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A new version of the entity: its event joins the turn's unjournaled ones."""
         entity.version += 1
         entity.updated_at = now
         view = entity.view()
@@ -343,27 +246,19 @@ class Shard:
             op,
             now,
             view,
-            args or {},
+            args,
             cmd.idempotency_key if cmd is not None else None,
             cmd.fingerprint if cmd is not None else None,
         )
-        self.commit.pending.append(event)
-        self.dirty.add(entity.key)
-        self._schedule(entity)
+        self.commit.unjournaled.append(event)
+        self.backlog.dirty.add(entity.key)
+        self.timers.schedule(entity)
         return view
 
-    def _schedule(self, entity: Entity) -> None:
-        deadline = entity.next_deadline()
-        if deadline is None:
-            return
-        scheduled = self._scheduled.get(entity.key)
-        if scheduled is None or deadline < scheduled:
-            self._scheduled[entity.key] = deadline
-            heapq.heappush(self._deadlines, (deadline, entity.key))
-
-    def _expire(self, entity: Entity, now: float) -> None:
+    def expire(self, entity: Entity, now: float) -> None:
+        """The entity's timed work due by ``now`` (reservations expiring), as a change."""
         if entity.expire(now):
-            self._changed(entity, SYSTEM_CHANNEL, f"{entity.kind}.expire", now)
+            self._changed(entity, SYSTEM_CHANNEL, f"{entity.kind}.expire", now, {})
 
     def _query(self, asks: Any) -> Result:
         """Declared queries, key -> query name: key -> answer (``None``: never seen)."""
@@ -385,7 +280,7 @@ class Shard:
             if entity is None:
                 out[key] = None
             else:
-                self._expire(entity, now)
+                self.expire(entity, now)
                 out[key] = query(entity)
         return Result(200, out)
 
@@ -401,21 +296,18 @@ class Shard:
         """
         now = self.clock()
         touched = 0
-        heap = self._deadlines
-        while heap and heap[0][0] <= now and budget > 0:
-            when, key = heapq.heappop(heap)
-            if self._scheduled.get(key) != when:
-                continue  # superseded by an earlier deadline for the same entity
-            del self._scheduled[key]
+        for key in self.timers.pop_due(now):
             entity = self.entities.get(key)
             if entity is None:
                 continue
-            budget -= 1
             before = entity.version
-            self._expire(entity, now)
+            self.expire(entity, now)
             touched += entity.version != before
-            self._schedule(entity)
-        if self.commit.pending:
+            self.timers.schedule(entity)
+            budget -= 1
+            if budget <= 0:
+                break
+        if self.commit.unjournaled:
             self.commit.flush()  # expiries; async durability's changes
         over = self.residency.over_budget()
         if over:
@@ -427,14 +319,14 @@ class Shard:
     def pinned(self, key: str) -> bool:
         """Whether an entity must stay in memory: its latest state is not in the store
         yet, or it has timed work due (a reservation that expires by itself)."""
-        return self.pinned_by_writes(key) or key in self._scheduled
+        return self.pinned_by_writes(key) or key in self.timers
 
     def pinned_by_writes(self, key: str) -> bool:
         """Whether an entity has changes the store does not have yet."""
         return self.backlog.pending(key) or key in self.tainted
 
     def take_drain(self, force: bool = False) -> Drain | None:
-        """Snapshot the dirty entities and take the outbox, for the write-behind to store.
+        """Snapshot the dirty entities and take the unstored events, for the write-behind to store.
 
         Only journaled state goes: pending changes are flushed first (async
         durability), so a stored snapshot never holds a change the journal
@@ -461,6 +353,10 @@ class Shard:
             with contextlib.suppress(JournalUnavailable):
                 self.journal.trim(upto)
 
+    def unstored_count(self) -> int:
+        """Journaled events the store does not have yet."""
+        return len(self.backlog.unstored)
+
     def backlog_empty(self) -> bool:
         """Whether the store has everything (big entities not yet due count as waiting)."""
         return self.backlog.empty() and not self.tainted
@@ -471,7 +367,7 @@ class Shard:
 
     def due(self) -> bool:
         """Whether timed work is due now (``tick`` left some for the next slice)."""
-        return bool(self._deadlines) and self._deadlines[0][0] <= self.clock()
+        return self.timers.due(self.clock())
 
     # -- introspection ------------------------------------------------------------
 

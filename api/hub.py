@@ -121,10 +121,10 @@ class EventHub:
         return missed
 
     def history(self, key: str, after: int) -> list[Event]:
-        """Events of ``key`` after version ``after``: the event log, then the outbox."""
+        """Events of ``key`` after version ``after``: the event log, then the unstored events."""
         events = self.store.events_since(key, after, HISTORY_LIMIT)
         last = events[-1].version if events else after
-        pending = [e for _, e in self.shard.outbox if e.key == key and e.version > last]
+        pending = [e for _, e in self.shard.backlog.unstored if e.key == key and e.version > last]
         return events + pending
 
     def serve(self, cmd: Command) -> Result:

@@ -311,7 +311,7 @@ class GridNode:
                 if self.writebehind.failing_since is None
                 else round(time.monotonic() - self.writebehind.failing_since, 1)
             ),
-            "writebehind_queue": len(self.shard.outbox),
+            "writebehind_queue": len(self.shard.backlog.unstored),
         }
 
     async def audit(self) -> dict[str, Any]:
@@ -351,7 +351,7 @@ class GridNode:
             "mismatched": mismatched,
             "pending": pending,
             "passivated": len(shard.residency.cold),
-            "queued_events": len(shard.outbox),
+            "queued_events": len(shard.backlog.unstored),
             "examples": examples,
         }
 

@@ -45,19 +45,26 @@ def add_node_gauges(node: GridNode) -> None:
         "omnigrid_writebehind_queue_events",
         "Journaled changes not yet in the store (bounded by OMNIGRID_WRITEBEHIND_MAX_QUEUE).",
         [],
-        lambda: [([], float(len(node.shard.outbox)))],
+        lambda: [([], float(len(node.shard.backlog.unstored)))],
     )
     node.metrics.add_gauges(
         "omnigrid_writebehind_dirty_entities",
         "Entities changed since their last stored snapshot.",
         [],
-        lambda: [([], float(len(node.shard.dirty) + len(node.shard.draining)))],
+        lambda: [([], float(len(node.shard.backlog.dirty) + len(node.shard.backlog.draining)))],
     )
     node.metrics.add_gauges(
         "omnigrid_writebehind_oldest_seconds",
         "Age of the oldest change not yet in the store.",
         [],
-        lambda: [([], time.time() - node.shard.outbox[0][1].at if node.shard.outbox else 0.0)],
+        lambda: [
+            (
+                [],
+                time.time() - node.shard.backlog.unstored[0][1].at
+                if node.shard.backlog.unstored
+                else 0.0,
+            )
+        ],
     )
     node.metrics.add_gauges(
         "omnigrid_writebehind_failures",

@@ -9,7 +9,7 @@ what makes a change durable; the store is where it lives for good and where
 passivated entities come back from.
 
 When the store is down, drains fail and are retried: entities stay dirty,
-events stay in the outbox, the journal keeps everything. The outbox is
+events stay unstored, the journal keeps everything. The unstored events are
 bounded by the shard (``max_queue``): past it, writes answer 503 until the
 store catches up. A log line says when the store starts failing, every
 ten seconds while it does, and when it has caught up (persistence/outage.py).
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,8 +47,7 @@ class Drain:
 class DrainSource(Protocol):
     """The shard's side of the write-behind (actors.shard.Shard)."""
 
-    @property
-    def outbox(self) -> deque[tuple[int, Event]]: ...
+    def unstored_count(self) -> int: ...
 
     def take_drain(self, force: bool = False) -> Drain | None: ...
 
@@ -97,7 +95,7 @@ class WriteBehind:
 
         ``force`` snapshots big entities too, even if not due (audit, stop).
         """
-        async with self._lock:  # one drain at a time: the outbox is trimmed in order
+        async with self._lock:  # one drain at a time: the unstored events go in order
             drain = self.shard.take_drain(force)
             if drain is None:
                 return True
@@ -105,7 +103,7 @@ class WriteBehind:
                 await asyncio.to_thread(self._write, drain)
             except StoreUnavailable as e:
                 self.shard.drain_failed(drain)
-                self.outage.failed(e, f"{len(self.shard.outbox)} changes queued")
+                self.outage.failed(e, f"{self.shard.unstored_count()} changes queued")
                 return False
             self.shard.drain_done(drain)
             self.on_stored(drain.snapshots)

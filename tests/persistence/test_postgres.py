@@ -103,12 +103,14 @@ def test_blocked_writes_queue_up_and_drain_when_released(
     for _ in range(3):
         assert not asyncio.run(writebehind.drain())
     assert writebehind.failures == 3 and writebehind.failing_since is not None
-    assert len(shard.outbox) == 150 and shard.dirty
+    assert len(shard.backlog.unstored) == 150 and shard.backlog.dirty
     assert len(list(shard.journal.replay())) == 150, "nothing trimmed that is not stored"
 
     postgres.execute(f"GRANT INSERT, UPDATE ON {TABLES} TO {postgres.role}")
     assert asyncio.run(writebehind.drain())
-    assert not shard.outbox and not shard.dirty and writebehind.failing_since is None
+    assert (
+        not shard.backlog.unstored and not shard.backlog.dirty and writebehind.failing_since is None
+    )
     assert list(shard.journal.replay()) == []
     assert stored_matches_memory(store, shard)
     assert postgres.execute("SELECT count(*) FROM omnigrid_events") == [(250,)]
@@ -134,7 +136,7 @@ def test_a_killed_connection_is_replaced_on_the_next_drain(
     write_carts(shard, 10, 10)
     if not asyncio.run(writebehind.drain()):  # the dead connection fails one drain at most
         assert asyncio.run(writebehind.drain())
-    assert not shard.outbox and stored_matches_memory(store, shard)
+    assert not shard.backlog.unstored and stored_matches_memory(store, shard)
 
 
 def test_a_connection_cut_mid_transaction_is_retried_whole_on_a_new_one(

@@ -103,7 +103,11 @@ def test_drain_stores_snapshots_and_events_then_trims_the_journal(
     fill(node)
     assert node.journal_size() == 7
     assert node.drain()
-    assert node.journal_size() == 0 and not node.shard.outbox and not node.shard.dirty
+    assert (
+        node.journal_size() == 0
+        and not node.shard.backlog.unstored
+        and not node.shard.backlog.dirty
+    )
     db = sqlite3.connect(tmp_path / "store.sqlite3")
     events = db.execute(
         "SELECT key, version, channel, op FROM omnigrid_events ORDER BY at, key, version"
@@ -127,7 +131,10 @@ def test_recovery_is_the_snapshot_plus_the_journal_after_it(tmp_path: Path, cloc
     again = Node(tmp_path, clock)
     assert again.recovered == 2  # only the journal's tail ran again
     assert again.states() == before
-    assert again.shard.dirty == {"stock:a", "cart:u"}  # the store does not have the tail yet
+    assert again.shard.backlog.dirty == {
+        "stock:a",
+        "cart:u",
+    }  # the store does not have the tail yet
     # the idempotency record survived, and so did the reservation's expiry
     retry = again.run("stock.reserve", "stock:a", idem="r1", qty=3, ttl_s=60)
     assert retry.status == 201 and retry.body["reservation_id"] == rid
@@ -196,7 +203,7 @@ def test_a_journal_that_refuses_writes_answers_503_and_reads_keep_working(
     assert (refused.status, refused.code) == (503, "unavailable")
     again = node.run("cart.clear", "cart:u")
     assert again.status == 503  # at once, without trying the journal again
-    # reads: from memory, and the refused change left no trace (rebuilt from store + outbox)
+    # reads: from memory; the refused change left no trace (rebuilt: store + unstored events)
     assert node.ok("stock.get", "stock:a")["on_hand"] == 11
     assert node.states() == before
     db.execute("PRAGMA query_only = OFF")
@@ -251,14 +258,14 @@ def test_a_big_entity_is_snapshotted_rarely_and_the_journal_keeps_its_changes(
     node.ok("stock.reserve", "stock:hot", qty=5, ttl_s=600)  # journal number 2,003
     node.ok("stock.adjust", "stock:small", channel="pos", delta=1)
     assert node.drain()
-    assert node.shard.dirty == {"stock:hot"}, "the big one waits for its turn"
-    assert not node.shard.outbox, "its events still reached the event log"
+    assert node.shard.backlog.dirty == {"stock:hot"}, "the big one waits for its turn"
+    assert not node.shard.backlog.unstored, "its events still reached the event log"
     assert [seq for seq, _ in node.journal.replay()] == [2_003, 2_004]  # trimmed below it
 
     restarted = Node(tmp_path, clock)
     assert restarted.states() == node.states()
     assert asyncio.run(node.writebehind.drain(force=True))  # as audit and a clean stop do
-    assert not node.shard.dirty and node.journal_size() == 0
+    assert not node.shard.backlog.dirty and node.journal_size() == 0
     assert Node(tmp_path, clock).states() == node.states()
 
 
@@ -272,7 +279,9 @@ def test_a_big_backlog_drains_in_bounded_slices(tmp_path: Path, clock: Clock) ->
     node.shard.drain_failed(drain)
     assert not asyncio.run(node.writebehind.drain_all(rounds=2))  # 14 of 30 in two rounds
     journaled = {event.key for _, event in node.journal.replay()}
-    assert node.shard.dirty and node.shard.dirty <= journaled, "trimmed what is not stored"
+    assert node.shard.backlog.dirty and node.shard.backlog.dirty <= journaled, (
+        "trimmed what is not stored"
+    )
     assert Node(tmp_path, clock).states() == node.states()  # a restart half-way loses nothing
     assert asyncio.run(node.writebehind.drain_all())
     assert node.journal_size() == 0 and node.shard.backlog_empty()

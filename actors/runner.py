@@ -1,0 +1,74 @@
+"""Running one command on one entity: idempotency, If-Match, then its handler.
+
+The shard finds the entity and the op; this decides what the command answers
+and whether the entity changed. A change is handed to ``record`` (the shard:
+new version, event, journal), which answers the entity's new view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgspec
+
+from omnigrid.actors.declaration import Input, Op
+from omnigrid.actors.entity import Entity
+from omnigrid.actors.errors import GridError
+from omnigrid.actors.protocol import Command, Result
+
+# (entity, command, the input as the handler left it, now) -> the new view
+Record = Callable[[Entity, Command, dict[str, Any], float], dict[str, Any]]
+
+
+class Ran(NamedTuple):
+    result: Result
+    changed: bool = False  # the entity changed (record ran)
+    remembered: bool = False  # the entity holds a new idempotency record
+
+
+def run_command(
+    op: Op, entity: Entity, cmd: Command, inp: Input | None, now: float, record: Record
+) -> Ran:
+    """Run ``cmd`` on ``entity``: what it answers, and what it left on the entity."""
+    if op.read:
+        try:
+            outcome = op.handler(entity, inp, cmd.channel, now)
+        except GridError as e:
+            return Ran(Result(e.status, None, e.code, e.detail))
+        return Ran(Result(outcome.status, outcome.body))
+
+    idem = cmd.idempotency_key
+    if idem is not None:
+        record_of_key = entity.idempotency.get(idem)
+        if record_of_key is not None:
+            if record_of_key.fingerprint != (cmd.fingerprint or ""):
+                refused = Result(
+                    422,
+                    None,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                )
+                return Ran(refused)
+            return Ran(Result(record_of_key.status, record_of_key.body, replayed=True))
+    if cmd.if_match is not None and cmd.if_match != entity.version:
+        conflict = Result(
+            412,
+            None,
+            "version_conflict",
+            f"If-Match {cmd.if_match} but the current version is {entity.version}",
+        )
+        return Ran(conflict)
+    try:
+        outcome = op.handler(entity, inp, cmd.channel, now)
+    except GridError as e:
+        return Ran(Result(e.status, None, e.code, e.detail))
+    view: dict[str, Any] | None = None
+    if outcome.changed:
+        # The input as the handler left it: with its decisions (Op.decided).
+        args = msgspec.structs.asdict(inp) if inp is not None else {}
+        view = record(entity, cmd, args, now)
+    body = outcome.body if outcome.body is not None else (view or entity.view())
+    if idem is not None:
+        entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
+    return Ran(Result(outcome.status, body), outcome.changed, idem is not None)
