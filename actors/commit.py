@@ -12,7 +12,7 @@ the store and the journaled events), writes answer 503 with a fixed sentence
 and nothing is sent until ``heal`` has settled the journal. Settling fences
 any append still on its way and removes a doubtful group that landed after
 all, so a change answered as refused never comes back. A grid process heals
-from a worker thread (``heals_inline = False``: see api/node.py); tests and
+from a worker thread (``heals_inline = False``: see api/runtime/node.py); tests and
 tools heal on the next write.
 """
 

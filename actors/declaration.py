@@ -80,7 +80,7 @@ class Op:
 
 
 class Grid(Protocol):
-    """What a route's flow may ask of the grid (api/router.py is one)."""
+    """What a route's flow may ask of the grid (api/runtime/router.py is one)."""
 
     async def call(self, cmd: Command) -> Result: ...
 

@@ -373,7 +373,7 @@ def run_faults(
     grid.start()
     checks["after kill -9"] = check_carts(grid.url, run, tally)
     audit = subprocess.run(
-        [sys.executable, "-m", "omnigrid.api.cli", "audit", "--url", grid.url],
+        [sys.executable, "-m", "omnigrid.api.runtime.cli", "audit", "--url", grid.url],
         capture_output=True,
         text=True,
         timeout=300,

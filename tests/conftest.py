@@ -47,7 +47,7 @@ class Grid:
         """Start ``omnigrid serve`` (again) on this grid's port and stores."""
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "omnigrid.api.cli", "serve"),
+                *(sys.executable, "-m", "omnigrid.api.runtime.cli", "serve"),
                 *("--port", str(self.port), "--shards", str(self.shards)),
                 *("--data-dir", self.data_dir, "--log-level", "error"),
             ],

@@ -14,14 +14,16 @@ import httpx
 
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.api.app import GridApp
-from omnigrid.api.hub import EventHub
-from omnigrid.api.metrics import GridMetrics
-from omnigrid.api.openapi import docs_app
-from omnigrid.api.router import Router
-from omnigrid.api.services import Services
-from omnigrid.api.settings import DEFAULT_CHANNELS
-from omnigrid.api.streams import StreamServer
+from omnigrid.api.http.app import GridApp
+from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.metrics import GridMetrics
+from omnigrid.api.http.openapi import docs_app
+from omnigrid.api.http.routes import all_routes
+from omnigrid.api.http.streams import StreamServer
+from omnigrid.api.http.webhooks import WebhookEndpoints
+from omnigrid.api.runtime.hub import EventHub
+from omnigrid.api.runtime.router import Router
+from omnigrid.api.runtime.settings import DEFAULT_CHANNELS
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.store import SqliteStore
@@ -49,10 +51,16 @@ def in_process_app() -> GridApp:
     db = Database(sqlite_path=path)
     channels = frozenset(DEFAULT_CHANNELS)
     shard = Shard(0, SlotMap.even(1))
-    router = Router(shard, {}, Services(db, BehaviourLog(db), WebhookStore(db), channels))
+    router = Router(shard, {})
     hub = EventHub(shard, store, {}, lambda: router.slot_map)
     streams = StreamServer(hub, max_streams=100, heartbeat_s=15)
-    return GridApp(router, Operations(), GridMetrics(0), channels, docs_app(), streams=streams)
+    routes = all_routes(
+        WebhookEndpoints(WebhookStore(db)), BehaviourEndpoints(BehaviourLog(db), channels)
+    )
+    metrics = GridMetrics(0)
+    return GridApp(
+        router, routes, Operations(), metrics, channels, docs_app(routes), streams=streams
+    )
 
 
 class _SyncASGITransport(httpx.BaseTransport):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.api.hub import MAX_QUEUED, EventHub
+from omnigrid.api.runtime.hub import MAX_QUEUED, EventHub
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.store import SqliteStore
 

@@ -8,7 +8,7 @@ import sys
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from omnigrid.api.routes import all_routes
+from omnigrid.api.http.routes import all_routes
 from tests.api.test_contract import stock
 from tests.conftest import new_id, write_headers
 
@@ -63,14 +63,14 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
 
 def test_cli_help_lists_serve_and_settings() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "omnigrid.api.cli", "--help"],
+        [sys.executable, "-m", "omnigrid.api.runtime.cli", "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     assert "serve" in out and "OMNIGRID_SHARDS" in out and "RAY_ADDRESS" in out
     bad = subprocess.run(
-        [sys.executable, "-m", "omnigrid.api.cli", "serve", "--shards", "0"],
+        [sys.executable, "-m", "omnigrid.api.runtime.cli", "serve", "--shards", "0"],
         capture_output=True,
         text=True,
     )

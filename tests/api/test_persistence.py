@@ -42,7 +42,7 @@ def redis_postgres_grid(dsn: str, namespace: str) -> Grid:
 
 def audit(grid: Grid) -> tuple[int, str]:
     run = subprocess.run(
-        [sys.executable, "-m", "omnigrid.api.cli", "audit", "--url", grid.url],
+        [sys.executable, "-m", "omnigrid.api.runtime.cli", "audit", "--url", grid.url],
         capture_output=True,
         text=True,
         timeout=300,

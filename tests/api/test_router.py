@@ -16,12 +16,13 @@ from omnigrid.actors.errors import Overloaded, Unavailable
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SLOT_COUNT, SlotMap, slot_of
-from omnigrid.api.app import GridApp
-from omnigrid.api.metrics import GridMetrics
-from omnigrid.api.openapi import docs_app
-from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
-from omnigrid.api.router import Router
-from omnigrid.api.settings import DEFAULT_CHANNELS
+from omnigrid.api.http.app import GridApp
+from omnigrid.api.http.metrics import GridMetrics
+from omnigrid.api.http.openapi import docs_app
+from omnigrid.api.http.routes import all_routes
+from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
+from omnigrid.api.runtime.router import Router
+from omnigrid.api.runtime.settings import DEFAULT_CHANNELS
 
 
 def key_on(shard_map: SlotMap, shard: int, kind: str = "stock") -> str:
@@ -145,7 +146,9 @@ def test_http_answers_503_with_retry_after_when_the_owner_is_down() -> None:
         smap = SlotMap.even(2)
         dead = PeerAddress("node", "/nonexistent/omnigrid.sock", "127.0.0.1", 1)
         router = Router(Shard(1, smap), {0: link_to(dead)})
-        app = GridApp(router, _Ops(), GridMetrics(1), frozenset(DEFAULT_CHANNELS), docs_app())
+        app = GridApp(
+            router, all_routes(), _Ops(), GridMetrics(1), frozenset(DEFAULT_CHANNELS), docs_app()
+        )
         sku = key_on(smap, 0).removeprefix("stock:")
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://grid") as c:
@@ -163,7 +166,13 @@ def test_http_answers_429_when_too_much_is_in_progress() -> None:
         smap = SlotMap.even(1)
         router = Router(Shard(0, smap), {})
         app = GridApp(
-            router, _Ops(), GridMetrics(0), frozenset(DEFAULT_CHANNELS), docs_app(), max_inflight=1
+            router,
+            all_routes(),
+            _Ops(),
+            GridMetrics(0),
+            frozenset(DEFAULT_CHANNELS),
+            docs_app(),
+            max_inflight=1,
         )
         app.inflight = 1  # one request is already in progress
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]

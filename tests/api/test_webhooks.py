@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from omnigrid.api.signing import HEADER, verify
+from omnigrid.api.runtime.signing import HEADER, verify
 from tests.conftest import Grid, free_port, new_id, write_headers
 
 WAIT_S = 15.0

@@ -5,7 +5,7 @@ silos and Akka cluster members have): HTTP requests land on any process (one
 port shared with SO_REUSEPORT), run in place when this process owns the key
 and travel in micro-batches to the owner when it does not.
 
-``ShardProcess`` (api/process.py) is the class Ray runs as an actor. Ray
+``ShardProcess`` (api/runtime/process.py) is the class Ray runs as an actor. Ray
 re-runs its constructor when the process dies, so the constructor starts
 everything: a thread with its own event loop that serves HTTP, the peer
 stream and the shard's timed work. Ray's own calls (peer_address, info, metrics_text, audit, stop)
@@ -30,17 +30,19 @@ from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.api.app import GridApp
-from omnigrid.api.hub import HUB_OPS, EventHub
-from omnigrid.api.metrics import GridMetrics, merge_expositions
-from omnigrid.api.node_gauges import add_node_gauges
-from omnigrid.api.openapi import docs_app
-from omnigrid.api.peers import PeerAddress, PeerLink, serve_connection
-from omnigrid.api.router import Router
-from omnigrid.api.services import Services
-from omnigrid.api.settings import Settings
-from omnigrid.api.streams import StreamServer
-from omnigrid.api.webhooks import WebhookSender
+from omnigrid.api.http.app import GridApp
+from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.metrics import GridMetrics, merge_expositions
+from omnigrid.api.http.openapi import docs_app
+from omnigrid.api.http.routes import all_routes
+from omnigrid.api.http.streams import StreamServer
+from omnigrid.api.http.webhooks import WebhookEndpoints
+from omnigrid.api.runtime.hub import HUB_OPS, EventHub
+from omnigrid.api.runtime.node_gauges import add_node_gauges
+from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
+from omnigrid.api.runtime.router import Router
+from omnigrid.api.runtime.settings import Settings
+from omnigrid.api.runtime.webhook_sender import WebhookSender
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.hot_copy import HotCopy
@@ -73,45 +75,63 @@ class Directory(Protocol):
     async def control(self, shard_id: int, method: str) -> Any: ...
 
 
+def open_node(shard_id: int, settings: Settings, directory: Directory, node_id: str) -> GridNode:
+    """The composition root's I/O, in one place: load the configured kinds, open the
+    journal and the store, and recover the shard from them; then wire the node."""
+    load_kinds(settings.kind_modules)  # before recovery: the journal may hold their events
+    journal = open_journal(settings, shard_id)
+    store = open_store(settings)
+    slot_map = SlotMap.even(settings.shards)
+    shard = Shard(
+        shard_id,
+        slot_map,
+        journal,
+        loader=store.load,
+        max_resident=settings.max_resident,
+        max_queue=settings.writebehind_max_queue,
+        durability="async" if settings.durability == "async" else "sync",
+        drain_keys=settings.writebehind_batch,
+    )
+    started = time.monotonic()
+    replayed = shard.recover(journal.replay(), store.scan(slot_map.ranges(shard_id)))
+    recovery_s = time.monotonic() - started
+    log.info(
+        "shard %d recovered %d entities (%d more passivated) and %d journaled events "
+        "from %s and %s in %.2f s",
+        shard_id,
+        len(shard.entities),
+        len(shard.residency.cold),
+        replayed,
+        type(store).__name__,
+        type(journal).__name__,
+        recovery_s,
+    )
+    return GridNode(settings, directory, node_id, journal, store, shard, recovery_s)
+
+
 class GridNode:
+    """One process's parts, wired; its constructor opens nothing (``open_node`` does)."""
+
     def __init__(
-        self, shard_id: int, settings: Settings, directory: Directory, node_id: str
+        self,
+        settings: Settings,
+        directory: Directory,
+        node_id: str,
+        journal: Journal,
+        store: Store,
+        shard: Shard,
+        recovery_s: float,
     ) -> None:
+        shard_id = shard.shard_id
         self.shard_id = shard_id
         self.settings = settings
         self.directory = directory
         self.node_id = node_id
-        load_kinds(settings.kind_modules)  # before recovery: the journal may hold their events
-        self.journal = open_journal(settings, shard_id)
-        self.store = open_store(settings)
-        slot_map = SlotMap.even(settings.shards)
-        self.shard = Shard(
-            shard_id,
-            slot_map,
-            self.journal,
-            loader=self.store.load,
-            max_resident=settings.max_resident,
-            max_queue=settings.writebehind_max_queue,
-            durability="async" if settings.durability == "async" else "sync",
-            drain_keys=settings.writebehind_batch,
-        )
+        self.journal = journal
+        self.store = store
+        self.shard = shard
         self.shard.commit.heals_inline = False  # settled from a worker thread: see _heal_journal
-        started = time.monotonic()
-        replayed = self.shard.recover(
-            self.journal.replay(), self.store.scan(slot_map.ranges(shard_id))
-        )
-        self.recovery_s = time.monotonic() - started
-        log.info(
-            "shard %d recovered %d entities (%d more passivated) and %d journaled events "
-            "from %s and %s in %.2f s",
-            shard_id,
-            len(self.shard.entities),
-            len(self.shard.residency.cold),
-            replayed,
-            type(self.store).__name__,
-            type(self.journal).__name__,
-            self.recovery_s,
-        )
+        self.recovery_s = recovery_s
         self.metrics = GridMetrics(shard_id)
         self.writebehind = WriteBehind(
             self.shard,
@@ -149,28 +169,31 @@ class GridNode:
             if settings.postgres_dsn
             else Database(sqlite_path=os.path.join(settings.data_dir, "store.sqlite3"))
         )
-        self.services = Services(
-            database, BehaviourLog(database), WebhookStore(database), frozenset(settings.channels)
-        )
+        webhooks = WebhookStore(database)
         self.webhook_sender = WebhookSender(
             shard_id,
-            self.services.webhooks,
+            webhooks,
             settings.webhook_max_attempts,
             settings.webhook_backoff_s,
             settings.webhook_timeout_s,
         )
         self.writebehind.webhooks = self.webhook_sender.webhooks
         self.writebehind.shard_id = shard_id
-        self.router = Router(self.shard, self.links, self.services)
+        self.router = Router(self.shard, self.links)
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
         self.shard.commit.on_journaled = self.hub.on_journaled
         self.streams = StreamServer(self.hub, settings.max_streams, settings.stream_heartbeat_s)
+        channels = frozenset(settings.channels)
+        routes = all_routes(
+            WebhookEndpoints(webhooks), BehaviourEndpoints(BehaviourLog(database), channels)
+        )
         self.app = GridApp(
             self.router,
+            routes,
             self,
             self.metrics,
-            frozenset(settings.channels),
-            docs_app(),
+            channels,
+            docs_app(routes),
             settings.max_inflight,
             self.streams,
         )

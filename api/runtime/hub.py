@@ -29,7 +29,8 @@ from typing import Any
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.api.peers import PeerLink
+from omnigrid.api.http.streams import Subscription
+from omnigrid.api.runtime.peers import PeerLink
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.store import Store
 
@@ -51,16 +52,6 @@ def stream_wire(event: Event) -> list[Any]:
 
 def from_stream_wire(wire: list[Any]) -> Event:
     return Event(*wire[:7])
-
-
-class Subscription:
-    """One stream's inbox for one key."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.last = -1  # the last version this stream has sent (-1: none yet)
-        self.overflowed = False
 
 
 class EventHub:

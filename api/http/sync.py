@@ -31,12 +31,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from omnigrid.actors import cart
-from omnigrid.actors.declaration import ID_RE, MAX_COUNT, Id
+from omnigrid.actors.declaration import ID_RE, MAX_COUNT, Grid, Id
 from omnigrid.actors.errors import GridError, InvalidRequest
 from omnigrid.actors.protocol import Command
-from omnigrid.api import validation as v
-from omnigrid.api.handlers import Call, fingerprint
-from omnigrid.api.router import Router
+from omnigrid.api.http import validation as v
+from omnigrid.api.http.handlers import Call, fingerprint
 
 MAX_OPS = 500
 MAX_OP_ID_CHARS = 128
@@ -45,7 +44,7 @@ CONFLICTS = frozenset({"version_conflict", "insufficient_stock", "unknown_sku", 
 OP_FIELDS = {"op_id", "op", "uid", "sku", "qty", "base_version", "at"}
 
 
-# -- the document's shapes (api/openapi.py); the checks are below -------------------
+# -- the document's shapes (api/http/openapi.py); the checks are below -------------------
 
 
 class SyncOp(msgspec.Struct, kw_only=True):
@@ -90,7 +89,7 @@ class SyncAnswer(msgspec.Struct, kw_only=True):
     results: list[SyncResult]
 
 
-async def sync(router: Router, call: Call) -> tuple[int, Any]:
+async def sync(grid: Grid, call: Call) -> tuple[int, Any]:
     body = v.json_object(call.body)
     v.fields(body, {"client_id", "ops"})
     client_id = body["client_id"]
@@ -99,25 +98,25 @@ async def sync(router: Router, call: Call) -> tuple[int, Any]:
     ops = body["ops"]
     if not isinstance(ops, list) or not 1 <= len(ops) <= MAX_OPS:
         raise InvalidRequest(f"ops must be a list of 1 to {MAX_OPS} operations")
-    results = [await _run(router, call.channel, client_id, op) for op in ops]
+    results = [await _run(grid, call.channel, client_id, op) for op in ops]
     return 200, {"client_id": client_id, "results": results}
 
 
-async def _run(router: Router, channel: str, client_id: str, op: Any) -> dict[str, Any]:
+async def _run(grid: Grid, channel: str, client_id: str, op: Any) -> dict[str, Any]:
     op_id = op.get("op_id") if isinstance(op, dict) else None
     out: dict[str, Any] = {"op_id": op_id, "status": "", "code": None, "detail": None}
     try:
         if not isinstance(op_id, str) or not 1 <= len(op_id) <= MAX_OP_ID_CHARS:
             raise InvalidRequest(f"op_id must be a string of 1 to {MAX_OP_ID_CHARS} characters")
-        cmd = await _command(router, channel, client_id, op)
+        cmd = await _command(grid, channel, client_id, op)
     except GridError as err:
         return {**out, "status": "rejected", "code": err.code, "detail": err.detail}
-    result = await router.call(cmd)
+    result = await grid.call(cmd)
     if result.ok:
         status = "duplicate" if result.replayed else "applied"
         return {**out, "status": status, "version": result.body["version"]}
     if result.code in CONFLICTS:
-        current = await router.call(Command("cart.get", cmd.key))
+        current = await grid.call(Command("cart.get", cmd.key))
         view = current.body if current.ok else None
         return {
             **out,
@@ -132,7 +131,7 @@ async def _run(router: Router, channel: str, client_id: str, op: Any) -> dict[st
     return {**out, "status": "rejected", "code": result.code, "detail": result.detail}
 
 
-async def _command(router: Router, channel: str, client_id: str, op: dict[str, Any]) -> Command:
+async def _command(grid: Grid, channel: str, client_id: str, op: dict[str, Any]) -> Command:
     v.fields(op, {"op_id", "op", "uid"}, OP_FIELDS - {"op_id", "op", "uid"})
     name = op["op"]
     if name not in CART_OPS:
@@ -161,7 +160,7 @@ async def _command(router: Router, channel: str, client_id: str, op: dict[str, A
             raise InvalidRequest(f"{name}: {e}") from None
         if "available" in args:  # add, set: checked against the SKU's live availability
             sku = args["sku"]
-            args["available"] = (await cart.availability(router, [sku]))[sku] if args["qty"] else 0
+            args["available"] = (await cart.availability(grid, [sku]))[sku] if args["qty"] else 0
     content = {k: op.get(k) for k in ("op", "uid", "sku", "qty", "base_version")}
     return Command(
         name,

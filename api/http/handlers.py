@@ -19,12 +19,11 @@ from typing import Any, cast
 import msgspec
 import orjson
 
-from omnigrid.actors.declaration import Input, Kind, Op
+from omnigrid.actors.declaration import Grid, Input, Kind, Op
 from omnigrid.actors.declaration import Route as KindRoute
 from omnigrid.actors.errors import InvalidRequest
 from omnigrid.actors.protocol import Command
-from omnigrid.api import validation as v
-from omnigrid.api.router import Router
+from omnigrid.api.http import validation as v
 
 
 @dataclass(slots=True)
@@ -46,7 +45,7 @@ class Call:
         return v.integer({name: int(values[0])}, name, low, high)
 
 
-Handler = Callable[[Router, Call], Awaitable[tuple[int, Any]]]
+Handler = Callable[[Grid, Call], Awaitable[tuple[int, Any]]]
 
 
 def fingerprint(op: str, key: str, body: dict[str, Any]) -> str:
@@ -87,7 +86,7 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
     # What the client may not send in the body: path fields and the grid's decisions.
     not_in_body = set(route.path_fields.values()) | op.decided
 
-    async def handle(router: Router, call: Call) -> tuple[int, Any]:
+    async def handle(grid: Grid, call: Call) -> tuple[int, Any]:
         key = kind.key(v.identifier(call.params[kind.ident], kind.ident))
         from_path = {
             name: v.identifier(call.params[param], name)
@@ -114,6 +113,6 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
             # path's fields), so a retry matches whatever defaults fill in later.
             fp = fingerprint(op.name, key, {**from_path, **body}) if call.idempotency_key else None
             cmd = Command(op.name, key, args, call.channel, call.idempotency_key, fp, call.if_match)
-        return await route.flow(router, cmd)
+        return await route.flow(grid, cmd)
 
     return handle

@@ -2,7 +2,7 @@
 
 Ray places the shard processes, restarts one whose process dies
 (``max_restarts=-1``) and tells each process where the others listen. It is
-kept off the per-request path: requests travel over api/peers.py streams.
+kept off the per-request path: requests travel over api/runtime/peers.py streams.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import ray
 
-from omnigrid.api.peers import PeerAddress
-from omnigrid.api.process import ShardProcess
-from omnigrid.api.settings import Settings
+from omnigrid.api.runtime.peers import PeerAddress
+from omnigrid.api.runtime.process import ShardProcess
+from omnigrid.api.runtime.settings import Settings
 
 log = logging.getLogger("omnigrid.cluster")
 # Shards recover from the store and the journal before they answer: a million

@@ -18,9 +18,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from omnigrid.api.node import AUDIT_TIMEOUT_S, CONTROL_TIMEOUT_S, GridNode
-from omnigrid.api.peers import PeerAddress
-from omnigrid.api.settings import Settings
+from omnigrid.api.runtime.node import AUDIT_TIMEOUT_S, CONTROL_TIMEOUT_S, open_node
+from omnigrid.api.runtime.peers import PeerAddress
+from omnigrid.api.runtime.settings import Settings
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ class ShardProcess:
     """The Ray actor: runs a ``GridNode`` on a thread with its own event loop."""
 
     def __init__(self, shard_id: int, settings: dict[str, Any]) -> None:
-        from omnigrid.api.cluster import RayDirectory, local_node_id
+        from omnigrid.api.runtime.cluster import RayDirectory, local_node_id
 
         logging.basicConfig(level=settings.get("log_level", "warning").upper())
         # Ray starts its workers at nice 15 (below the raylet); a shard answers
@@ -39,7 +39,7 @@ class ShardProcess:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
         self.settings = Settings.from_dict(settings)
         self.loop = _new_loop()
-        self.node = GridNode(
+        self.node = open_node(
             shard_id, self.settings, RayDirectory(self.settings.namespace), local_node_id()
         )
         started = threading.Event()

@@ -1,4 +1,4 @@
-"""``/openapi.json`` and ``/docs``: the route table (api/routes.py), documented.
+"""``/openapi.json`` and ``/docs``: the route table (api/http/routes.py), documented.
 
 The document is built from the table, not from stubs: each route's path and
 header parameters, its body and answer schemas (msgspec generates them from
@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from omnigrid.actors.declaration import ID_PATTERN
 from omnigrid.actors.errors import CODES
 from omnigrid.actors.kinds import kinds
-from omnigrid.api.behaviour import MAX_TIMELINE
-from omnigrid.api.routes import Route, all_routes
+from omnigrid.api.http.behaviour import MAX_TIMELINE
+from omnigrid.api.http.routes import Route, all_routes
 
 REF = "#/components/schemas/{name}"
 # Event streams check their id and their capacity before they start.
@@ -150,13 +150,14 @@ def document(routes: tuple[Route, ...] | None = None) -> dict[str, Any]:
     }
 
 
-def docs_app() -> FastAPI:
-    """Serves ``/openapi.json`` and the ``/docs`` page for the routes registered now."""
+def docs_app(routes: tuple[Route, ...] | None = None) -> FastAPI:
+    """Serves ``/openapi.json`` and the ``/docs`` page for these routes (default: the
+    kinds registered now and the grid's own)."""
     app = FastAPI(
         title="omnigrid",
         version="1",
         description="The live state grid behind every retail channel (contract v1).",
     )
-    doc = document()
+    doc = document(routes)
     app.openapi = lambda: doc  # type: ignore[method-assign]
     return app

@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import replace
 
 from omnigrid.actors.kinds import load as load_kinds
-from omnigrid.api.settings import DEFAULT_CHANNELS, Settings
+from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
 
 VERSION = "0.1.0"
 
@@ -144,7 +144,7 @@ def serve_grid(settings: Settings) -> int:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from omnigrid.api.cluster import init_ray, start_shards, stop_shards
+    from omnigrid.api.runtime.cluster import init_ray, start_shards, stop_shards
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,18 +21,37 @@ import asyncio
 import contextlib
 import urllib.parse
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from omnigrid.actors.declaration import Kind
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded, Unavailable
-from omnigrid.api import validation as v
-from omnigrid.api.hub import EventHub, Subscription
-from omnigrid.api.problems import PROBLEM_CONTENT_TYPE, RETRY_AFTER_S, from_error, retry_after
+from omnigrid.api.http import validation as v
+from omnigrid.api.http.problems import error_response
 from omnigrid.persistence.events import Event, rfc3339
 
 Scope = MutableMapping[str, Any]
+
+
+class Subscription:
+    """One stream's inbox for one key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.last = -1  # the last version this stream has sent (-1: none yet)
+        self.overflowed = False
+
+
+class Source(Protocol):
+    """Where a stream's events come from (api/runtime/hub.py: the owner's, across processes)."""
+
+    async def subscribe(self, key: str) -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    async def since(self, key: str, after: int) -> list[Event]: ...
 
 
 def parse_cursor(raw: str, kind: str) -> int:
@@ -63,7 +82,7 @@ def encode(event: Event) -> bytes:
 
 
 class StreamServer:
-    def __init__(self, hub: EventHub, max_streams: int, heartbeat_s: float) -> None:
+    def __init__(self, hub: Source, max_streams: int, heartbeat_s: float) -> None:
         self.hub = hub
         self.max_streams = max_streams
         self.heartbeat_s = heartbeat_s
@@ -107,10 +126,7 @@ class StreamServer:
             raise Unavailable(f"the owner of {key} cannot be reached ({type(e).__name__})") from e
 
     async def _refuse(self, send: Any, err: GridError, instance: str) -> None:
-        status, body = from_error(err, instance)
-        headers = [(b"content-type", PROBLEM_CONTENT_TYPE)]
-        if retry_after(status):
-            headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
+        status, body, headers = error_response(err, instance)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -17,12 +17,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from omnigrid.actors import cart
-from omnigrid.actors.declaration import MAX_COUNT, Id
+from omnigrid.actors.declaration import MAX_COUNT, Grid, Id
 from omnigrid.actors.errors import InvalidRequest, Unavailable
-from omnigrid.api import validation as v
-from omnigrid.api.handlers import Call
-from omnigrid.api.router import Router
-from omnigrid.persistence.behaviour import TYPES
+from omnigrid.api.http import validation as v
+from omnigrid.api.http.handlers import Call
+from omnigrid.persistence.behaviour import TYPES, BehaviourLog
 from omnigrid.persistence.store import StoreUnavailable
 
 log = logging.getLogger("omnigrid.behaviour")
@@ -47,7 +46,7 @@ MAX_EVENT_ID_CHARS = 128
 MAX_AMOUNT = 1e12
 
 
-# -- the document's shapes (api/openapi.py); the checks are below -------------------
+# -- the document's shapes (api/http/openapi.py); the checks are below -------------------
 
 
 class BehaviourEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -146,40 +145,44 @@ def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict
     }
 
 
-async def post_events(router: Router, call: Call) -> tuple[int, Any]:
-    body = v.json_object(call.body)
-    v.fields(body, {"uid", "events"})
-    if not isinstance(body["uid"], str):
-        raise InvalidRequest("uid must be a string")
-    uid = v.identifier(body["uid"], "uid")
-    raw = body["events"]
-    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_EVENTS:
-        raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS} events")
-    now = time.time()
-    channels = router.services.channels if router.services else frozenset({call.channel})
-    events = [_event(e, call.channel, channels, now) for e in raw]
-    behaviour = _services(router).behaviour
-    try:
-        await asyncio.to_thread(behaviour.append, uid, events)
-    except StoreUnavailable as e:
-        log.warning("the behaviour log cannot be written: %s", e)
-        raise Unavailable("the behaviour log cannot be written right now; retry later") from e
-    return 202, {"uid": uid, "accepted": len(events)}
+class BehaviourEndpoints:
+    """The endpoints, over the behaviour log in the store (``None``: this process has
+    none) and the channel registry events are checked against."""
 
+    def __init__(self, log: BehaviourLog | None, channels: frozenset[str]) -> None:
+        self._log = log
+        self.channels = channels
 
-async def timeline(router: Router, call: Call) -> tuple[int, Any]:
-    uid = v.identifier(call.params["uid"], "uid")
-    limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
-    behaviour = _services(router).behaviour
-    try:
-        items = await asyncio.to_thread(behaviour.timeline, uid, cart.KIND.key(uid), limit)
-    except StoreUnavailable as e:
-        log.warning("the timeline cannot be read: %s", e)
-        raise Unavailable("the timeline cannot be read right now; retry later") from e
-    return 200, {"uid": uid, "items": items}
+    @property
+    def log(self) -> BehaviourLog:
+        if self._log is None:
+            raise Unavailable("this process has no store")
+        return self._log
 
+    async def post_events(self, grid: Grid, call: Call) -> tuple[int, Any]:
+        body = v.json_object(call.body)
+        v.fields(body, {"uid", "events"})
+        if not isinstance(body["uid"], str):
+            raise InvalidRequest("uid must be a string")
+        uid = v.identifier(body["uid"], "uid")
+        raw = body["events"]
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_EVENTS:
+            raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS} events")
+        now = time.time()
+        events = [_event(e, call.channel, self.channels, now) for e in raw]
+        try:
+            await asyncio.to_thread(self.log.append, uid, events)
+        except StoreUnavailable as e:
+            log.warning("the behaviour log cannot be written: %s", e)
+            raise Unavailable("the behaviour log cannot be written right now; retry later") from e
+        return 202, {"uid": uid, "accepted": len(events)}
 
-def _services(router: Router) -> Any:
-    if router.services is None:
-        raise Unavailable("this process has no store")
-    return router.services
+    async def timeline(self, grid: Grid, call: Call) -> tuple[int, Any]:
+        uid = v.identifier(call.params["uid"], "uid")
+        limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
+        try:
+            items = await asyncio.to_thread(self.log.timeline, uid, cart.KIND.key(uid), limit)
+        except StoreUnavailable as e:
+            log.warning("the timeline cannot be read: %s", e)
+            raise Unavailable("the timeline cannot be read right now; retry later") from e
+        return 200, {"uid": uid, "items": items}

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from omnigrid.api.node import GridNode
+    from omnigrid.api.runtime.node import GridNode
 
 
 def add_node_gauges(node: GridNode) -> None:

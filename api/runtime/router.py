@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omnigrid.actors.errors import GridError, Unavailable
 from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.shard import QUERY, Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.api.peers import PeerLink
-
-if TYPE_CHECKING:
-    from omnigrid.api.services import Services
+from omnigrid.api.runtime.peers import PeerLink
 
 MAX_REDIRECTS = 3
 REDIRECT_PAUSE_S = 0.05
 
 
 class Router:
-    def __init__(
-        self, shard: Shard, links: dict[int, PeerLink], services: Services | None = None
-    ) -> None:
+    def __init__(self, shard: Shard, links: dict[int, PeerLink]) -> None:
         self.shard = shard
         self.links = links
-        self.services = services  # the store's other tables (behaviour log, webhooks)
         self.slot_map = shard.slot_map
         self._local: list[tuple[Command, asyncio.Future[Result]]] = []
 

@@ -4,7 +4,7 @@ The hot path is pure ASGI: match the route from a table, read headers and
 body once, check size, channel and versions, run the handler, write orjson.
 No per-request model building and no middleware stack. ``/docs`` and
 ``/openapi.json`` are served by a FastAPI app that documents the same table
-(api/openapi.py).
+(api/http/openapi.py).
 """
 
 from __future__ import annotations
@@ -16,33 +16,28 @@ from typing import Any, Protocol
 
 import orjson
 
+from omnigrid.actors.declaration import Grid
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded
-from omnigrid.api import validation as v
-from omnigrid.api.handlers import Call
-from omnigrid.api.metrics import GridMetrics
-from omnigrid.api.problems import (
-    PROBLEM_CONTENT_TYPE,
-    RETRY_AFTER_S,
-    from_error,
-    problem_bytes,
-    retry_after,
-)
-from omnigrid.api.router import Router
-from omnigrid.api.routes import Route, RouteTable
-from omnigrid.api.streams import StreamServer
+from omnigrid.api.http import validation as v
+from omnigrid.api.http.handlers import Call
+from omnigrid.api.http.metrics import GridMetrics
+from omnigrid.api.http.problems import error_response, problem_response
+from omnigrid.api.http.routes import Route, RouteTable
+from omnigrid.api.http.streams import StreamServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-# status, body, content type, extra headers, channel label, problem code (None: success)
-Answer = tuple[int, bytes, bytes, list[tuple[bytes, bytes]], str, str | None]
+# status, body, headers (the content type among them), channel label, problem code
+# (None: success)
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]], str, str | None]
 
 log = logging.getLogger("omnigrid.api")
 
-JSON = b"application/json"
-TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+JSON = [(b"content-type", b"application/json")]
+TEXT = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 DOCS_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -65,7 +60,8 @@ class _Disconnected(Exception):
 class GridApp:
     def __init__(
         self,
-        router: Router,
+        grid: Grid,
+        routes: tuple[Route, ...],
         operations: Operations,
         metrics: GridMetrics,
         channels: frozenset[str],
@@ -77,14 +73,14 @@ class GridApp:
             raise ValueError("the channel registry must name at least one channel")
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
-        self.router = router
+        self.grid = grid
         self.operations = operations
         self.metrics = metrics
         self.channels = channels
         self.docs = docs
         self.max_inflight = max_inflight
         self.inflight = 0
-        self.table = RouteTable()
+        self.table = RouteTable(routes)
         self.streams = streams  # long-lived: counted apart from max_inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,7 +99,7 @@ class GridApp:
             return
         self.inflight += 1
         try:
-            status, body, content_type, headers, channel, error_code = await self._dispatch(
+            status, body, headers, channel, error_code = await self._dispatch(
                 route, params, path_known, scope, receive
             )
         except _Disconnected:
@@ -112,7 +108,6 @@ class GridApp:
             self.inflight -= 1
         if error_code is not None:
             self.metrics.error(channel, name, error_code)
-        headers.append((b"content-type", content_type))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -174,39 +169,34 @@ class GridApp:
                 v.if_match(if_match_raw),
                 scope.get("query_string", b""),
             )
-            status, answer = await route.handler(self.router, call)
-            headers: list[tuple[bytes, bytes]] = []
+            status, answer = await route.handler(self.grid, call)
+            headers = list(JSON)
             if route.etag:
                 headers.append((b"etag", b'"%d"' % answer["version"]))
-            return status, orjson.dumps(answer), JSON, headers, channel, None
+            return status, orjson.dumps(answer), headers, channel, None
         except GridError as err:
-            code = err.code
-            status, doc = from_error(err, instance)
+            return (*error_response(err, instance), channel, err.code)
         except _Disconnected:
             raise
         except Exception:  # a bug, never the client's fault: log it, show no trace
             log.exception("unhandled error on %s %s", scope["method"], instance)
             code = "internal_error"
-            status, doc = 500, problem_bytes(500, code, "an internal error", instance)
-        headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)] if retry_after(status) else []
-        return status, doc, PROBLEM_CONTENT_TYPE, headers, channel, code
+            return (*problem_response(500, code, "an internal error", instance), channel, code)
 
     async def _operations(self, route: Route) -> Answer:
         if route.name == "healthz":
-            return 200, b'{"status":"ok"}', JSON, [], "none", None
+            return 200, b'{"status":"ok"}', list(JSON), "none", None
         if route.name == "readyz":
             ok, details = await self.operations.ready()
             if ok:
-                return 200, orjson.dumps({"status": "ready", **details}), JSON, [], "none", None
-            doc = orjson.loads(problem_bytes(503, "unavailable", "the grid is not ready"))
-            headers = [(b"retry-after", b"%d" % RETRY_AFTER_S)]
-            body = orjson.dumps({**doc, **details})
-            return 503, body, PROBLEM_CONTENT_TYPE, headers, "none", "unavailable"
+                return 200, orjson.dumps({"status": "ready", **details}), list(JSON), "none", None
+            refusal = problem_response(503, "unavailable", "the grid is not ready", None, details)
+            return (*refusal, "none", "unavailable")
         if route.name == "metrics":
-            return 200, (await self.operations.exposition()).encode(), TEXT, [], "none", None
+            return 200, (await self.operations.exposition()).encode(), list(TEXT), "none", None
         if route.name == "audit":
-            return 200, orjson.dumps(await self.operations.audit_all()), JSON, [], "none", None
-        return 200, orjson.dumps(await self.operations.cluster()), JSON, [], "none", None
+            return 200, orjson.dumps(await self.operations.audit_all()), list(JSON), "none", None
+        return 200, orjson.dumps(await self.operations.cluster()), list(JSON), "none", None
 
 
 async def _read_body(receive: Receive) -> bytes:
