@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from omnigrid.actors import cart, stock
 from omnigrid.actors.errors import Overloaded, Unavailable
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
@@ -186,3 +187,52 @@ def test_http_answers_429_when_too_much_is_in_progress() -> None:
 
 def test_every_slot_has_an_owner() -> None:
     assert len(SlotMap.even(3).owners) == SLOT_COUNT
+
+
+class CountingGrid:
+    """The router, with every owner round trip a flow makes written down in order."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.trips: list[tuple[str, Any]] = []
+
+    async def call(self, cmd: Command) -> Any:
+        self.trips.append(("call", cmd.op))
+        return await self.router.call(cmd)
+
+    async def query(self, asks: Any) -> dict[str, Any]:
+        self.trips.append(("query", dict(asks)))
+        return await self.router.query(asks)
+
+
+def test_a_cart_add_costs_two_owner_round_trips() -> None:
+    async def scenario() -> None:
+        smap = SlotMap.even(2)
+        owner, local = Shard(0, smap), Shard(1, smap)  # stock and carts on both shards
+        async with peer_server(owner) as address:
+            grid = CountingGrid(Router(local, {0: link_to(address)}))
+            skus = ["a", "b", "c"]
+            for sku in skus:
+                await grid.router.call(Command("stock.set", f"stock:{sku}", {"on_hand": 5}, "pos"))
+            for sku in ("a", "b"):
+                add = Command("cart.add", "cart:u", {"sku": sku, "qty": 1}, "app")
+                await cart.checked_line(grid, add)
+            grid.trips.clear()
+            add = Command("cart.add", "cart:u", {"sku": "c", "qty": 2}, "app")
+            status, view = await cart.checked_line(grid, add)
+            assert grid.trips == [
+                # 1: the SKU's availability and the cart's lines, at once
+                ("query", {"stock:c": stock.AVAILABLE, "cart:u": cart.LINE_SKUS}),
+                # 2: the add, and at the same time the other lines' availability
+                ("call", "cart.add"),
+                ("query", {"stock:a": stock.AVAILABLE, "stock:b": stock.AVAILABLE}),
+            ]
+            assert status == 200
+            assert [(ln["sku"], ln["qty"], ln["available"]) for ln in view["lines"]] == [
+                ("a", 1, 5),
+                ("b", 1, 5),
+                ("c", 2, 5),
+            ]
+            await grid.router.links[0].close()
+
+    run(scenario)
