@@ -117,6 +117,7 @@ class Route:
     refusals: tuple[str, ...] = ()  # codes beyond those every route can answer
     # Path parameters (besides the ident) that are input fields, and their field names.
     path_fields: Mapping[str, str] = field(default_factory=dict)
+    query_fields: tuple[str, ...] = ()  # input fields read from the query string
     flow: Flow = one_call
 
     @property

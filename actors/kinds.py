@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from omnigrid.actors import cart, stock
+from omnigrid.actors import cart, member, stock
 from omnigrid.actors.declaration import Kind, Refusal
 from omnigrid.actors.errors import COMMON_CODES, forget_code, register_code
 
@@ -28,6 +28,13 @@ def register(kind: Kind) -> None:
     for route in kind.routes:
         if (route.method, route.path) in paths or route.name in names:
             raise ValueError(f"{kind.name}: route {route.name} is taken")
+    if kind.stream is not None:  # kinds may share a stream path: the same stream
+        same = (kind.stream.path, kind.stream.name, kind.ident)
+        for other in _KINDS.values():
+            if other.stream is None or other.stream.path != kind.stream.path:
+                continue
+            if (other.stream.path, other.stream.name, other.ident) != same:
+                raise ValueError(f"{kind.name}: stream {kind.stream.path} is taken")
     for refusal in kind.refusals:
         register_code(refusal.code, refusal.status, refusal.title)
     _KINDS[kind.name] = kind
@@ -73,3 +80,4 @@ def refusals() -> tuple[Refusal, ...]:
 
 register(stock.KIND)
 register(cart.KIND)
+register(member.KIND)

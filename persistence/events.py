@@ -19,6 +19,22 @@ def rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_rfc3339(text: str, what: str = "time") -> float:
+    """An RFC 3339 time with a zone (``Z`` or an offset) as epoch seconds.
+
+    Raises ``ValueError`` naming ``what`` for anything else.
+    """
+    if len(text) > 40:
+        raise ValueError(f"{what} is not an RFC 3339 time")
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{what} must carry a time zone (e.g. Z)")
+    return parsed.timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One committed change: entity ``kind`` and ``key`` reached ``version``.

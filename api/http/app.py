@@ -94,7 +94,7 @@ class GridApp:
         method: str = scope["method"]
         route, params, path_known = self.table.match(method, path)
         name = route.name if route is not None else "unmatched"
-        if route is not None and route.stream is not None and self.streams is not None:
+        if route is not None and route.stream and self.streams is not None:
             await self.streams.serve(scope, receive, send, route.stream, params)
             return
         self.inflight += 1

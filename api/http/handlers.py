@@ -79,6 +79,19 @@ def body_type(op: Op, route: KindRoute) -> type[Input] | None:
     return _body_of(op.input, excluded)
 
 
+def _query_args(call: Call, names: tuple[str, ...]) -> dict[str, Any]:
+    """The route's query parameters; digits become integers (the input checks the rest)."""
+    if not names or not call.query:
+        return {}
+    query = urllib.parse.parse_qs(call.query.decode("latin-1"))
+    args: dict[str, Any] = {}
+    for name in names:
+        if name in query:
+            raw = query[name][0]
+            args[name] = int(raw) if raw.isdigit() and len(raw) <= 18 else raw
+    return args
+
+
 def route_handler(kind: Kind, route: KindRoute) -> Handler:
     """The handler of a kind's route: read the path and body into the command's
     typed input, then run the route's flow (one owner call unless it says more)."""
@@ -93,7 +106,7 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
             for param, name in route.path_fields.items()
         }
         body = v.json_object(call.body) if route.is_write else {}
-        args = {**body, **from_path}
+        args = {**body, **from_path, **_query_args(call, route.query_fields)}
         if op.input is None:
             if body:
                 raise InvalidRequest("this request takes no body")

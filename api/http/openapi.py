@@ -48,7 +48,7 @@ def _problem_type() -> type[msgspec.Struct]:
 
 def _refusals(route: Route) -> list[str]:
     codes = list(route.refusals)
-    if route.stream is not None:
+    if route.stream:
         codes += STREAM_REFUSALS
     elif route.handler is not None:
         codes += COMMON_REFUSALS
@@ -75,12 +75,15 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
              "description": "the entity version the change expects",
              "schema": {"type": "string"}},
         ]  # fmt: skip
+    for name, schema in route.query:
+        params.append({"name": name, "in": "query", "required": False, "schema": schema})
     if route.name in QUERY_LIMITS:
         name, low, high = QUERY_LIMITS[route.name]
         params.append({"name": name, "in": "query", "required": False,
                        "schema": {"type": "integer", "minimum": low, "maximum": high}})  # fmt: skip
-    if route.stream is not None:
-        cursor = {"type": "string", "description": f"{route.stream.name}:<version> to resume after"}
+    if route.stream:
+        example = ",".join(f"{kind.name}:<version>" for kind in route.stream)
+        cursor = {"type": "string", "description": f"the last event's id ({example})"}
         params += [
             {"name": "Last-Event-ID", "in": "header", "required": False, "schema": cursor},
             {"name": "last_event_id", "in": "query", "required": False, "schema": cursor},

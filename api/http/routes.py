@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from omnigrid.actors.declaration import Kind
+import msgspec
+
+from omnigrid.actors.declaration import Kind, Op
+from omnigrid.actors.declaration import Route as KindRoute
 from omnigrid.actors.kinds import kinds
 from omnigrid.api.http import behaviour as b
 from omnigrid.api.http import handlers as h
@@ -36,7 +39,8 @@ class Route:
     refusals: tuple[str, ...] = ()  # problem codes beyond those every route can answer
     media_type: str = "application/json"  # of the success answer
     etag: bool = False  # answers an entity's view: ETag is its version
-    stream: Kind | None = None  # Server-Sent Events of this kind's entities
+    stream: tuple[Kind, ...] = ()  # Server-Sent Events of these kinds' entities
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()  # query parameters and their schemas
     kind: Kind | None = None
 
     @property
@@ -50,6 +54,13 @@ class Route:
 
 EVENT_STREAM = "text/event-stream"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _query_schemas(op: Op, route: KindRoute) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if op.input is None or not route.query_fields:
+        return ()
+    fields = {f.name: f.type for f in msgspec.structs.fields(op.input)}
+    return tuple((name, msgspec.json.schema(fields[name])) for name in route.query_fields)
 
 
 def kind_routes(kind: Kind) -> list[Route]:
@@ -69,21 +80,7 @@ def kind_routes(kind: Kind) -> list[Route]:
                 r.refusals,
                 etag=r.answer is kind.view,
                 kind=kind,
-            )
-        )
-    if kind.stream is not None:
-        s = kind.stream
-        routes.append(
-            Route(
-                "GET",
-                s.path,
-                s.name,
-                None,
-                s.summary,
-                media_type=EVENT_STREAM,
-                answer=str,
-                stream=kind,
-                kind=kind,
+                query=_query_schemas(op, r),
             )
         )
     return routes
@@ -200,7 +197,33 @@ def all_routes(
     them, those routes answer 503: enough for the document)."""
     webhooks = webhooks or WebhookEndpoints(None)
     behaviour = behaviour or BehaviourEndpoints(None, frozenset())
-    return tuple(r for kind in kinds() for r in kind_routes(kind)) + own_routes(webhooks, behaviour)
+    own = own_routes(webhooks, behaviour)
+    return tuple(r for kind in kinds() for r in kind_routes(kind)) + stream_routes() + own
+
+
+def stream_routes() -> tuple[Route, ...]:
+    """One route per stream path; kinds that declare the same path share its stream
+    (the cart and the member on ``/v1/streams/users/{uid}``)."""
+    by_path: dict[str, list[Kind]] = {}
+    for kind in kinds():
+        if kind.stream is not None:
+            by_path.setdefault(kind.stream.path, []).append(kind)
+    routes = []
+    for path, sharing in by_path.items():
+        declared = sharing[0].stream
+        assert declared is not None
+        summary = (
+            declared.summary
+            if len(sharing) == 1
+            else (
+                "Server-Sent Events: every change to the "
+                + ", ".join(k.name for k in sharing)
+                + " (resumable with Last-Event-ID)"
+            )
+        )
+        routes.append(Route("GET", path, declared.name, None, summary, answer=str,
+                            media_type=EVENT_STREAM, stream=tuple(sharing)))  # fmt: skip
+    return tuple(routes)
 
 
 class RouteTable:

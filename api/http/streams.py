@@ -35,11 +35,11 @@ Scope = MutableMapping[str, Any]
 
 
 class Subscription:
-    """One stream's inbox for one key."""
+    """One stream's interest in one key; a stream of several kinds shares one inbox."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, queue: asyncio.Queue[Event] | None = None) -> None:
         self.key = key
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.queue: asyncio.Queue[Event] = queue if queue is not None else asyncio.Queue()
         self.last = -1  # the last version this stream has sent (-1: none yet)
         self.overflowed = False
 
@@ -47,25 +47,33 @@ class Subscription:
 class Source(Protocol):
     """Where a stream's events come from (api/runtime/hub.py: the owner's, across processes)."""
 
-    async def subscribe(self, key: str) -> Subscription: ...
+    async def subscribe(
+        self, key: str, queue: asyncio.Queue[Event] | None = None
+    ) -> Subscription: ...
 
     def unsubscribe(self, sub: Subscription) -> None: ...
 
     async def since(self, key: str, after: int) -> list[Event]: ...
 
 
-def parse_cursor(raw: str, kind: str) -> int:
-    """``cart:17`` or ``17`` -> 17; anything else is a 400."""
-    text = raw.strip()
-    prefix, sep, number = text.rpartition(":")
-    if sep and prefix != kind:
-        raise MalformedRequest(f"Last-Event-ID {raw!r} is not a {kind} cursor")
-    if not number.isdigit() or len(number) > 18:
-        raise MalformedRequest(f"Last-Event-ID must be '{kind}:<version>', not {raw!r}")
-    return int(number)
+def parse_cursor(raw: str, kinds: tuple[str, ...]) -> dict[str, int]:
+    """A stream's cursor, kind -> last version: ``cart:17,member:4``; ``cart:17`` and a
+    bare ``17`` (the first kind's) from v1 clients. Anything else is a 400."""
+    cursor: dict[str, int] = {}
+    for part in raw.strip().split(","):
+        prefix, sep, number = part.strip().rpartition(":")
+        kind = prefix if sep else kinds[0]
+        if kind not in kinds:
+            raise MalformedRequest(f"Last-Event-ID {raw!r} names {kind!r}, not one of {kinds}")
+        if not number.isdigit() or len(number) > 18:
+            raise MalformedRequest(
+                f"Last-Event-ID must be '{kinds[0]}:<version>[,<kind>:<version>...]', not {raw!r}"
+            )
+        cursor[kind] = int(number)
+    return cursor
 
 
-def encode(event: Event) -> bytes:
+def encode(event: Event, cursor: str) -> bytes:
     data = {
         **event.view,
         "channel": event.channel,
@@ -73,9 +81,8 @@ def encode(event: Event) -> bytes:
         "version": event.version,
         "at": rfc3339(event.at),
     }
-    return b"id: %s:%d\nevent: %s\ndata: %s\n\n" % (
-        event.kind.encode(),
-        event.version,
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        cursor.encode(),
         event.kind.encode(),
         orjson.dumps(data),
     )
@@ -90,36 +97,46 @@ class StreamServer:
         self.sent = 0
 
     async def serve(
-        self, scope: Scope, receive: Any, send: Any, kind: Kind, params: dict[str, str]
+        self, scope: Scope, receive: Any, send: Any, kinds: tuple[Kind, ...], params: dict[str, str]
     ) -> None:
+        """One stream: the changes of the entities of ``kinds`` the path's ident names."""
+        names = tuple(kind.name for kind in kinds)
+        subs: list[Subscription] = []
         try:
-            ident = v.identifier(params[kind.ident], kind.ident)
-            last = self._cursor(scope, kind.name)
+            ident = v.identifier(params[kinds[0].ident], kinds[0].ident)
+            cursor = self._cursor(scope, names)
             if self.open >= self.max_streams:
                 raise Overloaded(f"{self.open} streams are already open on this process")
-            sub = await self._subscribe(kind.key(ident))
+            inbox: asyncio.Queue[Event] = asyncio.Queue()
+            for kind in kinds:
+                sub = await self._subscribe(kind.key(ident), inbox)
+                sub.last = cursor.get(kind.name, -1)
+                subs.append(sub)
         except GridError as err:
+            for sub in subs:
+                self.hub.unsubscribe(sub)
             await self._refuse(send, err, scope["path"])
             return
         self.open += 1
         try:
-            await self._stream(sub, last, receive, send)
+            await self._stream(subs, inbox, receive, send)
         finally:
             self.open -= 1
-            self.hub.unsubscribe(sub)
+            for sub in subs:
+                self.hub.unsubscribe(sub)
 
-    def _cursor(self, scope: Scope, kind: str) -> int:
+    def _cursor(self, scope: Scope, kinds: tuple[str, ...]) -> dict[str, int]:
         for name, value in scope["headers"]:
             if name == b"last-event-id":
-                return parse_cursor(value.decode("latin-1"), kind)
+                return parse_cursor(value.decode("latin-1"), kinds)
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if "last_event_id" in query:
-            return parse_cursor(query["last_event_id"][0], kind)
-        return -1
+            return parse_cursor(query["last_event_id"][0], kinds)
+        return {}
 
-    async def _subscribe(self, key: str) -> Subscription:
+    async def _subscribe(self, key: str, inbox: asyncio.Queue[Event]) -> Subscription:
         try:
-            return await self.hub.subscribe(key)
+            return await self.hub.subscribe(key, inbox)
         except GridError:
             raise
         except Exception as e:
@@ -130,7 +147,9 @@ class StreamServer:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _stream(self, sub: Subscription, last: int, receive: Any, send: Any) -> None:
+    async def _stream(
+        self, subs: list[Subscription], inbox: asyncio.Queue[Event], receive: Any, send: Any
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -143,13 +162,14 @@ class StreamServer:
             }
         )
         await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
-        sub.last = last
-        if last >= 0:
-            await self._catch_up(sub, send, None)
+        by_key = {sub.key: sub for sub in subs}
+        for sub in subs:
+            if sub.last >= 0:
+                await self._catch_up(subs, sub, send, None)
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            while not gone.done() and not sub.overflowed:
-                getter = asyncio.ensure_future(sub.queue.get())
+            while not gone.done() and not any(sub.overflowed for sub in subs):
+                getter = asyncio.ensure_future(inbox.get())
                 done, _ = await asyncio.wait(
                     {getter, gone}, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -160,17 +180,20 @@ class StreamServer:
                                     "more_body": True})  # fmt: skip
                     continue
                 event = getter.result()
+                sub = by_key[event.key]
                 if event.version <= sub.last:
                     continue  # already sent (history and live overlap)
                 if sub.last >= 0 and event.version > sub.last + 1:
-                    await self._catch_up(sub, send, event.version)
-                await self._send_event(sub, send, event)
-            if sub.overflowed:  # end the response cleanly: the client resumes from its cursor
+                    await self._catch_up(subs, sub, send, event.version)
+                await self._send_event(subs, sub, send, event)
+            if any(sub.overflowed for sub in subs):  # end cleanly: the client resumes
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
 
-    async def _catch_up(self, sub: Subscription, send: Any, before: int | None) -> None:
+    async def _catch_up(
+        self, subs: list[Subscription], sub: Subscription, send: Any, before: int | None
+    ) -> None:
         """Send what the owner has after ``sub.last`` (and before ``before``, if given)."""
         try:
             history = await self.hub.since(sub.key, sub.last)
@@ -180,11 +203,16 @@ class StreamServer:
             if before is not None and event.version >= before:
                 break
             if event.version > sub.last:
-                await self._send_event(sub, send, event)
+                await self._send_event(subs, sub, send, event)
 
-    async def _send_event(self, sub: Subscription, send: Any, event: Event) -> None:
-        await send({"type": "http.response.body", "body": encode(event), "more_body": True})
+    async def _send_event(
+        self, subs: list[Subscription], sub: Subscription, send: Any, event: Event
+    ) -> None:
         sub.last = event.version
+        # The id is the whole stream's position: every kind it has sent, so a
+        # resume from it misses nothing of any kind.
+        cursor = ",".join(f"{s.key.partition(':')[0]}:{s.last}" for s in subs if s.last >= 0)
+        await send({"type": "http.response.body", "body": encode(event, cursor), "more_body": True})
         self.sent += 1
 
 

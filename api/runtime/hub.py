@@ -147,8 +147,10 @@ class EventHub:
                     sub.queue.put_nowait(event)
                     self.delivered += 1
 
-    async def subscribe(self, key: str) -> Subscription:
-        sub = Subscription(key)
+    async def subscribe(self, key: str, queue: asyncio.Queue[Event] | None = None) -> Subscription:
+        """A stream's interest in ``key``; its events go to ``queue`` (a stream of
+        several kinds gives each of its keys the same one)."""
+        sub = Subscription(key, queue)
         self.local.setdefault(key, set()).add(sub)
         owner = self.slot_map().owner(key)
         if owner != self.shard.shard_id:

@@ -828,10 +828,10 @@ def test_a_query_of_a_sku_only_ever_touched_by_a_refused_write_is_unknown(g: Gri
 
 
 def test_entity_counts_and_stock_type(g: Grid) -> None:
-    assert g.shard.entity_counts() == {"cart": 0, "stock": 0}
+    assert g.shard.entity_counts() == {"cart": 0, "member": 0, "stock": 0}
     g.stocked("a", 1)
     g.ok("cart.add", "cart:u", sku="a", qty=1, available=1)
     g.cart("never")
-    assert g.shard.entity_counts() == {"cart": 1, "stock": 1}
+    assert g.shard.entity_counts() == {"cart": 1, "member": 0, "stock": 1}
     assert isinstance(g.shard.entities["stock:a"], Stock)
     assert g.shard.commands["stock.set"] == 1
