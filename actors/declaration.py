@@ -62,8 +62,8 @@ class Refusal:
     status: int
     title: str
 
-    def __call__(self, detail: str) -> GridError:
-        return GridError(self.code, detail, self.status)
+    def __call__(self, detail: str, **extra: object) -> GridError:
+        return GridError(self.code, detail, self.status, extra or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +118,8 @@ class Route:
     # Path parameters (besides the ident) that are input fields, and their field names.
     path_fields: Mapping[str, str] = field(default_factory=dict)
     query_fields: tuple[str, ...] = ()  # input fields read from the query string
+    # path fields the input checks, not the id pattern (an email in a path)
+    loose_path: frozenset[str] = frozenset()
     flow: Flow = one_call
 
     @property
@@ -156,7 +158,8 @@ class Kind:
         for route in self.routes:
             if route.op not in self.ops_by_name:
                 raise ValueError(f"route {route.name} runs {route.op!r}, not an op of {self.name}")
-            if "{" + self.ident + "}" not in route.path:
+            if "{" + self.ident + "}" not in route.path and route.flow is one_call:
+                # only a flow may find its entities itself (a resolve by identifiers)
                 raise ValueError(f"route {route.name} does not name a {self.ident}")
         for op in self.ops:
             if not op.name.startswith(self.name + "."):

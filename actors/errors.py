@@ -39,10 +39,17 @@ def forget_code(code: str) -> None:
 class GridError(Exception):
     """A request the grid refuses; it changed nothing."""
 
-    def __init__(self, code: str, detail: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        status: int | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.extra = extra  # more members of its problem document (a conflict's "uids")
         self.status = status if status is not None else CODES[code][0]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from omnigrid.actors import cart, member, stock
+from omnigrid.actors import cart, identifier, identity, member, stock
 from omnigrid.actors.declaration import Kind, Refusal
 from omnigrid.actors.errors import COMMON_CODES, forget_code, register_code
 
@@ -81,3 +81,5 @@ def refusals() -> tuple[Refusal, ...]:
 register(stock.KIND)
 register(cart.KIND)
 register(member.KIND)
+register(identifier.KIND)
+register(identity.KIND)

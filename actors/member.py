@@ -22,7 +22,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from omnigrid.actors.declaration import MAX_COUNT, Input, Kind, Op, Refusal, Route, Stream, View
+from omnigrid.actors.declaration import (
+    MAX_COUNT,
+    Id,
+    Input,
+    Kind,
+    Op,
+    Refusal,
+    Route,
+    Stream,
+    View,
+)
 from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.persistence.events import parse_rfc3339, rfc3339
 
@@ -103,6 +113,10 @@ class Spend(Input):
     def __post_init__(self) -> None:
         if self.amount == 0:
             raise ValueError("amount must not be 0")
+
+
+class HomeStore(Input):
+    store: Id
 
 
 class LedgerPage(Input):
@@ -332,6 +346,12 @@ class Member(Entity):
             self.spends.pop(0)
         return Outcome(200, None, changed=True)
 
+    def set_home(self, inp: HomeStore, channel: str, now: float) -> Outcome:
+        """The store a member belongs to (set when a resolve at a store creates the uid)."""
+        changed = inp.store != self.home_store
+        self.home_store = inp.store
+        return Outcome(200, None, changed=changed)
+
     def _append(self, entry: Entry) -> int:
         self.entries.append(entry)
         index = len(self.entries) - 1
@@ -351,6 +371,7 @@ KIND = Kind(
         Op("member.earn", Member.earn, Earn),
         Op("member.redeem", Member.redeem, Redeem),
         Op("member.spend", Member.spend, Spend),
+        Op("member.home", Member.set_home, HomeStore),
     ),
     routes=(
         Route(

@@ -66,7 +66,7 @@ def run_command(
     view: dict[str, Any] | None = None
     if outcome.changed:
         # The input as the handler left it: with its decisions (Op.decided).
-        args = msgspec.structs.asdict(inp) if inp is not None else {}
+        args = msgspec.to_builtins(inp) if inp is not None else {}
         view = record(entity, cmd, args, now)
     body = outcome.body if outcome.body is not None else (view or entity.view())
     if idem is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from omnigrid.actors import identifiers
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.http.app import GridApp
@@ -44,8 +45,12 @@ class Operations:
         return {"checked": 0, "mismatched": 0}
 
 
+TEST_IDENTITY_SECRET = b"the tests' identity key, 32 bytes"
+
+
 def in_process_app() -> GridApp:
     """One shard owning every slot, its store in a temporary SQLite file."""
+    identifiers.configure(TEST_IDENTITY_SECRET)
     path = tempfile.mkdtemp(prefix="omnigrid-openapi-") + "/store.sqlite3"
     store = SqliteStore(path)  # makes the tables
     db = Database(sqlite_path=path)

@@ -100,9 +100,12 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
     not_in_body = set(route.path_fields.values()) | op.decided
 
     async def handle(grid: Grid, call: Call) -> tuple[int, Any]:
-        key = kind.key(v.identifier(call.params[kind.ident], kind.ident))
+        ident = call.params.get(kind.ident)  # none: the route's flow finds its entities
+        key = kind.key(v.identifier(ident, kind.ident)) if ident is not None else ""
         from_path = {
-            name: v.identifier(call.params[param], name)
+            name: call.params[param]
+            if name in route.loose_path
+            else v.identifier(call.params[param], name)
             for param, name in route.path_fields.items()
         }
         body = v.json_object(call.body) if route.is_write else {}
@@ -116,7 +119,7 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
                     f"unknown field(s): {', '.join(sorted(not_in_body & body.keys()))}"
                 )
             try:
-                args = msgspec.structs.asdict(msgspec.convert(args, op.input))
+                args = msgspec.to_builtins(msgspec.convert(args, op.input))
             except msgspec.ValidationError as e:
                 raise InvalidRequest(str(e)) from None
         if op.read:

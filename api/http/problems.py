@@ -50,4 +50,4 @@ def problem_response(
 
 
 def error_response(err: GridError, instance: str | None = None) -> tuple[int, bytes, Headers]:
-    return problem_response(err.status, err.code, err.detail, instance)
+    return problem_response(err.status, err.code, err.detail, instance, err.extra)

@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import replace
 
 from omnigrid.actors.kinds import load as load_kinds
+from omnigrid.api.runtime.node import identity_secret
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
 
 VERSION = "0.1.0"
@@ -107,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
         )
         load_kinds(settings.kind_modules)  # here first: a bad module fails at once
+        settings = replace(settings, data_dir=os.path.abspath(settings.data_dir))
+        identity_secret(settings)  # made here once, before the shard processes read it
     except (ValueError, ImportError, AttributeError) as e:
         parser.error(str(e))
-    # Shard processes run in Ray's working directories: give them an absolute path.
-    return serve_grid(replace(settings, data_dir=os.path.abspath(settings.data_dir)))
+    # Shard processes run in Ray's working directories: the path is absolute.
+    return serve_grid(settings)
 
 
 def run_audit(url: str, as_json: bool) -> int:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import time
@@ -25,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
+from omnigrid.actors import identifiers
 from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
@@ -79,6 +81,7 @@ def open_node(shard_id: int, settings: Settings, directory: Directory, node_id: 
     """The composition root's I/O, in one place: load the configured kinds, open the
     journal and the store, and recover the shard from them; then wire the node."""
     load_kinds(settings.kind_modules)  # before recovery: the journal may hold their events
+    identifiers.configure(identity_secret(settings), settings.phone_region)
     journal = open_journal(settings, shard_id)
     store = open_store(settings)
     slot_map = SlotMap.even(settings.shards)
@@ -438,6 +441,24 @@ class GridNode:
         ]
         shards.sort(key=lambda s: s["shard"])
         return {"slot_map_version": self.router.slot_map.version, "shards": shards}
+
+
+def identity_secret(settings: Settings) -> bytes:
+    """The deployment's identity key: the setting, else data_dir/identity.key, made
+    once (by whichever process comes first: the file is linked into place whole)."""
+    if settings.identity_secret:
+        return settings.identity_secret.encode()
+    path = os.path.join(settings.data_dir, "identity.key")
+    if not os.path.exists(path):
+        os.makedirs(settings.data_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=settings.data_dir, prefix=".identity-")
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.link(tmp, path)
+        os.unlink(tmp)
+    with open(path) as f:
+        return f.read().strip().encode()
 
 
 def open_journal(settings: Settings, shard_id: int) -> Journal:

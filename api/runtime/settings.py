@@ -43,6 +43,10 @@ class Settings:
     # more entity kinds: modules that each define a KIND (actors/declaration.py),
     # importable by every grid process ("myshop.kinds.wishlist,myshop.kinds.review")
     kind_modules: tuple[str, ...] = ()
+    # the key identifiers are hashed with (at least 16 characters); empty: the one in
+    # data_dir/identity.key, made on first start. Every process of a grid needs the same.
+    identity_secret: str = ""
+    phone_region: str = "CN"  # the region of national phone numbers
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -1,0 +1,389 @@
+"""Identity(uid): the identifiers bound to one user, and the history of its identity.
+
+The directory (actors/identifier.py, one entity per identifier) says which uid
+an identifier belongs to; this entity says which identifiers a uid has, with
+the per-type limits. The routes' flows keep the two in step: a claim in the
+directory first (it decides races), then the user's record; a refusal of the
+second releases what the first claimed, so a failed request binds nothing.
+
+Values reach this module already parsed (actors/identifiers.py): only their
+keyed hash and their shown (masked) form are ever in a command, an event, the
+journal or the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from omnigrid.actors import identifier as directory
+from omnigrid.actors import identifiers
+from omnigrid.actors.declaration import Grid, Id, Input, Kind, Op, Refusal, Route, View, answer
+from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.actors.protocol import Command
+from omnigrid.persistence.events import rfc3339
+
+IDENTITY_CONFLICT = Refusal("identity_conflict", 409, "Identity conflict")
+IDENTITY_LIMIT = Refusal("identity_limit", 409, "Identity limit")
+MAX_RESOLVE = 10
+MAX_HISTORY = 1_000  # history events a user keeps (the oldest go first)
+DEFAULT_LIMITS = {"phone": 1, "id_number": 1, "wechat_unionid": 1, "alipay_uid": 1,
+                  "device_id": 10}  # fmt: skip
+OTHER_LIMIT = 5
+_limits: dict[str, int] = dict(DEFAULT_LIMITS)
+
+
+def configure_limits(limits: dict[str, int]) -> None:
+    """Per-type limits of identifiers per user (types not named: ``OTHER_LIMIT``)."""
+    unknown = set(limits) - set(identifiers.TYPES)
+    if unknown:
+        raise ValueError(f"no identifier type {', '.join(sorted(unknown))}")
+    _limits.clear()
+    _limits.update(DEFAULT_LIMITS | limits)
+
+
+def limit_of(type_: str) -> int:
+    return _limits.get(type_, OTHER_LIMIT)
+
+
+# -- inputs ---------------------------------------------------------------------
+
+IdType = Literal[identifiers.TYPES]  # type: ignore[valid-type]
+Value = Annotated[str, msgspec.Meta(max_length=identifiers.MAX_VALUE_CHARS)]
+
+
+class IdentifierIn(Input):
+    type: IdType
+    value: Value
+    app_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class Resolve(Input):
+    identifiers: Annotated[list[IdentifierIn], msgspec.Meta(min_length=1, max_length=MAX_RESOLVE)]
+    create: bool = True
+    store: Id | None = None
+
+
+class Unbind(Input):
+    type: IdType
+    value: Value
+    app_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class Bound(Input):
+    """An identifier as the grid keeps it: hashed and shown, never in clear."""
+
+    type: str
+    digest: str
+    shown: str
+    app_id: str | None = None
+
+
+class Record(Input):
+    items: list[Bound]
+    op: Literal["bind", "resolve_create"] = "bind"
+
+
+class Forget(Input):
+    type: str
+    digest: str
+
+
+# -- answers (documentation) ------------------------------------------------------
+
+
+class IdentifierShown(View):
+    type: str
+    value: Annotated[str, msgspec.Meta(description="masked where personal")]
+    app_id: str | None
+    bound_at: str
+    channel: str
+
+
+class IdentitiesView(View):
+    uid: str
+    identifiers: list[IdentifierShown]
+    merged_into: str | None
+    version: int
+    updated_at: str | None
+
+
+class Resolved(View):
+    uid: str
+    created: bool
+    bound: list[IdentifierShown]
+    conflicts: list[str]
+
+
+class HistoryEvent(View):
+    at: str
+    op: Literal["bind", "unbind", "merge", "unmerge", "resolve_create"]
+    channel: str
+    identifier: IdentifierShown | None = None
+    other_uid: str | None = None
+    merge_id: str | None = None
+
+
+class History(View):
+    events: list[HistoryEvent]
+
+
+# -- the entity ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Held:
+    type: str
+    digest: str
+    shown: str
+    app_id: str | None
+    bound_at: float
+    channel: str
+
+    def view(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.shown, "app_id": self.app_id,
+                "bound_at": rfc3339(self.bound_at), "channel": self.channel}  # fmt: skip
+
+
+class Identity(Entity):
+    __slots__ = ("held", "history", "merged_into")
+
+    kind: ClassVar[str] = "identity"
+
+    def __init__(self, key: str, ident: str) -> None:
+        super().__init__(key, ident)
+        self.held: list[Held] = []
+        self.history: list[list[Any]] = []  # [at, op, identifier view or None, channel]
+        self.merged_into: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "uid": self.ident,
+            "identifiers": [h.view() for h in self.held],
+            "merged_into": self.merged_into,
+            "version": self.version,
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+    def kind_state(self) -> Any:
+        rows = [[h.type, h.digest, h.shown, h.app_id, h.bound_at, h.channel] for h in self.held]
+        return [rows, self.history, self.merged_into]
+
+    def load_kind_state(self, data: Any) -> None:
+        rows, self.history, self.merged_into = data
+        self.held = [Held(intern(t), d, s, a, at, intern(c)) for t, d, s, a, at, c in rows]
+
+    def get(self, _: None, channel: str, now: float) -> Outcome:
+        return Outcome(200, self.view(), changed=False)
+
+    def get_history(self, _: None, channel: str, now: float) -> Outcome:
+        events = [{"at": rfc3339(at), "op": op, "identifier": shown, "channel": ch}
+                  for at, op, shown, ch in self.history]  # fmt: skip
+        return Outcome(200, {"events": events}, changed=False)
+
+    def record(self, inp: Record, channel: str, now: float) -> Outcome:
+        """Add identifiers (those held already are skipped), within the per-type limits."""
+        have = {h.digest for h in self.held}
+        new = [b for b in {b.digest: b for b in inp.items}.values() if b.digest not in have]
+        for type_ in {b.type for b in new}:
+            count = sum(h.type == type_ for h in self.held) + sum(b.type == type_ for b in new)
+            if count > limit_of(type_):
+                raise IDENTITY_LIMIT(f"a user has at most {limit_of(type_)} {type_}")
+        for b in new:
+            held = Held(intern(b.type), b.digest, b.shown, b.app_id, now, intern(channel))
+            self.held.append(held)
+            self._log(now, inp.op, held.view(), channel)
+        return Outcome(200, None, changed=bool(new))
+
+    def forget(self, inp: Forget, channel: str, now: float) -> Outcome:
+        kept = [h for h in self.held if h.digest != inp.digest]
+        if len(kept) == len(self.held):
+            return Outcome(200, None, changed=False)
+        gone = next(h for h in self.held if h.digest == inp.digest)
+        self.held = kept
+        self._log(now, "unbind", gone.view(), channel)
+        return Outcome(200, None, changed=True)
+
+    def _log(self, now: float, op: str, shown: dict[str, Any] | None, channel: str) -> None:
+        self.history.append([now, op, shown, channel])
+        if len(self.history) > MAX_HISTORY:
+            del self.history[0]
+
+
+def not_a_command(entity: Identity, inp: Any, channel: str, now: float) -> Outcome:
+    raise InvalidRequest("resolve runs at the gateway, not on an entity")
+
+
+# -- flows: the directory first, then the user ---------------------------------------
+
+
+def new_uid() -> str:
+    return "u" + secrets.token_hex(10)
+
+
+async def _claim(grid: Grid, ident: identifiers.Identifier, uid: str, channel: str) -> Any:
+    args = {"uid": uid, "type": ident.type, "shown": ident.shown, "app_id": ident.app_id}
+    key = directory.KIND.key(ident.digest)
+    return answer(await grid.call(Command("identifier.claim", key, args, channel)))[1]
+
+
+async def _release(grid: Grid, idents: list[identifiers.Identifier], uid: str, ch: str) -> None:
+    await asyncio.gather(
+        *(
+            grid.call(Command("identifier.release", directory.KIND.key(i.digest), {"uid": uid}, ch))
+            for i in idents
+        )
+    )
+
+
+def _bound(idents: list[identifiers.Identifier]) -> list[dict[str, Any]]:
+    return [{"type": i.type, "digest": i.digest, "shown": i.shown, "app_id": i.app_id}
+            for i in idents]  # fmt: skip
+
+
+async def _record(
+    grid: Grid, uid: str, idents: list[identifiers.Identifier], op: str, cmd: Command,
+    claimed: list[identifiers.Identifier],
+) -> dict[str, Any]:  # fmt: skip
+    """The user's side of a binding; refused, it releases what this request claimed."""
+    record = Command("identity.record", KIND.key(uid), {"items": _bound(idents), "op": op},
+                     cmd.channel, cmd.idempotency_key, cmd.fingerprint)  # fmt: skip
+    result = await grid.call(record)
+    if not result.ok:
+        await _release(grid, claimed, uid, cmd.channel)
+    view: dict[str, Any] = answer(result)[1]
+    return view
+
+
+def _parse(items: list[dict[str, Any]]) -> list[identifiers.Identifier]:
+    parsed = [identifiers.parse(i["type"], i["value"], i.get("app_id")) for i in items]
+    return list({p.digest: p for p in parsed}.values())  # the same one twice counts once
+
+
+async def resolve(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    """The uid the identifiers belong to, the rest bound to it; or a new one."""
+    idents = _parse(cmd.args["identifiers"])
+    keys = {directory.KIND.key(i.digest): i for i in idents}
+    found = await grid.query(dict.fromkeys(keys, directory.UID))
+    uids = sorted({uid for uid in found.values() if uid is not None})
+    if len(uids) > 1:
+        raise IDENTITY_CONFLICT("these identifiers belong to different users", uids=uids)
+    if not uids and not cmd.args["create"]:
+        raise GridError("not_found", "no user has these identifiers")
+    uid, created = (uids[0], False) if uids else (new_uid(), True)
+    # Claims go in key order: of resolves racing on the same new identifiers,
+    # the first claim of the first key decides the uid for all of them.
+    ordered = [keys[k] for k in sorted(keys)]
+    first = await _claim(grid, ordered[0], uid, cmd.channel)
+    if first["uid"] != uid:
+        if not created:
+            raise IDENTITY_CONFLICT("an identifier was bound meanwhile", uids=[uid, first["uid"]])
+        uid, created = first["uid"], False
+    rest = await asyncio.gather(*(_claim(grid, i, uid, cmd.channel) for i in ordered[1:]))
+    claims = [first, *rest]
+    claimed = [i for i, c in zip(ordered, claims, strict=True) if c["claimed"]]
+    others = sorted({c["uid"] for c in claims if c["uid"] != uid})
+    if others:
+        await _release(grid, claimed, uid, cmd.channel)
+        raise IDENTITY_CONFLICT("these identifiers belong to different users", uids=[uid, *others])
+    await _record(grid, uid, ordered, "resolve_create" if created else "bind", cmd, claimed)
+    if created and cmd.args.get("store"):
+        home = Command("member.home", f"member:{uid}", {"store": cmd.args["store"]}, cmd.channel)
+        answer(await grid.call(home))
+    bound = [{"type": i.type, "value": i.shown, "app_id": i.app_id} for i in claimed]
+    return 200, {"uid": uid, "created": created, "bound": bound, "conflicts": []}
+
+
+async def bind(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    uid = cmd.key.partition(":")[2]
+    (ident,) = _parse([cmd.args])
+    claim = await _claim(grid, ident, uid, cmd.channel)
+    if claim["uid"] != uid:
+        raise IDENTITY_CONFLICT("this identifier belongs to another user",
+                                uids=[uid, claim["uid"]])  # fmt: skip
+    claimed = [ident] if claim["claimed"] else []
+    return 200, await _record(grid, uid, [ident], "bind", cmd, claimed)
+
+
+async def unbind(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    uid = cmd.key.partition(":")[2]
+    (ident,) = _parse([cmd.args])
+    forget = Command("identity.forget", cmd.key, {"type": ident.type, "digest": ident.digest},
+                     cmd.channel, cmd.idempotency_key, cmd.fingerprint, cmd.if_match)  # fmt: skip
+    status, view = answer(await grid.call(forget))
+    await _release(grid, [ident], uid, cmd.channel)
+    return status, view
+
+
+KIND = Kind(
+    name="identity",
+    entity=Identity,
+    ident="uid",
+    view=IdentitiesView,
+    ops=(
+        Op("identity.get", Identity.get, read=True),
+        Op("identity.history", Identity.get_history, read=True),
+        Op("identity.record", Identity.record, Record),
+        Op("identity.forget", Identity.forget, Forget),
+        Op("identity.resolve", not_a_command, Resolve),
+        Op("identity.bind", not_a_command, IdentifierIn),
+        Op("identity.unbind", not_a_command, Unbind),
+    ),
+    routes=(
+        Route(
+            "POST",
+            "/v1/identities/resolve",
+            "resolve_identity",
+            "identity.resolve",
+            "The uid these identifiers belong to (a new one if none, with create)",
+            Resolved,
+            refusals=("identity_conflict", "identity_limit", "blocked_identifier", "not_found"),
+            flow=resolve,
+        ),
+        Route(
+            "GET",
+            "/v1/users/{uid}/identities",
+            "get_identities",
+            "identity.get",
+            "A user's identifiers, masked",
+            IdentitiesView,
+        ),
+        Route(
+            "POST",
+            "/v1/users/{uid}/identities",
+            "bind_identity",
+            "identity.bind",
+            "Bind an identifier to a user",
+            IdentitiesView,
+            refusals=("identity_conflict", "identity_limit", "blocked_identifier"),
+            flow=bind,
+        ),
+        Route(
+            "DELETE",
+            "/v1/users/{uid}/identities/{type}/{value}",
+            "unbind_identity",
+            "identity.unbind",
+            "Unbind an identifier from a user",
+            IdentitiesView,
+            refusals=("blocked_identifier",),
+            path_fields={"type": "type", "value": "value"},
+            query_fields=("app_id",),
+            loose_path=frozenset({"type", "value"}),
+            flow=unbind,
+        ),
+        Route(
+            "GET",
+            "/v1/users/{uid}/identity-history",
+            "identity_history",
+            "identity.history",
+            "Every change to a user's identity",
+            History,
+        ),
+    ),
+    refusals=(IDENTITY_CONFLICT, IDENTITY_LIMIT, identifiers.BLOCKED_IDENTIFIER),
+)
