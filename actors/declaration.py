@@ -112,7 +112,7 @@ class Route:
     name: str  # the route's name in metrics and the document's operationId
     op: str
     summary: str
-    answer: type[View]
+    answer: Any  # a View, or a list of them: for the document
     status: int = 200
     refusals: tuple[str, ...] = ()  # codes beyond those every route can answer
     # Path parameters (besides the ident) that are input fields, and their field names.

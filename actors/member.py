@@ -24,6 +24,7 @@ import msgspec
 
 from omnigrid.actors.declaration import (
     MAX_COUNT,
+    Grid,
     Id,
     Input,
     Kind,
@@ -34,6 +35,8 @@ from omnigrid.actors.declaration import (
     View,
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.errors import InvalidRequest
+from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import parse_rfc3339, rfc3339
 
 YEAR_S = 365 * 24 * 3600.0
@@ -75,6 +78,14 @@ def configure(tiers: tuple[Tier, ...]) -> None:
 
 def tiers() -> tuple[Tier, ...]:
     return _tiers
+
+
+def tiers_from_json(text: str) -> tuple[Tier, ...]:
+    """``OMNIGRID_TIERS``: the table as the contract shows it, lowest first."""
+    rows = msgspec.json.decode(text, type=list[TierView])
+    return tuple(
+        Tier(r.tier, r.min_spend_12m, r.discount_pct, r.points_per_unit, r.channels) for r in rows
+    )
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -163,6 +174,14 @@ class LedgerEntry(View):
     order_id: str | None
     at: str
     expires_at: str | None
+
+
+class TierView(View):
+    tier: str
+    min_spend_12m: Annotated[int, msgspec.Meta(ge=0)]
+    discount_pct: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    points_per_unit: Annotated[float, msgspec.Meta(ge=0)]
+    channels: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
 
 
 class LedgerView(View):
@@ -360,6 +379,19 @@ class Member(Entity):
         return index
 
 
+def not_a_command(member: Member, inp: Any, channel: str, now: float) -> Outcome:
+    raise InvalidRequest("the tier table is the deployment's, not a member's")
+
+
+async def tier_table(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    table = [
+        {"tier": t.tier, "min_spend_12m": t.min_spend_12m, "discount_pct": t.discount_pct,
+         "points_per_unit": t.points_per_unit, "channels": t.channels}
+        for t in tiers()
+    ]  # fmt: skip
+    return 200, table
+
+
 KIND = Kind(
     name="member",
     entity=Member,
@@ -372,6 +404,7 @@ KIND = Kind(
         Op("member.redeem", Member.redeem, Redeem),
         Op("member.spend", Member.spend, Spend),
         Op("member.home", Member.set_home, HomeStore),
+        Op("member.tiers", not_a_command, read=True),
     ),
     routes=(
         Route(
@@ -415,6 +448,15 @@ KIND = Kind(
             "member.spend",
             "Record a payment (+) or refund (-) toward the 12-month spend",
             MemberView,
+        ),
+        Route(
+            "GET",
+            "/v1/tiers",
+            "tiers",
+            "member.tiers",
+            "The tier table: spend thresholds, discounts, points per unit",
+            list[TierView],
+            flow=tier_table,
         ),
     ),
     stream=Stream(

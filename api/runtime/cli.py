@@ -11,6 +11,9 @@ import threading
 import urllib.request
 from dataclasses import replace
 
+import msgspec
+
+from omnigrid.actors import member
 from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.api.runtime.node import identity_secret
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
@@ -110,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         load_kinds(settings.kind_modules)  # here first: a bad module fails at once
         settings = replace(settings, data_dir=os.path.abspath(settings.data_dir))
         identity_secret(settings)  # made here once, before the shard processes read it
-    except (ValueError, ImportError, AttributeError) as e:
+        if settings.tiers:  # a bad table fails here, not in every shard
+            member.configure(member.tiers_from_json(settings.tiers))
+    except (ValueError, ImportError, AttributeError, msgspec.ValidationError) as e:
         parser.error(str(e))
     # Shard processes run in Ray's working directories: the path is absolute.
     return serve_grid(settings)

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
-from omnigrid.actors import identifiers
+from omnigrid.actors import identifiers, member
 from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
@@ -82,6 +82,8 @@ def open_node(shard_id: int, settings: Settings, directory: Directory, node_id: 
     journal and the store, and recover the shard from them; then wire the node."""
     load_kinds(settings.kind_modules)  # before recovery: the journal may hold their events
     identifiers.configure(identity_secret(settings), settings.phone_region)
+    if settings.tiers:
+        member.configure(member.tiers_from_json(settings.tiers))
     journal = open_journal(settings, shard_id)
     store = open_store(settings)
     slot_map = SlotMap.even(settings.shards)

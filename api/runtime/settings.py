@@ -47,6 +47,7 @@ class Settings:
     # data_dir/identity.key, made on first start. Every process of a grid needs the same.
     identity_secret: str = ""
     phone_region: str = "CN"  # the region of national phone numbers
+    tiers: str = ""  # the tier table as JSON (GET /v1/tiers shows the shape); empty: default
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -8,10 +8,14 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
+import pytest
 
+from omnigrid.actors import member
 from omnigrid.persistence.events import rfc3339
 from tests.api.test_live import Stream
 from tests.conftest import CHANNELS, Grid, new_id, write_headers
+from tests.inprocess import in_process_client
 
 
 def earn(client: httpx.Client, uid: str, points: int, xid: str, **extra: Any) -> httpx.Response:
@@ -125,3 +129,30 @@ def test_points_expire_by_themselves_across_a_restart() -> None:
             assert kinds == ["expire", "earn", "earn"]
     finally:
         g.stop()
+
+
+def test_the_tier_table_is_served_and_configurable() -> None:
+    with in_process_client() as local:
+        table = local.get("/v1/tiers").json()
+    assert [(t["tier"], t["min_spend_12m"], t["points_per_unit"]) for t in table] == [
+        ("member", 0, 1.0),
+        ("silver", 100_000, 1.0),
+        ("gold", 500_000, 1.5),
+        ("platinum", 2_000_000, 2.0),
+    ]
+    custom = member.tiers_from_json(
+        '[{"tier": "basic", "min_spend_12m": 0, "discount_pct": 0, "points_per_unit": 1},'
+        ' {"tier": "vip", "min_spend_12m": 5000, "discount_pct": 10, "points_per_unit": 3,'
+        '  "channels": {"pos": {"discount_pct": 12}}}]'
+    )
+    try:
+        member.configure(custom)
+        with in_process_client() as local:
+            assert [t["tier"] for t in local.get("/v1/tiers").json()] == ["basic", "vip"]
+            assert local.get("/v1/members/someone").json()["tier"] == "basic"
+    finally:
+        member.configure(member.DEFAULT_TIERS)
+    for bad in ('[{"tier": "x", "min_spend_12m": 10, "discount_pct": 0, "points_per_unit": 1}]',
+                '[{"tier": "x"}]', "[]"):  # fmt: skip
+        with pytest.raises((ValueError, msgspec.ValidationError)):
+            member.configure(member.tiers_from_json(bad))
