@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from loadtest.fault_makers import RedisServer
 
@@ -181,3 +182,17 @@ def own_redis() -> Iterator[OwnRedis]:
         yield server
     finally:
         server.remove()
+
+
+REDIS_URL = os.environ.get("OMNIGRID_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture()
+def namespace() -> Iterator[str]:
+    """A Redis namespace of the test's own on the machine's Redis, emptied afterwards."""
+    name = "t" + uuid.uuid4().hex[:10]
+    r = redis.Redis.from_url(REDIS_URL)
+    r.ping()  # fails loudly when Redis is not there
+    yield name
+    for key in r.scan_iter(f"og:{name}:*"):
+        r.delete(key)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+import redis
 
-from tests.conftest import CHANNELS, Grid, new_id, write_headers
+from tests.api.test_persistence import redis_postgres_grid
+from tests.conftest import CHANNELS, REDIS_URL, Grid, PostgresDatabase, new_id, write_headers
 from tests.inprocess import in_process_client
 
 PHONE = "13812341234"
@@ -190,3 +194,48 @@ def test_no_phone_or_id_number_in_clear_in_the_data_directory(grid: Grid) -> Non
             data = path.read_bytes()
             for clear in (number, "+86" + number, id_number, id_number[:-1]):
                 assert clear.encode() not in data, (path, clear)
+
+
+def test_no_phone_or_id_number_in_clear_in_redis_or_postgresql(
+    postgres: PostgresDatabase, namespace: str
+) -> None:
+    """The journal (a Redis stream), the hot copy and every table of the store."""
+    grid = redis_postgres_grid(postgres.dsn, namespace)
+    number, id_number = "13612345678", "11010519491231002X"
+    try:
+        with httpx.Client(base_url=grid.url, timeout=10) as c:
+            uid = new_id("u")
+            body = {"identifiers": [phone(number), {"type": "id_number", "value": id_number}]}
+            r = c.post("/v1/identities/resolve", json=body, headers=write_headers())
+            assert r.status_code == 200, r.text
+            c.post(f"/v1/users/{uid}/identities", json={"type": "email", "value": "x@y.org"},
+                   headers=write_headers())  # fmt: skip
+            assert c.post("/v1/cluster/audit").json()["mismatched"] == 0
+        time.sleep(1.0)  # the hot copy follows the store
+        clear = [number, "+86" + number, id_number, id_number[:-1], "x@y.org"]
+        store: Any = redis.Redis.from_url(REDIS_URL)  # bytes in, bytes out
+        seen = 0
+        for key in store.scan_iter(f"og:{namespace}:*"):
+            kind = store.type(key).decode()
+            if kind == "string":
+                values = [store.get(key) or b""]
+            elif kind == "hash":
+                values = [k + v for k, v in store.hgetall(key).items()]
+            elif kind == "stream":
+                values = [b"".join(k + v for k, v in f.items()) for _, f in store.xrange(key)]
+            else:
+                values = [repr(store.dump(key)).encode()]
+            for value in [key, *values]:
+                seen += 1
+                for text in clear:
+                    assert text.encode() not in value, (key, text)
+        assert seen > 0
+        with psycopg.connect(postgres.dsn) as db:
+            tables = [row[0] for row in db.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]  # fmt: skip
+            for table in tables:
+                for (row,) in db.execute(f"SELECT row_to_json(t)::text FROM {table} t"):
+                    for text in clear:
+                        assert text not in row, (table, text)
+    finally:
+        grid.stop()

@@ -9,28 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import redis
 
 from omnigrid.persistence.store import PostgresStore
-from tests.api.test_shard_restart import REDIS_URL, fill, wait_until_shard_restarted
-from tests.conftest import Grid, PostgresDatabase, new_id, write_headers
+from tests.api.test_shard_restart import fill, wait_until_shard_restarted
+from tests.conftest import REDIS_URL, Grid, PostgresDatabase, new_id, write_headers
 
 TABLES = "omnigrid_snapshots, omnigrid_events"
-
-
-@pytest.fixture()
-def namespace() -> Iterator[str]:
-    name = "t" + uuid.uuid4().hex[:10]
-    r = redis.Redis.from_url(REDIS_URL)
-    r.ping()  # fails loudly when Redis is not there
-    yield name
-    for key in r.scan_iter(f"og:{name}:*"):
-        r.delete(key)
 
 
 def redis_postgres_grid(dsn: str, namespace: str) -> Grid:

@@ -17,9 +17,7 @@ import httpx
 import redis
 
 from omnigrid.actors.slots import SlotMap
-from tests.conftest import Grid, new_id, write_headers
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.conftest import REDIS_URL, Grid, new_id, write_headers
 
 
 def wait_until_shard_restarted(client: httpx.Client, shard: int, old_pid: int) -> None:
