@@ -11,6 +11,7 @@ across channels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,12 +22,25 @@ from omnigrid.persistence.events import rfc3339
 TYPES = ("view", "favourite", "search", "store_visit", "purchase")
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    kind: str  # device_id | address | payment
+    digest: str  # keyed hash: what matching needs
+    shown: str  # masked
+    seen_at: float
+
+
 class BehaviourLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def append(self, uid: str, events: Sequence[dict[str, Any]]) -> None:
-        """Store one batch (all or nothing); an ``event_id`` seen before is skipped."""
+    def append(
+        self, uid: str, events: Sequence[dict[str, Any]], evidence: Sequence[Evidence] = ()
+    ) -> None:
+        """Store one batch (all or nothing); an ``event_id`` seen before is skipped.
+
+        ``evidence``, already hashed and masked by the caller, is kept with the
+        latest time each piece was seen."""
         rows = [
             (
                 uid,
@@ -38,15 +52,36 @@ class BehaviourLog:
             )
             for e in events
         ]
-        self.db.execute_many(
-            [
+        statements: list[tuple[str, Sequence[Sequence[Any]]]] = [
+            (
+                "INSERT INTO omnigrid_behaviour (uid, event_id, type, channel, at, data) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+        ]
+        if evidence:
+            statements.append(
                 (
-                    "INSERT INTO omnigrid_behaviour (uid, event_id, type, channel, at, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    rows,
+                    "INSERT INTO omnigrid_evidence (uid, kind, digest, shown, seen_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid, kind, digest) DO UPDATE "
+                    "SET seen_at = CASE WHEN excluded.seen_at > omnigrid_evidence.seen_at "
+                    "THEN excluded.seen_at ELSE omnigrid_evidence.seen_at END",
+                    [(uid, e.kind, e.digest, e.shown, e.seen_at) for e in evidence],
                 )
-            ]
+            )
+        self.db.execute_many(statements)
+
+    def shared_evidence(self, uid: str, limit: int) -> list[tuple[str, str, str, float]]:
+        """(other uid, kind, shown, seen_at) for every piece of ``uid``'s evidence
+        another uid shares, the most recent first."""
+        rows = self.db.query(
+            "SELECT other.uid, other.kind, other.shown, other.seen_at "
+            "FROM omnigrid_evidence mine JOIN omnigrid_evidence other "
+            "ON other.kind = mine.kind AND other.digest = mine.digest AND other.uid <> mine.uid "
+            "WHERE mine.uid = ? ORDER BY other.seen_at DESC LIMIT ?",
+            (uid, limit),
         )
+        return [(str(u), str(k), str(s), float(t)) for u, k, s, t in rows]
 
     def timeline(self, uid: str, entity_key: str, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` most recent items, the uid's behaviour and the changes of

@@ -21,6 +21,7 @@ from omnigrid.actors.declaration import MAX_COUNT, Grid, Id
 from omnigrid.actors.errors import InvalidRequest, Unavailable
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.handlers import Call
+from omnigrid.api.http.suggestions import Properties, evidence_of, suggestions
 from omnigrid.persistence.behaviour import TYPES, BehaviourLog
 from omnigrid.persistence.store import StoreUnavailable
 
@@ -38,6 +39,7 @@ EVENT_FIELDS = {
     "qty",
     "amount",
     "ref",
+    "properties",
 }
 FUTURE_SLACK_S = 24 * 3600.0
 MAX_QUERY_CHARS = 256
@@ -76,6 +78,7 @@ class BehaviourEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     qty: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)] | None = None
     amount: Annotated[float, msgspec.Meta(ge=0, le=MAX_AMOUNT)] | None = None
     ref: Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)] | None = None
+    properties: Properties | None = None
 
 
 class BehaviourBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -136,12 +139,15 @@ def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict
         ):
             raise InvalidRequest(f"amount must be a number between 0 and {MAX_AMOUNT:.0e}")
         data["amount"] = amount
+    at = _at(raw.get("at"), now)
     return {
         "type": raw["type"],
         "channel": own,
-        "at": _at(raw.get("at"), now),
+        "at": at,
         "event_id": event_id,
         "data": data,
+        # only hashed and masked, never in the event's data
+        "evidence": evidence_of(raw.get("properties"), at),
     }
 
 
@@ -170,12 +176,22 @@ class BehaviourEndpoints:
             raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS} events")
         now = time.time()
         events = [_event(e, call.channel, self.channels, now) for e in raw]
+        evidence = [piece for event in events for piece in event.pop("evidence")]
         try:
-            await asyncio.to_thread(self.log.append, uid, events)
+            await asyncio.to_thread(self.log.append, uid, events, evidence)
         except StoreUnavailable as e:
             log.warning("the behaviour log cannot be written: %s", e)
             raise Unavailable("the behaviour log cannot be written right now; retry later") from e
         return 202, {"uid": uid, "accepted": len(events)}
+
+    async def merge_suggestions(self, grid: Grid, call: Call) -> tuple[int, Any]:
+        uid = v.identifier(call.params["uid"], "uid")
+        try:
+            shared = await asyncio.to_thread(self.log.shared_evidence, uid, 500)
+        except StoreUnavailable as e:
+            log.warning("the evidence cannot be read: %s", e)
+            raise Unavailable("the suggestions cannot be read right now; retry later") from e
+        return 200, suggestions(shared)
 
     async def timeline(self, grid: Grid, call: Call) -> tuple[int, Any]:
         uid = v.identifier(call.params["uid"], "uid")

@@ -22,6 +22,7 @@ from omnigrid.api.http import handlers as h
 from omnigrid.api.http import sync as sd
 from omnigrid.api.http import webhooks as w
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.suggestions import Suggestions
 from omnigrid.api.http.sync import sync as offline_sync
 from omnigrid.api.http.webhooks import WebhookEndpoints
 
@@ -142,6 +143,14 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             webhooks.dead_letters,
             "Deliveries given up on after the last retry",
             answer=dict[str, Any],
+        ),
+        Route(
+            "GET",
+            "/v1/users/{uid}/merge-suggestions",
+            "merge_suggestions",
+            behaviour.merge_suggestions,
+            "Users who share a device, address or payment account (never merged by itself)",
+            answer=Suggestions,
         ),
         Route(
             "GET",

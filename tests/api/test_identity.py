@@ -239,3 +239,40 @@ def test_no_phone_or_id_number_in_clear_in_redis_or_postgresql(
                         assert text not in row, (table, text)
     finally:
         grid.stop()
+
+
+def test_merge_suggestions_come_from_shared_devices_addresses_and_payments(
+    local: httpx.Client,
+) -> None:
+    a, b, c, d = (new_id("u") for _ in range(4))
+    address = "88 Nanjing Road, Huangpu, Shanghai"
+
+    def seen(uid: str, **properties: str) -> None:
+        body = {"uid": uid, "events": [{"type": "view", "properties": properties}]}
+        r = local.post("/v1/events", json=body, headers=write_headers("app"))
+        assert r.status_code == 202, r.text
+
+    seen(a, device_id="dev-1", address=address, payment="6222020000001234")
+    seen(b, device_id="dev-1")
+    seen(c, address=address.upper(), payment="6222020000001234")  # the same, written otherwise
+    seen(d, device_id="dev-2")
+    found = local.get(f"/v1/users/{a}/merge-suggestions").json()["suggestions"]
+    assert [(s["uid"], s["score"]) for s in found] == [(c, 0.82), (b, 0.5)]
+    kinds = {e["kind"]: e["value"] for e in found[0]["evidence"]}
+    assert kinds == {"address": "88 nan***", "payment": "****1234"}
+    assert address not in local.get(f"/v1/users/{a}/merge-suggestions").text
+    assert local.get(f"/v1/users/{d}/merge-suggestions").json() == {"suggestions": []}
+    # never merged by itself
+    assert local.get(f"/v1/users/{a}/identities").json()["merged_into"] is None
+
+
+@pytest.mark.parametrize(
+    "properties", [{"phone": "13812341234"}, {"address": ""}, {"device_id": 7}, ["dev-1"]]
+)
+def test_bad_properties_refuse_the_batch(local: httpx.Client, properties: Any) -> None:
+    uid = new_id("u")
+    body = {"uid": uid, "events": [{"type": "view", "properties": properties}]}
+    r = local.post("/v1/events", json=body, headers=write_headers("app"))
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_request")
+    assert "13812341234" not in r.text
+    assert local.get(f"/v1/users/{uid}/timeline").json()["items"] == []
