@@ -36,6 +36,7 @@ def test_migrations_run_once(postgres: PostgresDatabase) -> None:
     assert postgres.execute("SELECT version, name FROM omnigrid_schema_migrations") == [
         (1, "0001_initial.sql"),
         (2, "0002_behaviour_webhooks.sql"),
+        (3, "0003_evidence.sql"),
     ]
 
 
