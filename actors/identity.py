@@ -275,6 +275,9 @@ async def resolve(grid: Grid, cmd: Command) -> tuple[int, Any]:
         raise IDENTITY_CONFLICT("these identifiers belong to different users", uids=uids)
     if not uids and not cmd.args["create"]:
         raise GridError("not_found", "no user has these identifiers")
+    if uids and all(found[key] == uids[0] for key in keys):
+        # every one is bound to this user already: one round trip (a known shopper)
+        return 200, {"uid": uids[0], "created": False, "bound": [], "conflicts": []}
     uid, created = (uids[0], False) if uids else (new_uid(), True)
     # Claims go in key order: of resolves racing on the same new identifiers,
     # the first claim of the first key decides the uid for all of them.

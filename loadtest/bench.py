@@ -102,9 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--seed-timeout", type=float, default=300.0, help="seconds for all seeding")
     args = p.parse_args(argv)
-    unknown = set(args.scenarios.split(",")) - set(tools.SCENARIOS) - {""}
+    unknown = set(args.scenarios.split(",")) - set(tools.ALL_SCENARIOS) - {""}
     if unknown:
-        p.error(f"unknown scenarios {sorted(unknown)}; choose from {list(tools.SCENARIOS)}")
+        p.error(f"unknown scenarios {sorted(unknown)}; choose from {list(tools.ALL_SCENARIOS)}")
     return args
 
 
@@ -181,6 +181,16 @@ def _probe_call(scenario: str) -> seed.Call:
         ),
         "reserve_hot": seed.Call(
             "POST", f"/v1/skus/{tools.HOT_SKU}/reservations", {"qty": 1, "ttl_s": PROBE_TTL_S}
+        ),
+        "resolve_known": seed.Call(
+            "POST",
+            "/v1/identities/resolve",
+            {"identifiers": [{"type": "phone", "value": tools.known_phone(0)}], "create": False},
+        ),
+        "points_earn": seed.Call(
+            "POST",
+            f"/v1/members/{tools.cart_add_uid(0)}/points/earn",
+            {"points": 1, "reason": "probe", "external_id": "probe"},
         ),
     }[scenario]
 
@@ -294,6 +304,11 @@ def bench_server(
             f"{name}: seeded in {out['seed']['stock']['seconds']:.1f}s + "
             f"{out['seed']['cart_lines']['seconds']:.1f}s"
         )
+        if "resolve_known" in args.scenarios.split(","):
+            out["seed"]["identities"] = seed.seed_identities(
+                base, args.carts, args.seed_concurrency
+            )
+            _log(f"{name}: {args.carts} shoppers' phones resolved")
         run_scenarios(base, args, tmp, out)
         if not args.no_rate:
             run_rates(base, args, tmp, out)

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.tools import CHANNELS, HOT_SKU, read_cart_uid, sku_name
+from loadtest.tools import CHANNELS, HOT_SKU, known_phone, read_cart_uid, sku_name
 
 
 @dataclass
@@ -152,3 +152,16 @@ def seed_server(
     status, body = asyncio.run(probe(base, Call("GET", f"/v1/carts/{read_cart_uid(0)}")))
     out["sample_cart"] = {"status": status, "body": body}
     return out
+
+
+def seed_identities(base: str, shoppers: int, concurrency: int = 32) -> dict[str, Any]:
+    """One phone per shopper, resolved (created) once, for the resolve_known scenario."""
+    calls = [
+        Call("POST", "/v1/identities/resolve",
+             {"identifiers": [{"type": "phone", "value": known_phone(i)}]})
+        for i in range(shoppers)
+    ]  # fmt: skip
+    stats = asyncio.run(run_calls(base, calls, concurrency))
+    if stats.failed:
+        raise RuntimeError(f"seeding identities failed {stats.failed}x: {stats.first_errors}")
+    return {"calls": len(calls), "seconds": stats.seconds}

@@ -79,9 +79,34 @@ function request()
   return wrk.format("POST", "/v1/skus/%(hot)s/reservations", hdrs(), body)
 end
 """,
+    # v2 (omnigrid only): a known shopper's phone resolved; points earned, each once
+    "resolve_known": """
+function request()
+  local body = string.format('{"identifiers":[{"type":"phone","value":"139%%08d"}],'
+                             .. '"create":false}', math.random(0, %(carts)d - 1))
+  return wrk.format("POST", "/v1/identities/resolve", hdrs(), body)
+end
+""",
+    "points_earn": """
+local n = 0
+function request()
+  n = n + 1
+  local path = string.format("/v1/members/u-%%d/points/earn", math.random(0, %(users)d - 1))
+  local body = string.format('{"points":10,"reason":"bench","external_id":"%%d-%%d-%%d"}',
+                             tid or 0, n, math.random(0, 1000000000))
+  return wrk.format("POST", path, hdrs(), body)
+end
+""",
 }
 
-SCENARIOS: tuple[str, ...] = tuple(_LUA_REQUEST)
+V2_SCENARIOS = ("resolve_known", "points_earn")
+SCENARIOS: tuple[str, ...] = tuple(s for s in _LUA_REQUEST if s not in V2_SCENARIOS)
+ALL_SCENARIOS: tuple[str, ...] = tuple(_LUA_REQUEST)
+
+
+def known_phone(i: int) -> str:
+    """The phone of the i-th seeded shopper (the resolve_known scenario asks for them)."""
+    return f"139{i:08d}"
 
 
 def wrk_script(scenario: str, *, skus: int, users: int, carts: int, ttl: int) -> str:
