@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -31,6 +31,7 @@ from omnigrid.actors.declaration import (
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.actors.errors import InvalidRequest
+from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
@@ -95,16 +96,34 @@ class Line:
     updated_at: float
 
 
+class Absorb(Input):
+    """Step of a merge on the survivor's cart: the merged user's lines join it."""
+
+    lines: list[list[Any]]  # [sku, qty, added_via, updated_via, updated_at]
+    merge_id: MergeId
+    other_uid: Id
+    rule: Literal["sum", "max"] = "sum"
+
+
 class Cart(Entity):
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "merge")
 
     kind: ClassVar[str] = "cart"
 
     def __init__(self, key: str, ident: str) -> None:
         super().__init__(key, ident)
         self.lines: dict[str, Line] = {}
+        self.merge: MergeState | None = None  # only on users a merge touched
+
+    def alias(self) -> str | None:
+        return self.merge.into if self.merge is not None else None
 
     def view(self) -> dict[str, Any]:
+        if self.merge is not None and self.merge.merged_from:
+            return {**self._view(), "merged_from": list(self.merge.merged_from)}
+        return self._view()
+
+    def _view(self) -> dict[str, Any]:
         return {
             "uid": self.ident,
             "version": self.version,
@@ -121,13 +140,21 @@ class Cart(Entity):
             ],
         }
 
-    def kind_state(self) -> Any:
+    def rows(self) -> list[list[Any]]:
         return [
             [sku, ln.qty, ln.added_via, ln.updated_via, ln.updated_at]
             for sku, ln in self.lines.items()
         ]
 
+    def kind_state(self) -> Any:
+        if self.merge is None:
+            return self.rows()  # the format every cart a merge never touched keeps
+        return {"lines": self.rows(), "merge": self.merge.state()}
+
     def load_kind_state(self, data: Any) -> None:
+        if isinstance(data, dict):
+            self.merge = MergeState.load(data["merge"])
+            data = data["lines"]
         self.lines = {
             intern(sku): Line(qty, intern(added), intern(updated), at)
             for sku, qty, added, updated, at in data
@@ -159,6 +186,53 @@ class Cart(Entity):
         changed = bool(self.lines)
         self.lines.clear()
         return Outcome(200, None, changed=changed)
+
+    # -- a merge's steps (actors/merge.py) -------------------------------------------
+
+    def hand_over(self, inp: HandOver, channel: str, now: float) -> Outcome:
+        merge = self.merge = self.merge or MergeState()
+        if inp.merge_id in merge.done:  # run again: the same lines as the first time
+            return Outcome(200, merge.done[inp.merge_id], changed=False)
+        merge.done[inp.merge_id] = rows = self.rows()
+        merge.into = inp.into
+        self.lines.clear()
+        return Outcome(200, rows, changed=True)
+
+    def absorb(self, inp: Absorb, channel: str, now: float) -> Outcome:
+        merge = self.merge = self.merge or MergeState()
+        if inp.merge_id in merge.done:
+            return Outcome(200, None, changed=False)
+        for sku, qty, added, updated, at in inp.lines:
+            line = self.lines.get(sku)
+            if line is None:
+                if len(self.lines) < MAX_LINES:
+                    self.lines[intern(sku)] = Line(qty, intern(added), intern(updated), at)
+                continue
+            line.qty = min(
+                MAX_LINE_QTY, line.qty + qty if inp.rule == "sum" else max(line.qty, qty)
+            )
+        merge.done[inp.merge_id] = True
+        merge.merged_from.append(inp.other_uid)
+        return Outcome(200, None, changed=True)
+
+    def restore(self, inp: Restore, channel: str, now: float) -> Outcome:
+        """Undo on the merged user's cart: the lines it had at the merge, and no alias."""
+        if self.merge is None or inp.merge_id not in self.merge.done:
+            return Outcome(200, None, changed=False)
+        self.load_kind_state(inp.given)
+        self.merge.into = None
+        del self.merge.done[inp.merge_id]
+        self.merge = None if self.merge.empty() else self.merge
+        return Outcome(200, None, changed=True)
+
+    def unmerged(self, inp: Undone, channel: str, now: float) -> Outcome:
+        """Undo on the survivor's cart: no longer merged from the other (its lines stay)."""
+        if self.merge is None or inp.other_uid not in self.merge.merged_from:
+            return Outcome(200, None, changed=False)
+        self.merge.merged_from.remove(inp.other_uid)
+        self.merge.done.pop(inp.merge_id, None)
+        self.merge = None if self.merge.empty() else self.merge
+        return Outcome(200, None, changed=True)
 
     def _put(self, sku: str, qty: int, available: int | None, channel: str, now: float) -> None:
         line = self.lines.get(sku)
@@ -248,6 +322,10 @@ KIND = Kind(
         Op("cart.set", Cart.set_qty, LineSet, decided=frozenset({"available"})),
         Op("cart.remove", Cart.remove, LineRemove),
         Op("cart.clear", Cart.clear),
+        Op("cart.hand_over", Cart.hand_over, HandOver, on_alias=True),
+        Op("cart.absorb", Cart.absorb, Absorb),
+        Op("cart.restore", Cart.restore, Restore, on_alias=True),
+        Op("cart.unmerged", Cart.unmerged, Undone),
     ),
     routes=(
         Route(

@@ -77,6 +77,9 @@ class Op:
     # Input fields the grid fills in, never the client (a reservation's id, a cart
     # line's checked availability): decisions, journaled so a replay repeats them.
     decided: frozenset[str] = frozenset()
+    # runs on an entity that is an alias (a merge's own steps); any other op is
+    # sent on to the entity the alias stands for
+    on_alias: bool = False
 
 
 class Grid(Protocol):
@@ -151,6 +154,9 @@ class Kind:
     queries: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     stream: Stream | None = None
     refusals: tuple[Refusal, ...] = ()
+    # Work an entity asks the grid to do for it when its timed work falls due
+    # (a saga left unfinished by a crash): run by the process owning the entity.
+    resume: Callable[[Grid, str], Awaitable[Any]] | None = None
     ops_by_name: dict[str, Op] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

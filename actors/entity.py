@@ -82,6 +82,10 @@ class Entity:
     def load_kind_state(self, data: Any) -> None:
         raise NotImplementedError
 
+    def alias(self) -> str | None:
+        """The ident of the entity this one now stands for (a merged user's survivor)."""
+        return None
+
     def next_deadline(self) -> float | None:
         """When this entity next has timed work to do (``expire``), if ever."""
         return None

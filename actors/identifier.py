@@ -31,6 +31,11 @@ class Release(Input):
     uid: Id
 
 
+class Move(Input):
+    from_uid: Id
+    to_uid: Id
+
+
 class IdentifierView(View):
     type: str | None
     value: str | None  # shown form (masked where personal)
@@ -91,6 +96,14 @@ class Identifier(Entity):
         return Outcome(200, {"uid": None, "released": True}, changed=True)
 
 
+def move(self: Identifier, inp: Move, channel: str, now: float) -> Outcome:
+    """A merge's (or an undo's) step: bound to ``from_uid``, it is ``to_uid``'s now."""
+    if self.uid != inp.from_uid:
+        return Outcome(200, {"uid": self.uid, "moved": False}, changed=False)
+    self.uid = inp.to_uid
+    return Outcome(200, {"uid": self.uid, "moved": True}, changed=True)
+
+
 KIND = Kind(
     name="identifier",
     entity=Identifier,
@@ -100,6 +113,7 @@ KIND = Kind(
         Op("identifier.get", Identifier.get, read=True),
         Op("identifier.claim", Identifier.claim, Claim),
         Op("identifier.release", Identifier.release, Release),
+        Op("identifier.move", move, Move),
     ),
     queries={UID: lambda entry: entry.uid},
 )

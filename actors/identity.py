@@ -25,9 +25,12 @@ from omnigrid.actors import identifiers
 from omnigrid.actors.declaration import Grid, Id, Input, Kind, Op, Refusal, Route, View, answer
 from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.actors.merged import Restore, Undone
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
+ALIAS = "identity.alias"  # query: the survivor a merged user stands for (None: not merged)
+USER_MERGED = Refusal("user_merged", 409, "User merged")
 IDENTITY_CONFLICT = Refusal("identity_conflict", 409, "Identity conflict")
 IDENTITY_LIMIT = Refusal("identity_limit", 409, "Identity limit")
 MAX_RESOLVE = 10
@@ -144,14 +147,30 @@ class Held:
     app_id: str | None
     bound_at: float
     channel: str
+    from_merge: str | None = None  # the merge that brought it (an undo takes it back)
+
+    def bound(self) -> dict[str, Any]:
+        return {"type": self.type, "digest": self.digest, "shown": self.shown,
+                "app_id": self.app_id}  # fmt: skip
 
     def view(self) -> dict[str, Any]:
         return {"type": self.type, "value": self.shown, "app_id": self.app_id,
                 "bound_at": rfc3339(self.bound_at), "channel": self.channel}  # fmt: skip
 
 
+class AliasOf(Input):
+    into: Id
+    merge_id: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class Absorb(Input):
+    items: list[Bound]
+    merge_id: Annotated[str, msgspec.Meta(max_length=64)]
+    other_uid: Id
+
+
 class Identity(Entity):
-    __slots__ = ("held", "history", "merged_into")
+    __slots__ = ("held", "history", "merged_from", "merged_into")
 
     kind: ClassVar[str] = "identity"
 
@@ -160,30 +179,42 @@ class Identity(Entity):
         self.held: list[Held] = []
         self.history: list[list[Any]] = []  # [at, op, identifier view or None, channel]
         self.merged_into: str | None = None
+        self.merged_from: list[str] = []
+
+    def alias(self) -> str | None:
+        return self.merged_into
 
     def view(self) -> dict[str, Any]:
         return {
             "uid": self.ident,
             "identifiers": [h.view() for h in self.held],
             "merged_into": self.merged_into,
+            **({"merged_from": list(self.merged_from)} if self.merged_from else {}),
             "version": self.version,
             "updated_at": rfc3339(self.updated_at),
         }
 
     def kind_state(self) -> Any:
-        rows = [[h.type, h.digest, h.shown, h.app_id, h.bound_at, h.channel] for h in self.held]
-        return [rows, self.history, self.merged_into]
+        rows = [[h.type, h.digest, h.shown, h.app_id, h.bound_at, h.channel, h.from_merge]
+                for h in self.held]  # fmt: skip
+        return [rows, self.history, self.merged_into, self.merged_from]
 
     def load_kind_state(self, data: Any) -> None:
-        rows, self.history, self.merged_into = data
-        self.held = [Held(intern(t), d, s, a, at, intern(c)) for t, d, s, a, at, c in rows]
+        rows, self.history, self.merged_into, *merged_from = data
+        self.merged_from = list(merged_from[0]) if merged_from else []
+        self.held = [Held(intern(r[0]), r[1], r[2], r[3], r[4], intern(r[5]),
+                          r[6] if len(r) > 6 else None) for r in rows]  # fmt: skip
 
     def get(self, _: None, channel: str, now: float) -> Outcome:
         return Outcome(200, self.view(), changed=False)
 
     def get_history(self, _: None, channel: str, now: float) -> Outcome:
-        events = [{"at": rfc3339(at), "op": op, "identifier": shown, "channel": ch}
-                  for at, op, shown, ch in self.history]  # fmt: skip
+        events = []
+        for at, op, shown, ch, *merge in self.history:
+            event = {"at": rfc3339(at), "op": op, "identifier": shown, "channel": ch}
+            if merge and merge[0] is not None:
+                event |= {"other_uid": merge[0], "merge_id": merge[1]}
+            events.append(event)
         return Outcome(200, {"events": events}, changed=False)
 
     def record(self, inp: Record, channel: str, now: float) -> Outcome:
@@ -209,8 +240,60 @@ class Identity(Entity):
         self._log(now, "unbind", gone.view(), channel)
         return Outcome(200, None, changed=True)
 
-    def _log(self, now: float, op: str, shown: dict[str, Any] | None, channel: str) -> None:
-        self.history.append([now, op, shown, channel])
+    # -- a merge's steps (actors/merge.py) -------------------------------------------
+
+    def become_alias(self, inp: AliasOf, channel: str, now: float) -> Outcome:
+        """The merged user: an alias of the survivor; answers its identifiers."""
+        bound = [h.bound() for h in self.held]
+        if self.merged_into == inp.into:
+            return Outcome(200, bound, changed=False)
+        if self.merged_into is not None:
+            raise USER_MERGED(f"{self.ident} was merged into {self.merged_into}")
+        self.merged_into = inp.into
+        self._log(now, "merge", None, channel, other=inp.into, merge_id=inp.merge_id)
+        return Outcome(200, bound, changed=True)
+
+    def absorb(self, inp: Absorb, channel: str, now: float) -> Outcome:
+        """The survivor: the merged user's identifiers join its own, beyond the limits."""
+        if inp.other_uid in self.merged_from:
+            return Outcome(200, None, changed=False)
+        have = {h.digest for h in self.held}
+        for b in inp.items:
+            if b.digest not in have:
+                held = Held(intern(b.type), b.digest, b.shown, b.app_id, now, intern(channel),
+                            inp.merge_id)  # fmt: skip
+                self.held.append(held)
+        self.merged_from.append(inp.other_uid)
+        self._log(now, "merge", None, channel, other=inp.other_uid, merge_id=inp.merge_id)
+        return Outcome(200, None, changed=True)
+
+    def release_merged(self, inp: Undone, channel: str, now: float) -> Outcome:
+        """Undo on the survivor: the identifiers the merge brought leave."""
+        if inp.other_uid not in self.merged_from:
+            return Outcome(200, None, changed=False)
+        self.held = [h for h in self.held if h.from_merge != inp.merge_id]
+        self.merged_from.remove(inp.other_uid)
+        self._log(now, "unmerge", None, channel, other=inp.other_uid, merge_id=inp.merge_id)
+        return Outcome(200, None, changed=True)
+
+    def unalias(self, inp: Restore, channel: str, now: float) -> Outcome:
+        """Undo on the merged user: a user again (its identifiers never left its list)."""
+        if self.merged_into is None:
+            return Outcome(200, None, changed=False)
+        other, self.merged_into = self.merged_into, None
+        self._log(now, "unmerge", None, channel, other=other, merge_id=inp.merge_id)
+        return Outcome(200, None, changed=True)
+
+    def _log(
+        self,
+        now: float,
+        op: str,
+        shown: dict[str, Any] | None,
+        channel: str,
+        other: str | None = None,
+        merge_id: str | None = None,
+    ) -> None:
+        self.history.append([now, op, shown, channel, other, merge_id])
         if len(self.history) > MAX_HISTORY:
             del self.history[0]
 
@@ -336,6 +419,10 @@ KIND = Kind(
         Op("identity.resolve", not_a_command, Resolve),
         Op("identity.bind", not_a_command, IdentifierIn),
         Op("identity.unbind", not_a_command, Unbind),
+        Op("identity.alias", Identity.become_alias, AliasOf, on_alias=True),
+        Op("identity.absorb", Identity.absorb, Absorb),
+        Op("identity.release_merged", Identity.release_merged, Undone),
+        Op("identity.unalias", Identity.unalias, Restore, on_alias=True),
     ),
     routes=(
         Route(
@@ -388,5 +475,6 @@ KIND = Kind(
             History,
         ),
     ),
-    refusals=(IDENTITY_CONFLICT, IDENTITY_LIMIT, identifiers.BLOCKED_IDENTIFIER),
+    queries={ALIAS: lambda identity: identity.merged_into},
+    refusals=(IDENTITY_CONFLICT, IDENTITY_LIMIT, USER_MERGED, identifiers.BLOCKED_IDENTIFIER),
 )

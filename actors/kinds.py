@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from omnigrid.actors import cart, identifier, identity, member, stock
+from omnigrid.actors import cart, identifier, identity, member, merge, stock
 from omnigrid.actors.declaration import Kind, Refusal
 from omnigrid.actors.errors import COMMON_CODES, forget_code, register_code
 
@@ -83,3 +83,4 @@ register(cart.KIND)
 register(member.KIND)
 register(identifier.KIND)
 register(identity.KIND)
+register(merge.KIND)

@@ -36,6 +36,7 @@ from omnigrid.actors.declaration import (
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.actors.errors import InvalidRequest
+from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import parse_rfc3339, rfc3339
 
@@ -210,8 +211,16 @@ class Entry:
         ]
 
 
+class Absorb(Input):
+    """Step of a merge on the survivor's member: the merged user's points join it."""
+
+    lots: list[list[Any]]  # [expires_at, points left]
+    merge_id: MergeId
+    other_uid: Id
+
+
 class Member(Entity):
-    __slots__ = ("applied", "entries", "home_store", "lots", "spends")
+    __slots__ = ("applied", "entries", "home_store", "lots", "merge", "spends")
 
     kind: ClassVar[str] = "member"
 
@@ -225,6 +234,10 @@ class Member(Entity):
         self.applied: dict[str, int] = {}
         self.spends: list[tuple[float, int]] = []  # (at, amount), oldest first
         self.home_store: str | None = None
+        self.merge: MergeState | None = None  # only on users a merge touched
+
+    def alias(self) -> str | None:
+        return self.merge.into if self.merge is not None else None
 
     # -- reading ------------------------------------------------------------------
 
@@ -261,7 +274,8 @@ class Member(Entity):
             "home_store": self.home_store,
             "version": self.version,
             "updated_at": rfc3339(self.updated_at),
-        }
+        } | ({"merged_from": list(self.merge.merged_from)}
+             if self.merge is not None and self.merge.merged_from else {})  # fmt: skip
 
     def entry_view(self, index: int) -> dict[str, Any]:
         e = self.entries[index]
@@ -286,10 +300,12 @@ class Member(Entity):
             [[at, amount] for at, amount in self.spends],
             self.home_store,
             [[k, i] for k, i in self.applied.items()],
+            self.merge.state() if self.merge is not None else None,
         ]
 
     def load_kind_state(self, data: Any) -> None:
-        rows, self.lots, spends, self.home_store, applied = data
+        rows, self.lots, spends, self.home_store, applied, *merge = data
+        self.merge = MergeState.load(merge[0]) if merge and merge[0] is not None else None
         self.entries = [
             Entry(p, intern(k), intern(ch), r, x, o, at, exp) for p, k, ch, r, x, o, at, exp in rows
         ]
@@ -365,6 +381,71 @@ class Member(Entity):
             self.spends.pop(0)
         return Outcome(200, None, changed=True)
 
+    # -- a merge's steps (actors/merge.py) -------------------------------------------
+
+    def hand_over(self, inp: HandOver, channel: str, now: float) -> Outcome:
+        merge = self.merge = self.merge or MergeState()
+        if inp.merge_id in merge.done:  # run again: the same lots as the first time
+            return Outcome(200, merge.done[inp.merge_id], changed=False)
+        lots = [[at, left] for at, _, left in self.lots]
+        if lots:
+            self._append(Entry(-self.balance, "reverse", intern(channel),
+                               f"merged into {inp.into}", None, None, now, None))  # fmt: skip
+        self.lots = []
+        merge.done[inp.merge_id], merge.into = lots, inp.into
+        return Outcome(200, lots, changed=True)
+
+    def absorb(self, inp: Absorb, channel: str, now: float) -> Outcome:
+        merge = self.merge = self.merge or MergeState()
+        if inp.merge_id in merge.done:
+            return Outcome(200, None, changed=False)
+        brought = []
+        for expires, points in inp.lots:
+            entry = Entry(points, "restore", intern(channel), f"merged from {inp.other_uid}",
+                          None, None, now, expires)  # fmt: skip
+            index = self._append(entry)
+            bisect.insort(self.lots, [expires, index, points])
+            brought.append(index)
+        merge.done[inp.merge_id] = brought
+        merge.merged_from.append(inp.other_uid)
+        return Outcome(200, None, changed=True)
+
+    def give_back(self, inp: Undone, channel: str, now: float) -> Outcome:
+        """Undo on the survivor: what is left of the points the merge brought."""
+        merge = self.merge
+        back = "back:" + inp.merge_id
+        if merge is None or back in merge.done:
+            return Outcome(200, merge.done[back] if merge else [], changed=False)
+        brought = set(merge.done.get(inp.merge_id) or ())
+        left = [[at, points] for at, index, points in self.lots if index in brought]
+        self.lots = [lot for lot in self.lots if lot[1] not in brought]
+        if left:
+            reason = f"merge with {inp.other_uid} undone"
+            taken = -sum(p for _, p in left)
+            self._append(Entry(taken, "reverse", intern(channel), reason, None, None, now, None))
+        merge.done[back] = left
+        merge.done.pop(inp.merge_id, None)
+        if inp.other_uid in merge.merged_from:
+            merge.merged_from.remove(inp.other_uid)
+        return Outcome(200, left, changed=True)
+
+    def restore(self, inp: Restore, channel: str, now: float) -> Outcome:
+        """Undo on the merged user: the points given back, and no alias."""
+        if self.merge is None or inp.merge_id not in self.merge.done:
+            return Outcome(200, None, changed=False)
+        for expires, points in inp.given:
+            entry = Entry(points, "restore", intern(channel), "merge undone", None, None, now,
+                          expires)  # fmt: skip
+            index = self._append(entry)
+            if expires > now:
+                bisect.insort(self.lots, [expires, index, points])
+            else:
+                self._append(Entry(-points, "expire", "system", None, None, None, now, expires))
+        self.merge.into = None
+        del self.merge.done[inp.merge_id]
+        self.merge = None if self.merge.empty() else self.merge
+        return Outcome(200, None, changed=True)
+
     def set_home(self, inp: HomeStore, channel: str, now: float) -> Outcome:
         """The store a member belongs to (set when a resolve at a store creates the uid)."""
         changed = inp.store != self.home_store
@@ -405,6 +486,10 @@ KIND = Kind(
         Op("member.spend", Member.spend, Spend),
         Op("member.home", Member.set_home, HomeStore),
         Op("member.tiers", not_a_command, read=True),
+        Op("member.hand_over", Member.hand_over, HandOver, on_alias=True),
+        Op("member.absorb", Member.absorb, Absorb),
+        Op("member.give_back", Member.give_back, Undone),
+        Op("member.restore", Member.restore, Restore, on_alias=True),
     ),
     routes=(
         Route(

@@ -13,6 +13,9 @@ from typing import Any
 # A shard that does not own a command's slot answers with this status and its
 # slot map in the body; routers never show it to a client.
 MOVED = 421
+# The entity is an alias of another of its kind (a merged user): the body names it,
+# ``{"into": ident}``, and the router sends the command on to it.
+ALIASED = 308
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import msgspec
 from omnigrid.actors.declaration import Input, Op
 from omnigrid.actors.entity import Entity
 from omnigrid.actors.errors import GridError
-from omnigrid.actors.protocol import Command, Result
+from omnigrid.actors.protocol import ALIASED, Command, Result
 
 # (entity, command, the input as the handler left it, now) -> the new view
 Record = Callable[[Entity, Command, dict[str, Any], float], dict[str, Any]]
@@ -31,6 +31,10 @@ def run_command(
     op: Op, entity: Entity, cmd: Command, inp: Input | None, now: float, record: Record
 ) -> Ran:
     """Run ``cmd`` on ``entity``: what it answers, and what it left on the entity."""
+    into = entity.alias()
+    if into is not None and not op.on_alias:
+        detail = f"{entity.ident} was merged into {into}"
+        return Ran(Result(ALIASED, {"into": into}, "user_merged", detail))
     if op.read:
         try:
             outcome = op.handler(entity, inp, cmd.channel, now)

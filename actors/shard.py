@@ -42,6 +42,7 @@ STORE_REFUSED = "the store cannot be read right now; retry later"
 STORE_LOG_EVERY_S = 10.0  # a store outage is one log line per shard this often, not one a read
 log = logging.getLogger("omnigrid.shard")
 PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
+RESUME_AGAIN_S = 5.0  # a woken entity whose resumed work did not move it is woken again
 
 
 class Shard:
@@ -68,6 +69,9 @@ class Shard:
         self.durability = durability
         self.commands = Counter[str]()
         self.timers = Timers()  # when each entity next has timed work (actors/timers.py)
+        # Entities whose due work is the grid's to do (Kind.resume): the process
+        # owning the shard takes them from here and runs it.
+        self.woken: list[str] = []
         # The write-behind's side (actors/backlog.py): journaled events not yet
         # in the store, and the entities changed since their last snapshot.
         self.backlog = Backlog()
@@ -303,7 +307,13 @@ class Shard:
             before = entity.version
             self.expire(entity, now)
             touched += entity.version != before
-            self.timers.schedule(entity)
+            kind, _ = split_key(key)
+            due = entity.next_deadline()
+            if kind is not None and kind.resume is not None and due is not None and due <= now:
+                self.woken.append(key)  # again in a while, unless the resumed work moves it
+                self.timers.schedule_at(key, now + RESUME_AGAIN_S)
+            else:
+                self.timers.schedule(entity)
             budget -= 1
             if budget <= 0:
                 break

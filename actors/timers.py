@@ -32,6 +32,11 @@ class Timers:
             self._scheduled[entity.key] = deadline
             heapq.heappush(self._heap, (deadline, entity.key))
 
+    def schedule_at(self, key: str, when: float) -> None:
+        """Look at the entity again at ``when`` (whatever its own deadline says)."""
+        self._scheduled[key] = when
+        heapq.heappush(self._heap, (when, key))
+
     def forget(self, key: str) -> None:
         self._scheduled.pop(key, None)
 

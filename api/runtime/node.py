@@ -28,6 +28,7 @@ import uvicorn
 
 from omnigrid.actors import identifiers, member
 from omnigrid.actors.kinds import load as load_kinds
+from omnigrid.actors.kinds import split_key
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
@@ -64,6 +65,7 @@ CONTROL_TIMEOUT_S = 3.0
 # reported missing, so health answers within a second during any outage.
 HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
+RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
 AUDIT_TIMEOUT_S = 600.0
 STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
 AUDIT_CHUNK = 2_000
@@ -223,6 +225,7 @@ class GridNode:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._tick()))
         self._tasks.append(loop.create_task(self._heal_journal()))
+        self._tasks.append(loop.create_task(self._resume_woken()))
         self._tasks.append(loop.create_task(self.writebehind.run()))
         if self.hot_copy is not None:
             self._tasks.append(loop.create_task(self.hot_copy.run()))
@@ -314,6 +317,25 @@ class GridNode:
                 log.exception("settling the journal of shard %d failed", self.shard_id)
             else:
                 commit.healed(head)
+
+    async def _resume_woken(self) -> None:
+        """Run the work entities of this shard asked for (Kind.resume: a saga to finish)."""
+        running: set[str] = set()
+        while True:
+            await asyncio.sleep(RESUME_EVERY_S)
+            woken, self.shard.woken = self.shard.woken, []
+            for key in dict.fromkeys(woken):
+                kind, ident = split_key(key)
+                if kind is None or kind.resume is None or key in running:
+                    continue
+                running.add(key)
+                task = asyncio.ensure_future(kind.resume(self.router, ident))
+                task.add_done_callback(lambda t, key=key: self._resumed(running, key, t))  # type: ignore[misc]
+
+    def _resumed(self, running: set[str], key: str, task: asyncio.Task[Any]) -> None:
+        running.discard(key)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("resuming %s failed (tried again later): %r", key, task.exception())
 
     async def _flush_behind(self) -> None:
         """Async durability: acknowledged changes reach the journal within ASYNC_FLUSH_S."""

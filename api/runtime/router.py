@@ -9,11 +9,12 @@ map; the router adopts it and tries again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from omnigrid.actors.errors import GridError, Unavailable
-from omnigrid.actors.protocol import MOVED, Command, Result
+from omnigrid.actors.protocol import ALIASED, MOVED, Command, Result
 from omnigrid.actors.shard import QUERY, Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.runtime.peers import PeerLink
@@ -63,6 +64,10 @@ class Router:
     async def call(self, cmd: Command) -> Result:
         for attempt in range(MAX_REDIRECTS + 1):
             result = await self._send(self.slot_map.owner(cmd.key), cmd)
+            if result.status == ALIASED:  # a merged user: the command is the survivor's
+                kind = cmd.key.partition(":")[0]
+                cmd = dataclasses.replace(cmd, key=f"{kind}:{result.body['into']}")
+                continue
             if result.status != MOVED:
                 return result
             self.adopt(SlotMap.from_wire(result.body))

@@ -1,0 +1,335 @@
+"""Merge(merge_id): folding one user into another, and undoing it, as a durable saga.
+
+A merge touches entities on several shards (the merged user's identity, cart
+and member; the survivor's; the directory entries of every identifier), so it
+is a saga: this entity is its journal. Each step is a command that is safe to
+run twice (keyed by the merge id), and the step reached is recorded here, with
+what the later steps and the undo need (the merged user's identifiers, cart
+lines and points as they were). A crash at any point leaves a merge that is
+running: the grid process owning it drives it on (``pending`` and ``drive``,
+run by the runtime) until it is done, so no reader is left with half a merge.
+
+Forward: 1 the merged user's identity becomes an alias of the survivor and
+answers its identifiers; 2 they move to the survivor; 3 its cart lines go to
+the survivor's cart (sum or max per SKU, capped) and its cart becomes an
+alias; 4 its points likewise; 5 done. Undo runs the same way backwards: the
+merged user is a user again, with its identifiers, the cart it had at the
+merge and what is left of the points it brought.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+from omnigrid.actors.declaration import Grid, Id, Input, Kind, Op, Route, View, answer
+from omnigrid.actors.entity import Entity, Outcome
+from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.actors.identity import USER_MERGED
+from omnigrid.actors.protocol import Command
+from omnigrid.persistence.events import rfc3339
+
+FORWARD = ("begun", "aliased", "identifiers", "cart", "points", "done")
+BACKWARD = ("undoing", "identifiers_back", "cart_back", "points_back", "undone")
+SETTLE_S = 2.0  # a saga untouched this long with work left is driven by its owner
+
+
+class Begin(Input):
+    survivor: Id
+    merged: Id
+    cart_rule: Literal["sum", "max"] = "sum"
+
+
+class Step(Input):
+    done: Annotated[str, msgspec.Meta(max_length=32)]
+    data: dict[str, Any] | None = None
+
+
+class MergeRequest(Input):
+    uid: Id  # the survivor (from the path)
+    from_uid: Id
+    cart_rule: Literal["sum", "max"] = "sum"
+
+
+class MergeView(View):
+    merge_id: str
+    uid: str
+    from_uid: str
+    status: str
+    version: int
+    updated_at: str | None
+
+
+class MergeAnswer(View):
+    merge_id: str
+    uid: str
+    from_uid: str
+    status: str | None = None
+
+
+class Merge(Entity):
+    __slots__ = ("cart_rule", "data", "merged", "status", "survivor")
+
+    kind: ClassVar[str] = "merge"
+
+    def __init__(self, key: str, ident: str) -> None:
+        super().__init__(key, ident)
+        self.survivor = ""
+        self.merged = ""
+        self.cart_rule = "sum"
+        self.status = ""  # the last step done: FORWARD, then BACKWARD
+        self.data: dict[str, Any] = {}  # what later steps and the undo need
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "merge_id": self.ident,
+            "uid": self.survivor,
+            "from_uid": self.merged,
+            "status": self.status,
+            "version": self.version,
+            "updated_at": rfc3339(self.updated_at),
+        }
+
+    def saga(self) -> dict[str, Any]:
+        return {**self.view(), "cart_rule": self.cart_rule, "data": self.data}
+
+    def kind_state(self) -> Any:
+        return [self.survivor, self.merged, self.cart_rule, self.status, self.data]
+
+    def load_kind_state(self, data: Any) -> None:
+        self.survivor, self.merged, self.cart_rule, self.status, self.data = data
+
+    def next_deadline(self) -> float | None:
+        """An unfinished saga nobody has moved on for a while is resumed (Kind.resume)."""
+        if self.status in ("done", "undone") or not self.exists:
+            return None
+        return (self.updated_at or 0.0) + SETTLE_S
+
+    def get(self, _: None, channel: str, now: float) -> Outcome:
+        return Outcome(200, self.saga(), changed=False)
+
+    def begin(self, inp: Begin, channel: str, now: float) -> Outcome:
+        if self.exists:
+            if (self.survivor, self.merged) != (inp.survivor, inp.merged):
+                raise InvalidRequest(f"merge {self.ident} is another merge")
+            return Outcome(200, self.saga(), changed=False)
+        self.survivor, self.merged, self.cart_rule = inp.survivor, inp.merged, inp.cart_rule
+        self.status = "begun"
+        return Outcome(200, self.saga(), changed=True)
+
+    def step(self, inp: Step, channel: str, now: float) -> Outcome:
+        """Record a step as done (once: a step done already changes nothing)."""
+        order = FORWARD if inp.done in FORWARD else BACKWARD
+        if inp.done not in order:
+            raise InvalidRequest(f"no step {inp.done!r}")
+        if inp.done == "undoing":
+            if self.status in BACKWARD:
+                return Outcome(200, self.saga(), changed=False)
+            if self.status != "done":
+                raise USER_MERGED(f"merge {self.ident} is {self.status}, not done")
+        elif self.status not in order or order.index(inp.done) != order.index(self.status) + 1:
+            return Outcome(200, self.saga(), changed=False)  # done already (or out of turn)
+        self.status = inp.done
+        if inp.data:
+            self.data = {**self.data, **inp.data}
+        return Outcome(200, self.saga(), changed=True)
+
+
+# -- the saga's steps: each is safe to run again ------------------------------------
+
+
+async def _run(grid: Grid, op: str, key: str, args: dict[str, Any], channel: str) -> Any:
+    return answer(await grid.call(Command(op, key, args, channel)))[1]
+
+
+async def _step(grid: Grid, merge_id: str, done: str, channel: str, **data: Any) -> dict[str, Any]:
+    saga: dict[str, Any] = await _run(
+        grid, "merge.step", KIND.key(merge_id), {"done": done, "data": data or None}, channel
+    )
+    return saga
+
+
+async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str, Any]:
+    """Take the saga from the step it reached to its end (done, or undone)."""
+    saga: dict[str, Any] = await _run(grid, "merge.get", KIND.key(merge_id), {}, channel)
+    s, m, mid = saga["uid"], saga["from_uid"], merge_id
+    while saga["status"] not in ("done", "undone"):
+        status = saga["status"]
+        if status == "begun":
+            held = await _run(
+                grid, "identity.alias", f"identity:{m}", {"into": s, "merge_id": mid}, channel
+            )
+            saga = await _step(grid, mid, "aliased", channel, identifiers=held)
+        elif status == "aliased":
+            items = saga["data"]["identifiers"]
+            for item in items:
+                await _run(
+                    grid,
+                    "identifier.move",
+                    f"identifier:{item['digest']}",
+                    {"from_uid": m, "to_uid": s},
+                    channel,
+                )
+            await _run(
+                grid,
+                "identity.absorb",
+                f"identity:{s}",
+                {"items": items, "merge_id": mid, "other_uid": m},
+                channel,
+            )
+            saga = await _step(grid, mid, "identifiers", channel)
+        elif status == "identifiers":
+            lines = await _run(
+                grid, "cart.hand_over", f"cart:{m}", {"into": s, "merge_id": mid}, channel
+            )
+            await _run(
+                grid,
+                "cart.absorb",
+                f"cart:{s}",
+                {"lines": lines, "merge_id": mid, "other_uid": m, "rule": saga["cart_rule"]},
+                channel,
+            )
+            saga = await _step(grid, mid, "cart", channel, cart=lines)
+        elif status == "cart":
+            lots = await _run(
+                grid, "member.hand_over", f"member:{m}", {"into": s, "merge_id": mid}, channel
+            )
+            await _run(
+                grid,
+                "member.absorb",
+                f"member:{s}",
+                {"lots": lots, "merge_id": mid, "other_uid": m},
+                channel,
+            )
+            saga = await _step(grid, mid, "points", channel, points=lots)
+        elif status == "points":
+            saga = await _step(grid, mid, "done", channel)
+        elif status == "undoing":
+            items = saga["data"].get("identifiers", [])
+            await _run(
+                grid,
+                "identity.release_merged",
+                f"identity:{s}",
+                {"merge_id": mid, "other_uid": m},
+                channel,
+            )
+            for item in items:
+                await _run(
+                    grid,
+                    "identifier.move",
+                    f"identifier:{item['digest']}",
+                    {"from_uid": s, "to_uid": m},
+                    channel,
+                )
+            await _run(grid, "identity.unalias", f"identity:{m}", {"merge_id": mid}, channel)
+            saga = await _step(grid, mid, "identifiers_back", channel)
+        elif status == "identifiers_back":
+            await _run(
+                grid,
+                "cart.restore",
+                f"cart:{m}",
+                {"merge_id": mid, "given": saga["data"].get("cart", [])},
+                channel,
+            )
+            await _run(
+                grid, "cart.unmerged", f"cart:{s}", {"merge_id": mid, "other_uid": m}, channel
+            )
+            saga = await _step(grid, mid, "cart_back", channel)
+        elif status == "cart_back":
+            back = {"merge_id": mid, "other_uid": m}
+            left = await _run(grid, "member.give_back", f"member:{s}", back, channel)
+            given = {"merge_id": mid, "given": left}
+            await _run(grid, "member.restore", f"member:{m}", given, channel)
+            saga = await _step(grid, mid, "points_back", channel)
+        elif status == "points_back":
+            saga = await _step(grid, mid, "undone", channel)
+        else:
+            raise RuntimeError(f"merge {mid} is in an unknown state {status!r}")
+    return saga
+
+
+# -- the routes' flows ----------------------------------------------------------------
+
+
+async def merge(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    survivor, merged = cmd.args["uid"], cmd.args["from_uid"]
+    if survivor == merged:
+        raise InvalidRequest("a user cannot be merged into itself")
+    aliases = await grid.query(
+        {f"identity:{survivor}": "identity.alias", f"identity:{merged}": "identity.alias"}
+    )
+    for uid in (survivor, merged):
+        into = aliases[f"identity:{uid}"]
+        if into is not None:
+            raise USER_MERGED(f"{uid} was merged into {into}: merge into the survivor instead")
+    merge_id = "m" + secrets.token_hex(10)
+    begin = {"survivor": survivor, "merged": merged, "cart_rule": cmd.args["cart_rule"]}
+    await _run(grid, "merge.begin", KIND.key(merge_id), begin, cmd.channel)
+    await drive(grid, merge_id, cmd.channel)
+    return 200, {"merge_id": merge_id, "uid": survivor, "from_uid": merged}
+
+
+async def undo(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    merge_id = cmd.args["merge_id"]
+    saga = await _run(grid, "merge.get", KIND.key(merge_id), {}, cmd.channel)
+    if not saga["uid"]:
+        raise GridError("not_found", f"no merge {merge_id!r}")
+    await _step(grid, merge_id, "undoing", cmd.channel)
+    saga = await drive(grid, merge_id, cmd.channel)
+    return 200, {
+        "merge_id": merge_id,
+        "uid": saga["uid"],
+        "from_uid": saga["from_uid"],
+        "status": saga["status"],
+    }
+
+
+class UndoRequest(Input):
+    merge_id: Id
+
+
+def not_a_command(entity: Merge, inp: Any, channel: str, now: float) -> Outcome:
+    raise InvalidRequest("merges run at the gateway, not on an entity")
+
+
+KIND = Kind(
+    name="merge",
+    entity=Merge,
+    ident="merge_id",
+    view=MergeView,
+    ops=(
+        Op("merge.get", Merge.get, read=True),
+        Op("merge.begin", Merge.begin, Begin),
+        Op("merge.step", Merge.step, Step),
+        Op("merge.request", not_a_command, MergeRequest),
+        Op("merge.undo", not_a_command, UndoRequest),
+    ),
+    routes=(
+        Route(
+            "POST",
+            "/v1/users/{uid}/merge",
+            "merge_users",
+            "merge.request",
+            "Fold from_uid into this user (a durable saga; from_uid becomes an alias)",
+            MergeAnswer,
+            refusals=("user_merged",),
+            path_fields={"uid": "uid"},
+            flow=merge,
+        ),
+        Route(
+            "POST",
+            "/v1/merges/{merge_id}/undo",
+            "undo_merge",
+            "merge.undo",
+            "Make the merged user a user again",
+            MergeAnswer,
+            refusals=("user_merged", "not_found"),
+            path_fields={"merge_id": "merge_id"},
+            flow=undo,
+        ),
+    ),
+    refusals=(USER_MERGED,),
+    resume=drive,
+)
