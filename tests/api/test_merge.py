@@ -4,13 +4,14 @@ merged user back its identifiers, the cart it had and the points left."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import new_id, write_headers
+from tests.conftest import Grid, new_id, write_headers
 from tests.inprocess import in_process_client
 
 
@@ -106,4 +107,69 @@ def test_max_rule_caps_lines(local: httpx.Client) -> None:
     c = user(local, "13800000023", {x: 5_000}, 1)
     local.post(f"/v1/users/{a}/merge", json={"from_uid": c}, headers=write_headers())
     assert local.get(f"/v1/carts/{a}").json()["lines"][0]["qty"] == 9_999  # capped
-    _: Any = None
+
+
+# -- on a real grid ----------------------------------------------------------------
+
+
+def test_a_grid_killed_in_the_middle_of_merges_ends_each_whole_or_none() -> None:
+    g = Grid()
+    try:
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            sku = new_id("sku")
+            c.put(f"/v1/skus/{sku}/stock", json={"on_hand": 10_000}, headers=write_headers("pos"))
+            pairs = []
+            for i in range(24):
+                a = user(c, f"1370000{i:04d}", {sku: 1}, 10)
+                b = user(c, f"1371000{i:04d}", {sku: 2}, 20)
+                pairs.append((a, b, f"1371000{i:04d}"))
+
+        async def merges() -> None:
+            async with httpx.AsyncClient(base_url=g.url, timeout=10) as ac:
+                sent = [
+                    asyncio.ensure_future(
+                        ac.post(
+                            f"/v1/users/{a}/merge", json={"from_uid": b}, headers=write_headers()
+                        )
+                    )
+                    for a, b, _ in pairs
+                ]
+                # SIGKILL as soon as one merge is answered: the others are in flight
+                await asyncio.wait(sent, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.to_thread(g.kill)
+                await asyncio.gather(*sent, return_exceptions=True)
+
+        asyncio.run(merges())
+        g.start()
+        deadline = time.monotonic() + 30
+        ended = []
+        with httpx.Client(base_url=g.url, timeout=10) as c:
+            for a, b, phone in pairs:
+                while True:
+                    state = pair_state(c, a, b, phone, sku)
+                    if state in ("whole", "none"):
+                        ended.append(state)
+                        break
+                    assert time.monotonic() < deadline, (a, b, state)  # half a merge stayed
+                    time.sleep(0.5)
+            assert c.post("/v1/cluster/audit").json()["mismatched"] == 0
+        assert "whole" in ended, ended  # the one answered before the kill, at least
+    finally:
+        g.stop()
+
+
+def pair_state(c: httpx.Client, a: str, b: str, phone: str, sku: str) -> str:
+    """ "whole" (b folded into a everywhere), "none" (both as they were) or what is half."""
+    cart_b = c.get(f"/v1/carts/{b}").json()
+    member_b = c.get(f"/v1/members/{b}").json()
+    ident_b = c.get(f"/v1/users/{b}/identities").json()
+    ask = {"identifiers": [{"type": "phone", "value": phone}], "create": False}
+    owner = c.post("/v1/identities/resolve", headers=write_headers(), json=ask).json()["uid"]
+    qty = {ln["sku"]: ln["qty"] for ln in cart_b["lines"]}.get(sku)
+    seen = (cart_b["uid"], member_b["uid"], ident_b["uid"], owner)
+    if seen == (a, a, a, a) and qty == 3 and member_b["points"]["balance"] == 30:
+        return "whole"
+    if seen == (b, b, b, b) and qty == 2 and member_b["points"]["balance"] == 20:
+        a_view = c.get(f"/v1/members/{a}").json()
+        return "none" if a_view["points"]["balance"] == 10 else f"half: a has {a_view}"
+    return f"half: {seen} qty={qty} balance={member_b['points']['balance']}"
