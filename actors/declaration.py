@@ -42,6 +42,11 @@ def check_id(value: str, what: str) -> None:
         raise ValueError(f"{what} must match {ID_PATTERN}")
 
 
+# A query every entity answers: the ident it is an alias of (a merged user's
+# survivor), or None.
+ALIAS_QUERY = "alias"
+
+
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A command's typed input: one class validates the request and documents it.
 

@@ -20,6 +20,7 @@ import msgspec
 
 from omnigrid.actors.backlog import Backlog
 from omnigrid.actors.commit import Commit, refused
+from omnigrid.actors.declaration import ALIAS_QUERY
 from omnigrid.actors.entity import Entity
 from omnigrid.actors.kinds import kinds, split_key
 from omnigrid.actors.protocol import MOVED, Command, Result
@@ -43,6 +44,10 @@ STORE_LOG_EVERY_S = 10.0  # a store outage is one log line per shard this often,
 log = logging.getLogger("omnigrid.shard")
 PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
 RESUME_AGAIN_S = 5.0  # a woken entity whose resumed work did not move it is woken again
+
+
+def _alias(entity: Entity) -> str | None:
+    return entity.alias()
 
 
 class Shard:
@@ -274,7 +279,13 @@ class Shard:
             if not self.owns(key):
                 return self._moved()
             kind, _ = split_key(key)
-            query = kind.queries.get(name) if kind is not None and isinstance(name, str) else None
+            query: Callable[[Any], Any] | None
+            if name == ALIAS_QUERY and kind is not None:
+                query = _alias
+            else:
+                query = (
+                    kind.queries.get(name) if kind is not None and isinstance(name, str) else None
+                )
             if query is None:
                 return Result(422, None, "invalid_request", f"{name!r} is not a query of {key!r}")
             try:

@@ -83,20 +83,23 @@ class BehaviourLog:
         )
         return [(str(u), str(k), str(s), float(t)) for u, k, s, t in rows]
 
-    def timeline(self, uid: str, entity_key: str, limit: int) -> list[dict[str, Any]]:
-        """The ``limit`` most recent items, the uid's behaviour and the changes of
-        its entity ``entity_key`` (its cart), oldest first."""
+    def timeline(
+        self, uids: Sequence[str], entity_keys: Sequence[str], limit: int
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` most recent items, the behaviour of ``uids`` (a user and those
+        merged into it) and the changes of ``entity_keys`` (their carts), oldest first."""
+        marks = ", ".join("?" * len(uids))
         behaviour = self.db.query(
             "SELECT at, id, type, channel, data, event_id FROM omnigrid_behaviour "
-            "WHERE uid = ? ORDER BY at DESC, id DESC LIMIT ?",
-            (uid, limit),
+            f"WHERE uid IN ({marks}) ORDER BY at DESC, id DESC LIMIT ?",
+            (*uids, limit),
         )
         at = "extract(epoch FROM at)::float8" if self.db.postgres_dsn else "at"
         view = "view::text" if self.db.postgres_dsn else "view"
         changes = self.db.query(
             f"SELECT {at}, kind, op, channel, version, {view} FROM omnigrid_events "
-            "WHERE key = ? ORDER BY version DESC LIMIT ?",
-            (entity_key, limit),
+            f"WHERE key IN ({', '.join('?' * len(entity_keys))}) ORDER BY at DESC LIMIT ?",
+            (*entity_keys, limit),
         )
         items: list[tuple[float, int, dict[str, Any]]] = []  # (at, arrival order, item)
         for when, row_id, kind, channel, data, event_id in behaviour:

@@ -58,7 +58,7 @@ def in_process_app() -> GridApp:
     shard = Shard(0, SlotMap.even(1))
     router = Router(shard, {})
     hub = EventHub(shard, store, {}, lambda: router.slot_map)
-    streams = StreamServer(hub, max_streams=100, heartbeat_s=15)
+    streams = StreamServer(hub, max_streams=100, heartbeat_s=15, grid=router)
     routes = all_routes(
         WebhookEndpoints(WebhookStore(db)), BehaviourEndpoints(BehaviourLog(db), channels)
     )

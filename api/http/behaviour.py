@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from omnigrid.actors import cart
-from omnigrid.actors.declaration import MAX_COUNT, Grid, Id
+from omnigrid.actors import cart, identity
+from omnigrid.actors.declaration import MAX_COUNT, Grid, Id, answer
 from omnigrid.actors.errors import InvalidRequest, Unavailable
+from omnigrid.actors.protocol import Command
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.handlers import Call
 from omnigrid.api.http.suggestions import Properties, evidence_of, suggestions
@@ -151,6 +152,13 @@ def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict
     }
 
 
+async def _user(grid: Grid, uid: str) -> tuple[str, list[str]]:
+    """The user a uid stands for (itself, or its survivor after a merge), and the
+    users merged into that one."""
+    view = answer(await grid.call(Command("identity.get", identity.KIND.key(uid))))[1]
+    return view["uid"], list(view.get("merged_from", ()))
+
+
 class BehaviourEndpoints:
     """The endpoints, over the behaviour log in the store (``None``: this process has
     none) and the channel registry events are checked against."""
@@ -176,6 +184,7 @@ class BehaviourEndpoints:
             raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS} events")
         now = time.time()
         events = [_event(e, call.channel, self.channels, now) for e in raw]
+        uid, _ = await _user(grid, uid)  # a merged user's behaviour is its survivor's
         evidence = [piece for event in events for piece in event.pop("evidence")]
         try:
             await asyncio.to_thread(self.log.append, uid, events, evidence)
@@ -196,8 +205,11 @@ class BehaviourEndpoints:
     async def timeline(self, grid: Grid, call: Call) -> tuple[int, Any]:
         uid = v.identifier(call.params["uid"], "uid")
         limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
+        uid, merged = await _user(grid, uid)
+        uids = [uid, *merged]
+        keys = [cart.KIND.key(u) for u in uids]
         try:
-            items = await asyncio.to_thread(self.log.timeline, uid, cart.KIND.key(uid), limit)
+            items = await asyncio.to_thread(self.log.timeline, uids, keys, limit)
         except StoreUnavailable as e:
             log.warning("the timeline cannot be read: %s", e)
             raise Unavailable("the timeline cannot be read right now; retry later") from e

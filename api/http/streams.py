@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from omnigrid.actors.declaration import Kind
+from omnigrid.actors.declaration import ALIAS_QUERY, Grid, Kind
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded, Unavailable
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.problems import error_response
@@ -89,8 +89,11 @@ def encode(event: Event, cursor: str) -> bytes:
 
 
 class StreamServer:
-    def __init__(self, hub: Source, max_streams: int, heartbeat_s: float) -> None:
+    def __init__(
+        self, hub: Source, max_streams: int, heartbeat_s: float, grid: Grid | None = None
+    ) -> None:
         self.hub = hub
+        self.grid = grid  # to follow a merged user to its survivor
         self.max_streams = max_streams
         self.heartbeat_s = heartbeat_s
         self.open = 0
@@ -104,6 +107,9 @@ class StreamServer:
         subs: list[Subscription] = []
         try:
             ident = v.identifier(params[kinds[0].ident], kinds[0].ident)
+            if self.grid is not None:  # a merged user's stream is its survivor's
+                first = kinds[0].key(ident)
+                ident = (await self.grid.query({first: ALIAS_QUERY}))[first] or ident
             cursor = self._cursor(scope, names)
             if self.open >= self.max_streams:
                 raise Overloaded(f"{self.open} streams are already open on this process")

@@ -189,7 +189,9 @@ class GridNode:
         self.router = Router(self.shard, self.links)
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
         self.shard.commit.on_journaled = self.hub.on_journaled
-        self.streams = StreamServer(self.hub, settings.max_streams, settings.stream_heartbeat_s)
+        self.streams = StreamServer(
+            self.hub, settings.max_streams, settings.stream_heartbeat_s, self.router
+        )
         channels = frozenset(settings.channels)
         routes = all_routes(
             WebhookEndpoints(webhooks), BehaviourEndpoints(BehaviourLog(database), channels)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.api.test_live import Stream
 from tests.conftest import Grid, new_id, write_headers
 from tests.inprocess import in_process_client
 
@@ -41,6 +42,8 @@ def test_merge_then_undo(local: httpx.Client) -> None:
         local.put(f"/v1/skus/{sku}/stock", json={"on_hand": 100}, headers=write_headers("pos"))
     a = user(local, "13800000001", {x: 2}, 100)
     b = user(local, "13800000002", {x: 3, y: 1}, 50)
+    before = {"uid": b, "events": [{"type": "view", "sku": x}]}  # b's, before the merge
+    assert local.post("/v1/events", json=before, headers=write_headers()).status_code == 202
     r = local.post(f"/v1/users/{a}/merge", json={"from_uid": b, "cart_rule": "sum"},
                    headers=write_headers())  # fmt: skip
     assert r.status_code == 200, r.text
@@ -62,6 +65,12 @@ def test_merge_then_undo(local: httpx.Client) -> None:
     assert added.json()["uid"] == a  # a write to the alias lands on the survivor
     again = local.post(f"/v1/users/{a}/merge", json={"from_uid": b}, headers=write_headers())
     assert (again.status_code, again.json()["code"]) == (409, "user_merged")
+    seen = {"uid": b, "events": [{"type": "view", "sku": y}]}
+    assert local.post("/v1/events", json=seen, headers=write_headers()).status_code == 202
+    timeline = local.get(f"/v1/users/{b}/timeline").json()
+    assert timeline["uid"] == a  # the merged user's timeline is the survivor's
+    views = [i for i in timeline["items"] if i["source"] == "channel"]
+    assert [(i["type"], i.get("sku")) for i in views] == [("view", x), ("view", y)]
     history = local.get(f"/v1/users/{a}/identity-history").json()["events"]
     assert history[-1] | {"at": None} == {"at": None, "op": "merge", "identifier": None,
         "channel": "app", "other_uid": b, "merge_id": merge_id}  # fmt: skip
@@ -81,6 +90,9 @@ def test_merge_then_undo(local: httpx.Client) -> None:
     assert {ln["sku"]: ln["qty"] for ln in cart_a["lines"]} == {x: 5, y: 2}
     twice = local.post(f"/v1/merges/{merge_id}/undo", headers=write_headers())
     assert twice.status_code == 200  # undone already: nothing more happens
+    own = local.get(f"/v1/users/{b}/timeline").json()  # b's own again; after stays with a
+    assert own["uid"] == b
+    assert [i.get("sku") for i in own["items"] if i["source"] == "channel"] == [x]
 
 
 def test_bad_merges_are_refused(local: httpx.Client) -> None:
@@ -110,6 +122,25 @@ def test_max_rule_caps_lines(local: httpx.Client) -> None:
 
 
 # -- on a real grid ----------------------------------------------------------------
+
+
+def test_a_merged_users_stream_is_the_survivors(grid: Grid, client: httpx.Client) -> None:
+    sku = new_id("sku")
+    client.put(f"/v1/skus/{sku}/stock", json={"on_hand": 100}, headers=write_headers("pos"))
+    a = user(client, "1350000" + new_id("")[-4:].translate(DIGITS), {sku: 1}, 5)
+    b = user(client, "1351000" + new_id("")[-4:].translate(DIGITS), {}, 5)
+    r = client.post(f"/v1/users/{a}/merge", json={"from_uid": b}, headers=write_headers())
+    assert r.status_code == 200, r.text
+    stream = Stream(f"{grid.url}/v1/streams/users/{b}")
+    try:
+        client.post(f"/v1/carts/{a}/lines", json={"sku": sku, "qty": 1}, headers=write_headers())
+        event = stream.next()
+        assert (event["event"], event["data"]["uid"]) == ("cart", a)
+    finally:
+        stream.close()
+
+
+DIGITS = str.maketrans("abcdef", "123456")
 
 
 def test_a_grid_killed_in_the_middle_of_merges_ends_each_whole_or_none() -> None:
