@@ -22,9 +22,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from omnigrid.actors import tiers
 from omnigrid.actors.declaration import (
     MAX_COUNT,
-    Grid,
     Id,
     Input,
     Kind,
@@ -37,7 +37,6 @@ from omnigrid.actors.declaration import (
 from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.actors.errors import InvalidRequest
 from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
-from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import parse_rfc3339, rfc3339
 
 YEAR_S = 365 * 24 * 3600.0
@@ -46,47 +45,6 @@ MAX_TEXT = 128
 MAX_LEDGER_PAGE = 500
 EXPIRING_SHOWN = 5  # lots shown in the view's "expiring"
 INSUFFICIENT_POINTS = Refusal("insufficient_points", 409, "Insufficient points")
-
-
-@dataclass(frozen=True, slots=True)
-class Tier:
-    tier: str
-    min_spend_12m: int  # minor units
-    discount_pct: float
-    points_per_unit: float
-    channels: dict[str, dict[str, float]]
-
-
-# The contract's default table; a deployment sets its own with ``configure``.
-DEFAULT_TIERS = (
-    Tier("member", 0, 0.0, 1.0, {}),
-    Tier("silver", 100_000, 2.0, 1.0, {}),
-    Tier("gold", 500_000, 5.0, 1.5, {}),
-    Tier("platinum", 2_000_000, 8.0, 2.0, {}),
-)
-_tiers: tuple[Tier, ...] = DEFAULT_TIERS
-
-
-def configure(tiers: tuple[Tier, ...]) -> None:
-    """The deployment's tier table (lowest first; the first must start at 0)."""
-    global _tiers
-    if not tiers or tiers[0].min_spend_12m != 0:
-        raise ValueError("the tier table must start with a tier of min_spend_12m 0")
-    if [t.min_spend_12m for t in tiers] != sorted(t.min_spend_12m for t in tiers):
-        raise ValueError("tiers must be listed from the lowest min_spend_12m up")
-    _tiers = tiers
-
-
-def tiers() -> tuple[Tier, ...]:
-    return _tiers
-
-
-def tiers_from_json(text: str) -> tuple[Tier, ...]:
-    """``OMNIGRID_TIERS``: the table as the contract shows it, lowest first."""
-    rows = msgspec.json.decode(text, type=list[TierView])
-    return tuple(
-        Tier(r.tier, r.min_spend_12m, r.discount_pct, r.points_per_unit, r.channels) for r in rows
-    )
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -177,14 +135,6 @@ class LedgerEntry(View):
     expires_at: str | None
 
 
-class TierView(View):
-    tier: str
-    min_spend_12m: Annotated[int, msgspec.Meta(ge=0)]
-    discount_pct: Annotated[float, msgspec.Meta(ge=0, le=100)]
-    points_per_unit: Annotated[float, msgspec.Meta(ge=0)]
-    channels: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
-
-
 class LedgerView(View):
     entries: list[LedgerEntry]
     next_cursor: int | None
@@ -251,7 +201,7 @@ class Member(Entity):
     def view(self) -> dict[str, Any]:
         now = self.updated_at or 0.0
         spend = max(0, self.spend_12m(now))
-        table = tiers()
+        table = tiers.tiers()
         reached = [t for t in table if t.min_spend_12m <= spend]
         tier = reached[-1]
         above = [t for t in table if t.min_spend_12m > spend]
@@ -464,15 +414,6 @@ def not_a_command(member: Member, inp: Any, channel: str, now: float) -> Outcome
     raise InvalidRequest("the tier table is the deployment's, not a member's")
 
 
-async def tier_table(grid: Grid, cmd: Command) -> tuple[int, Any]:
-    table = [
-        {"tier": t.tier, "min_spend_12m": t.min_spend_12m, "discount_pct": t.discount_pct,
-         "points_per_unit": t.points_per_unit, "channels": t.channels}
-        for t in tiers()
-    ]  # fmt: skip
-    return 200, table
-
-
 KIND = Kind(
     name="member",
     entity=Member,
@@ -540,8 +481,8 @@ KIND = Kind(
             "tiers",
             "member.tiers",
             "The tier table: spend thresholds, discounts, points per unit",
-            list[TierView],
-            flow=tier_table,
+            list[tiers.TierView],
+            flow=tiers.tier_table,
         ),
     ),
     stream=Stream(

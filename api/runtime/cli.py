@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import msgspec
 
-from omnigrid.actors import member
+from omnigrid.actors import tiers
 from omnigrid.actors.kinds import load as load_kinds
-from omnigrid.api.runtime.node import identity_secret
+from omnigrid.api.runtime.compose import identity_secret
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
 
 VERSION = "0.1.0"
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, data_dir=os.path.abspath(settings.data_dir))
         identity_secret(settings)  # made here once, before the shard processes read it
         if settings.tiers:  # a bad table fails here, not in every shard
-            member.configure(member.tiers_from_json(settings.tiers))
+            tiers.configure(tiers.tiers_from_json(settings.tiers))
     except (ValueError, ImportError, AttributeError, msgspec.ValidationError) as e:
         parser.error(str(e))
     # Shard processes run in Ray's working directories: the path is absolute.

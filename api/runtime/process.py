@@ -18,7 +18,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from omnigrid.api.runtime.node import AUDIT_TIMEOUT_S, CONTROL_TIMEOUT_S, open_node
+from omnigrid.api.runtime.compose import open_node
+from omnigrid.api.runtime.node import AUDIT_TIMEOUT_S, CONTROL_TIMEOUT_S
 from omnigrid.api.runtime.peers import PeerAddress
 from omnigrid.api.runtime.settings import Settings
 

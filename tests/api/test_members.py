@@ -11,7 +11,7 @@ import httpx
 import msgspec
 import pytest
 
-from omnigrid.actors import member
+from omnigrid.actors import tiers
 from omnigrid.persistence.events import rfc3339
 from tests.api.test_live import Stream
 from tests.conftest import CHANNELS, Grid, new_id, write_headers
@@ -140,19 +140,19 @@ def test_the_tier_table_is_served_and_configurable() -> None:
         ("gold", 500_000, 1.5),
         ("platinum", 2_000_000, 2.0),
     ]
-    custom = member.tiers_from_json(
+    custom = tiers.tiers_from_json(
         '[{"tier": "basic", "min_spend_12m": 0, "discount_pct": 0, "points_per_unit": 1},'
         ' {"tier": "vip", "min_spend_12m": 5000, "discount_pct": 10, "points_per_unit": 3,'
         '  "channels": {"pos": {"discount_pct": 12}}}]'
     )
     try:
-        member.configure(custom)
+        tiers.configure(custom)
         with in_process_client() as local:
             assert [t["tier"] for t in local.get("/v1/tiers").json()] == ["basic", "vip"]
             assert local.get("/v1/members/someone").json()["tier"] == "basic"
     finally:
-        member.configure(member.DEFAULT_TIERS)
+        tiers.configure(tiers.DEFAULT_TIERS)
     for bad in ('[{"tier": "x", "min_spend_12m": 10, "discount_pct": 0, "points_per_unit": 1}]',
                 '[{"tier": "x"}]', "[]"):  # fmt: skip
         with pytest.raises((ValueError, msgspec.ValidationError)):
-            member.configure(member.tiers_from_json(bad))
+            tiers.configure(tiers.tiers_from_json(bad))
