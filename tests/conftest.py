@@ -196,3 +196,18 @@ def namespace() -> Iterator[str]:
     yield name
     for key in r.scan_iter(f"og:{name}:*"):
         r.delete(key)
+
+
+@pytest.fixture(params=["in-process", "grid"])
+def either(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """The ASGI app in-process, then the session's real grid: for the few tests the
+    contract's key promises are checked on both."""
+    if request.param == "in-process":
+        from tests.inprocess import in_process_client
+
+        with in_process_client() as client:
+            yield client
+    else:
+        grid = request.getfixturevalue("grid")
+        with httpx.Client(base_url=grid.url, timeout=10) as client:
+            yield client

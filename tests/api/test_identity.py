@@ -43,7 +43,8 @@ def phone(value: str = PHONE) -> dict[str, Any]:
     return {"type": "phone", "value": value}
 
 
-def test_four_channels_identifiers_resolve_to_one_uid(local: httpx.Client) -> None:
+def test_four_channels_identifiers_resolve_to_one_uid(either: httpx.Client) -> None:
+    local = either
     first = resolve(local, phone(), channel="pos").json()
     assert first["created"] is True and first["conflicts"] == []
     assert first["bound"] == [{"type": "phone", "value": "+86 138****1234", "app_id": None}]

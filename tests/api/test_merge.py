@@ -36,7 +36,8 @@ def user(local: httpx.Client, phone: str, lines: dict[str, int], points: int) ->
     return uid
 
 
-def test_merge_then_undo(local: httpx.Client) -> None:
+def test_merge_then_undo(either: httpx.Client) -> None:
+    local = either
     x, y = new_id("sku"), new_id("sku")
     for sku in (x, y):
         local.put(f"/v1/skus/{sku}/stock", json={"on_hand": 100}, headers=write_headers("pos"))
