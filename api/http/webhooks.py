@@ -26,8 +26,8 @@ log = logging.getLogger("omnigrid.webhooks")
 MAX_URL_CHARS = 2048
 
 
-class WebhookCreate(msgspec.Struct, kw_only=True):
-    """The document's shape of a registration (``register`` checks it)."""
+class WebhookCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A registration: this class documents it and checks it."""
 
     url: Annotated[
         str, msgspec.Meta(max_length=MAX_URL_CHARS, description="absolute http or https URL")
@@ -35,6 +35,14 @@ class WebhookCreate(msgspec.Struct, kw_only=True):
     events: Annotated[
         list[str], msgspec.Meta(min_length=1, description="entity kinds: their changes")
     ]
+
+    def __post_init__(self) -> None:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("url must be an absolute http or https URL")
+        names = [kind.name for kind in kinds()]  # every kind's changes are webhook events
+        if any(e not in names for e in self.events):
+            raise ValueError(f"events must be a non-empty list of {', '.join(names)}")
 
 
 async def _in_thread(work: Any, *args: Any) -> Any:
@@ -58,19 +66,11 @@ class WebhookEndpoints:
         return self._store
 
     async def register(self, grid: Grid, call: Call) -> tuple[int, Any]:
-        body = v.json_object(call.body)
-        v.fields(body, {"url", "events"})
-        url = body["url"]
-        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise InvalidRequest("url must be an absolute http or https URL")
-        if len(url) > MAX_URL_CHARS:
-            raise InvalidRequest(f"url is limited to {MAX_URL_CHARS} characters")
-        events = body["events"]
-        names = [kind.name for kind in kinds()]  # every kind's changes are webhook events
-        if not isinstance(events, list) or not events or any(e not in names for e in events):
-            raise InvalidRequest(f"events must be a non-empty list of {', '.join(names)}")
-        hook: Webhook = await _in_thread(self.store.register, url, sorted(set(events)))
+        try:
+            req = msgspec.convert(v.json_object(call.body), WebhookCreate)
+        except msgspec.ValidationError as e:
+            raise InvalidRequest(str(e)) from None
+        hook: Webhook = await _in_thread(self.store.register, req.url, sorted(set(req.events)))
         return 201, {**hook.public(), "secret": hook.secret}
 
     async def list_webhooks(self, grid: Grid, call: Call) -> tuple[int, Any]:
