@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from omnigrid.actors import cart, identity
-from omnigrid.actors.declaration import MAX_COUNT, Grid, Id, answer
+from omnigrid.actors.declaration import MAX_COUNT, Grid, Id, answer, check_id
 from omnigrid.actors.errors import InvalidRequest, Unavailable
 from omnigrid.actors.protocol import Command
 from omnigrid.api.http import validation as v
@@ -29,19 +29,6 @@ from omnigrid.persistence.store import StoreUnavailable
 log = logging.getLogger("omnigrid.behaviour")
 MAX_EVENTS = 500
 MAX_TIMELINE = 1_000
-EVENT_FIELDS = {
-    "type",
-    "at",
-    "channel",
-    "event_id",
-    "sku",
-    "query",
-    "store_id",
-    "qty",
-    "amount",
-    "ref",
-    "properties",
-}
 FUTURE_SLACK_S = 24 * 3600.0
 MAX_QUERY_CHARS = 256
 MAX_REF_CHARS = 128
@@ -81,10 +68,22 @@ class BehaviourEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ref: Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)] | None = None
     properties: Properties | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("sku", "store_id"):
+            value = getattr(self, name)
+            if value is not None:
+                check_id(value, name)
+
 
 class BehaviourBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A batch: this class documents it and checks it (``_event`` adds what needs
+    the registry and the clock)."""
+
     uid: Id
     events: Annotated[list[BehaviourEvent], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
+
+    def __post_init__(self) -> None:
+        check_id(self.uid, "uid")
 
 
 def _at(value: Any, now: float) -> float:
@@ -109,44 +108,25 @@ def _at(value: Any, now: float) -> float:
     return at
 
 
-def _event(raw: Any, channel: str, channels: frozenset[str], now: float) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise InvalidRequest("each event must be an object")
-    v.fields(raw, {"type"}, EVENT_FIELDS - {"type"})
-    if raw["type"] not in TYPES:
-        raise InvalidRequest(f"type must be one of {', '.join(TYPES)}")
-    own = raw.get("channel", channel)
+DATA_FIELDS = ("sku", "store_id", "query", "ref", "qty", "amount")
+
+
+def _event(
+    raw: dict[str, Any], channel: str, channels: frozenset[str], now: float
+) -> dict[str, Any]:
+    """One event of a batch the BehaviourEvent class has checked: the rest of its rules
+    (the channel registry, the time) and its evidence, hashed."""
+    own = raw.get("channel") or channel
     if own not in channels:
         raise InvalidRequest(f"channel {own!r} is not in the registry")
-    event_id = v.text(raw, "event_id", MAX_EVENT_ID_CHARS)
-    data: dict[str, Any] = {}
-    if "sku" in raw:
-        data["sku"] = v.sku_field(raw)
-    if "store_id" in raw:
-        if not isinstance(raw["store_id"], str):
-            raise InvalidRequest("store_id must be a string")
-        data["store_id"] = v.identifier(raw["store_id"], "store_id")
-    for name, limit in (("query", MAX_QUERY_CHARS), ("ref", MAX_REF_CHARS)):
-        if name in raw:
-            data[name] = v.text(raw, name, limit)
-    if "qty" in raw:
-        data["qty"] = v.integer(raw, "qty", 1, MAX_COUNT)
-    if "amount" in raw:
-        amount = raw["amount"]
-        if (
-            isinstance(amount, bool)
-            or not isinstance(amount, int | float)
-            or not 0 <= amount <= MAX_AMOUNT
-        ):
-            raise InvalidRequest(f"amount must be a number between 0 and {MAX_AMOUNT:.0e}")
-        data["amount"] = amount
     at = _at(raw.get("at"), now)
     return {
         "type": raw["type"],
         "channel": own,
         "at": at,
-        "event_id": event_id,
-        "data": data,
+        "event_id": raw.get("event_id"),
+        # the values as sent (an amount of 12 stays 12), once checked
+        "data": {k: raw[k] for k in DATA_FIELDS if raw.get(k) is not None},
         # only hashed and masked, never in the event's data
         "evidence": evidence_of(raw.get("properties"), at),
     }
@@ -175,15 +155,13 @@ class BehaviourEndpoints:
 
     async def post_events(self, grid: Grid, call: Call) -> tuple[int, Any]:
         body = v.json_object(call.body)
-        v.fields(body, {"uid", "events"})
-        if not isinstance(body["uid"], str):
-            raise InvalidRequest("uid must be a string")
-        uid = v.identifier(body["uid"], "uid")
-        raw = body["events"]
-        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_EVENTS:
-            raise InvalidRequest(f"events must be a list of 1 to {MAX_EVENTS} events")
+        try:
+            batch = msgspec.convert(body, BehaviourBatch)  # the class the document shows
+        except msgspec.ValidationError as e:
+            raise InvalidRequest(str(e)) from None
+        uid = batch.uid
         now = time.time()
-        events = [_event(e, call.channel, self.channels, now) for e in raw]
+        events = [_event(e, call.channel, self.channels, now) for e in body["events"]]
         uid, _ = await _user(grid, uid)  # a merged user's behaviour is its survivor's
         evidence = [piece for event in events for piece in event.pop("evidence")]
         try:
