@@ -33,6 +33,7 @@ from omnigrid.persistence.events import rfc3339
 
 FORWARD = ("begun", "aliased", "identifiers", "cart", "points", "done")
 BACKWARD = ("undoing", "identifiers_back", "cart_back", "points_back", "undone")
+ENDED = ("done", "undone", "refused")  # "refused": its first step was, nothing moved
 SETTLE_S = 2.0  # a saga untouched this long with work left is driven by its owner
 
 
@@ -103,7 +104,7 @@ class Merge(Entity):
 
     def next_deadline(self) -> float | None:
         """An unfinished saga nobody has moved on for a while is resumed (Kind.resume)."""
-        if self.status in ("done", "undone") or not self.exists:
+        if self.status in ENDED or not self.exists:
             return None
         return (self.updated_at or 0.0) + SETTLE_S
 
@@ -122,9 +123,12 @@ class Merge(Entity):
     def step(self, inp: Step, channel: str, now: float) -> Outcome:
         """Record a step as done (once: a step done already changes nothing)."""
         order = FORWARD if inp.done in FORWARD else BACKWARD
-        if inp.done not in order:
+        if inp.done not in order and inp.done != "refused":
             raise InvalidRequest(f"no step {inp.done!r}")
-        if inp.done == "undoing":
+        if inp.done == "refused":  # the first step was refused: nothing was moved
+            if self.status != "begun":
+                return Outcome(200, self.saga(), changed=False)
+        elif inp.done == "undoing":
             if self.status in BACKWARD:
                 return Outcome(200, self.saga(), changed=False)
             if self.status != "done":
@@ -155,12 +159,19 @@ async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str,
     """Take the saga from the step it reached to its end (done, or undone)."""
     saga: dict[str, Any] = await _run(grid, "merge.get", KIND.key(merge_id), {}, channel)
     s, m, mid = saga["uid"], saga["from_uid"], merge_id
-    while saga["status"] not in ("done", "undone"):
+    while saga["status"] not in ENDED:
         status = saga["status"]
         if status == "begun":
-            held = await _run(
-                grid, "identity.alias", f"identity:{m}", {"into": s, "merge_id": mid}, channel
-            )
+            try:
+                held = await _run(
+                    grid, "identity.alias", f"identity:{m}", {"into": s, "merge_id": mid}, channel
+                )
+            except GridError as e:
+                if e.code != "user_merged":
+                    raise  # (unavailable, say): tried again
+                # merged elsewhere meanwhile: this merge ends before it moved anything
+                await _step(grid, mid, "refused", channel)
+                raise
             saga = await _step(grid, mid, "aliased", channel, identifiers=held)
         elif status == "aliased":
             items = saga["data"]["identifiers"]

@@ -68,7 +68,7 @@ def in_process_app() -> GridApp:
     )
 
 
-class _SyncASGITransport(httpx.BaseTransport):
+class SyncASGITransport(httpx.BaseTransport):
     """httpx's ASGI transport is async only: each request runs it in a loop of its own."""
 
     def __init__(self, app: GridApp) -> None:
@@ -87,4 +87,4 @@ class _SyncASGITransport(httpx.BaseTransport):
 
 def in_process_client() -> httpx.Client:
     """A plain httpx client whose requests go to a fresh in-process app."""
-    return httpx.Client(transport=_SyncASGITransport(in_process_app()), base_url="http://grid")
+    return httpx.Client(transport=SyncASGITransport(in_process_app()), base_url="http://grid")

@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
+from omnigrid.actors import merge
+from omnigrid.actors.errors import GridError
+from omnigrid.actors.protocol import Command
 from tests.api.test_live import Stream
 from tests.conftest import Grid, new_id, write_headers
-from tests.inprocess import in_process_client
+from tests.inprocess import SyncASGITransport, in_process_app, in_process_client
 
 
 @pytest.fixture()
@@ -205,3 +209,26 @@ def pair_state(c: httpx.Client, a: str, b: str, phone: str, sku: str) -> str:
         a_view = c.get(f"/v1/members/{a}").json()
         return "none" if a_view["points"]["balance"] == 10 else f"half: a has {a_view}"
     return f"half: {seen} qty={qty} balance={member_b['points']['balance']}"
+
+
+def test_a_merge_whose_first_step_is_refused_ends_refused_and_moves_nothing() -> None:
+    app = in_process_app()
+    with httpx.Client(transport=SyncASGITransport(app), base_url="http://grid") as local:
+        a = user(local, "13800000031", {}, 10)
+        b = user(local, "13800000032", {}, 20)
+        c = user(local, "13800000033", {}, 30)
+        assert local.post(f"/v1/users/{a}/merge", json={"from_uid": b},
+                          headers=write_headers()).status_code == 200  # fmt: skip
+
+        async def race() -> Any:
+            # a merge of b into c that began before it saw b merged into a
+            begin = {"survivor": c, "merged": b}
+            await app.grid.call(Command("merge.begin", "merge:mx", begin, "app"))
+            with pytest.raises(GridError) as refused:
+                await merge.drive(app.grid, "mx")
+            assert refused.value.code == "user_merged"
+            return (await app.grid.call(Command("merge.get", "merge:mx"))).body["status"]
+
+        assert asyncio.run(race()) == "refused"
+        assert local.get(f"/v1/members/{c}").json()["points"]["balance"] == 30
+        assert local.get(f"/v1/members/{b}").json()["uid"] == a  # still a's
