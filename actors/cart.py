@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from omnigrid.actors import stock
+from omnigrid.actors import product, stock
 from omnigrid.actors.declaration import (
     Grid,
     Id,
@@ -76,6 +76,9 @@ class CartLine(View):
         int, msgspec.Meta(description="the SKU's live availability at the time of the read")
     ]
     in_stock: Annotated[bool, msgspec.Meta(description="available > 0")]
+    unit_price: Annotated[
+        int | None, msgspec.Meta(description="the reading channel's price; null: no product")
+    ]
 
 
 class CartView(View):
@@ -83,6 +86,8 @@ class CartView(View):
     version: int
     updated_at: str | None
     lines: list[CartLine]
+    subtotal: Annotated[int, msgspec.Meta(description="the priced lines' unit_price x qty")]
+    merged_from: list[str] | None = None
 
 
 # -- the entity ---------------------------------------------------------------------
@@ -256,6 +261,20 @@ class Cart(Entity):
 # -- flows: a cart's answers carry each line's live availability ---------------------
 
 
+# What a cart view shows of each line's SKU, read live: (available, price), where
+# price is the product's [base price, channel prices] (None: no product).
+Live = tuple[int | None, Any]
+
+
+def _asks(skus: list[str]) -> dict[str, str]:
+    asks = {stock.KIND.key(sku): stock.AVAILABLE for sku in skus}
+    return asks | {product.KIND.key(sku): product.PRICE for sku in skus}
+
+
+def _live(skus: list[str], answers: dict[str, Any]) -> dict[str, Live]:
+    return {s: (answers[stock.KIND.key(s)], answers[product.KIND.key(s)]) for s in skus}
+
+
 async def availability(grid: Grid, skus: list[str]) -> dict[str, int | None]:
     """Live availability of many SKUs (``None``: never stocked), one query per owner."""
     keys = {stock.KIND.key(sku): sku for sku in skus}
@@ -263,50 +282,68 @@ async def availability(grid: Grid, skus: list[str]) -> dict[str, int | None]:
     return {sku: answers[key] for key, sku in keys.items()}
 
 
+async def live(grid: Grid, skus: list[str]) -> dict[str, Live]:
+    """Availability and price of many SKUs: one query per owner shard, all at once."""
+    return _live(skus, await grid.query(_asks(skus))) if skus else {}
+
+
+def unit_price(price: Any, channel: str) -> int | None:
+    if price is None:
+        return None
+    base, by_channel = price
+    found: int | None = by_channel.get(channel, base)
+    return found
+
+
 async def live_view(
-    grid: Grid, status: int, view: dict[str, Any], known: dict[str, int | None]
+    grid: Grid, status: int, view: dict[str, Any], known: dict[str, Live], channel: str
 ) -> tuple[int, Any]:
-    """The cart view with each line's availability: ``known`` ones, the rest read now."""
+    """The cart view with each line's live availability and the reading channel's
+    price, and the subtotal: ``known`` lines as given, the rest read now."""
     lines = view["lines"]
     missing = [line["sku"] for line in lines if line["sku"] not in known]
     if missing:
-        known = {**known, **await availability(grid, missing)}
+        known = {**known, **await live(grid, missing)}
     out = dict(view)
-    out["lines"] = [
-        {**line, "available": a, "in_stock": a > 0}
-        for line in lines
-        for a in (known.get(line["sku"]) or 0,)
-    ]
+    out["lines"] = []
+    subtotal = 0
+    for line in lines:
+        available, price = known.get(line["sku"], (None, None))
+        a = available or 0
+        unit = unit_price(price, channel)
+        subtotal += unit * line["qty"] if unit is not None else 0
+        out["lines"].append({**line, "available": a, "in_stock": a > 0, "unit_price": unit})
+    out["subtotal"] = subtotal
     return status, out
 
 
 async def then_live_view(grid: Grid, cmd: Command) -> tuple[int, Any]:
-    """Run the command, then read its lines' availability (two round trips)."""
-    return await live_view(grid, *answer(await grid.call(cmd)), {})
+    """Run the command, then read its lines' availability and prices (two round trips)."""
+    return await live_view(grid, *answer(await grid.call(cmd)), {}, cmd.channel)
 
 
 async def checked_line(grid: Grid, cmd: Command) -> tuple[int, Any]:
     """Add or set a line against the SKU's live availability, in two owner round trips.
 
-    The first asks the SKU's owner for its availability and the cart's owner for
-    the cart's lines, at once; the second runs the command while the other
-    lines' availability is read, at once. A line another channel added in
-    between is read after (rare: a third trip).
+    The first asks the SKU's owners for its availability and price and the cart's
+    owner for the cart's lines, at once; the second runs the command while the
+    other lines' availability and prices are read, at once. A line another
+    channel added in between is read after (rare: a third trip).
     """
     sku: str = cmd.args["sku"]
     if cmd.args["qty"] == 0:  # set to 0: a removal, nothing to check
         cmd.args["available"] = 0
         return await then_live_view(grid, cmd)
-    stock_key = stock.KIND.key(sku)
-    first = await grid.query({stock_key: stock.AVAILABLE, cmd.key: LINE_SKUS})
-    cmd.args["available"] = first[stock_key]
+    first = await grid.query({**_asks([sku]), cmd.key: LINE_SKUS})
+    mine = _live([sku], first)
+    cmd.args["available"] = mine[sku][0]
     others = [s for s in first[cmd.key] or () if s != sku]
     if others:
-        result, known = await asyncio.gather(grid.call(cmd), availability(grid, others))
+        result, known = await asyncio.gather(grid.call(cmd), live(grid, others))
     else:
         result, known = await grid.call(cmd), {}
     status, view = answer(result)
-    return await live_view(grid, status, view, {**known, sku: first[stock_key]})
+    return await live_view(grid, status, view, {**known, **mine}, cmd.channel)
 
 
 _REFUSALS = ("insufficient_stock", "unknown_sku", "cart_full")

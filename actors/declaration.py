@@ -158,6 +158,9 @@ class Kind:
     # name -> (entity) -> plain data.
     queries: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     stream: Stream | None = None
+    # the stream event name of some ops' changes (a product's price change is a
+    # "price" event); every other change is an event named after the kind
+    stream_events: Mapping[str, str] = field(default_factory=dict)
     refusals: tuple[Refusal, ...] = ()
     # Work an entity asks the grid to do for it when its timed work falls due
     # (a saga left unfinished by a crash): run by the process owning the entity.

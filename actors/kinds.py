@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from omnigrid.actors import cart, identifier, identity, member, merge, stock
+from omnigrid.actors import cart, identifier, identity, member, merge, product, stock
 from omnigrid.actors.declaration import Kind, Refusal
 from omnigrid.actors.errors import COMMON_CODES, forget_code, register_code
 
@@ -79,6 +79,7 @@ def refusals() -> tuple[Refusal, ...]:
 
 
 register(stock.KIND)
+register(product.KIND)
 register(cart.KIND)
 register(member.KIND)
 register(identifier.KIND)

@@ -122,8 +122,8 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
                 args = msgspec.to_builtins(msgspec.convert(args, op.input))
             except msgspec.ValidationError as e:
                 raise InvalidRequest(str(e)) from None
-        if op.read:
-            cmd = Command(op.name, key, args)
+        if op.read:  # the channel, if any, for what depends on it (a channel's price)
+            cmd = Command(op.name, key, args, call.channel)
         else:
             # The fingerprint is of what the client said (the body as sent and the
             # path's fields), so a retry matches whatever defaults fill in later.

@@ -27,6 +27,7 @@ import orjson
 
 from omnigrid.actors.declaration import ALIAS_QUERY, Grid, Kind
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded, Unavailable
+from omnigrid.actors.kinds import kind_named
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.problems import error_response
 from omnigrid.persistence.events import Event, rfc3339
@@ -81,9 +82,11 @@ def encode(event: Event, cursor: str) -> bytes:
         "version": event.version,
         "at": rfc3339(event.at),
     }
+    kind = kind_named(event.kind)
+    name = kind.stream_events.get(event.op, event.kind) if kind is not None else event.kind
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         cursor.encode(),
-        event.kind.encode(),
+        name.encode(),
         orjson.dumps(data),
     )
 

@@ -186,7 +186,7 @@ def test_cart_add_set_remove_clear(client: httpx.Client) -> None:
     a, b = stock(client, 50), stock(client, 5)
     uid = new_id("u")
     empty = client.get(f"/v1/carts/{uid}").json()
-    assert empty == {"uid": uid, "version": 0, "updated_at": None, "lines": []}
+    assert empty == {"uid": uid, "version": 0, "updated_at": None, "lines": [], "subtotal": 0}
     r = client.post(
         f"/v1/carts/{uid}/lines", json={"sku": a, "qty": 2}, headers=write_headers("miniprogram")
     )
@@ -342,3 +342,44 @@ def test_operations(grid: Grid) -> None:
     assert [s["shard"] for s in cluster["shards"]] == [0, 1]
     ranges = [s["slot_ranges"] for s in cluster["shards"]]
     assert ranges == [[[0, 8191]], [[8192, 16383]]]
+
+
+def test_products_prices_reviews_and_the_carts_unit_prices(client: httpx.Client) -> None:
+    sku, uid = stock(client, 10), new_id("u")
+    missing = client.get(f"/v1/products/{sku}")
+    assert (missing.status_code, missing.json()["code"]) == (404, "unknown_product")
+    client.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 2}, headers=write_headers())
+    line = client.get(f"/v1/carts/{uid}").json()["lines"][0]
+    assert line["unit_price"] is None  # no product yet
+    body = {"title": "Green tea 500 ml", "price": 450, "category": "drinks",
+            "channel_prices": {"miniprogram": 399}}  # fmt: skip
+    put = client.put(f"/v1/products/{sku}", json=body, headers=write_headers("pos"))
+    assert (put.status_code, put.json()["effective_price"], put.headers["etag"]) == (
+        200,
+        450,
+        '"1"',
+    )
+    read = client.get(f"/v1/products/{sku}?channel=miniprogram").json()
+    assert (read["effective_price"], read["currency"]) == (399, "CNY")
+    cart_app = client.get(f"/v1/carts/{uid}", headers={"X-Channel": "app"}).json()
+    cart_mini = client.get(f"/v1/carts/{uid}", headers={"X-Channel": "miniprogram"}).json()
+    assert (cart_app["lines"][0]["unit_price"], cart_app["subtotal"]) == (450, 900)
+    assert (cart_mini["lines"][0]["unit_price"], cart_mini["subtotal"]) == (399, 798)
+    priced = client.post(f"/v1/products/{sku}/price", json={"price": 500},
+                         headers=write_headers("pos"))  # fmt: skip
+    assert (priced.json()["price"], priced.json()["channel_prices"]) == (500, {"miniprogram": 399})
+    for who, rating in (("u1", 4), ("u2", 2), ("u1", 5)):  # u1's second replaces its first
+        r = client.post(f"/v1/products/{sku}/reviews", json={"uid": who, "rating": rating,
+                        "text": "ok"}, headers=write_headers())  # fmt: skip
+        assert r.status_code == 201 and r.json()["verified_purchase"] is False
+    reviews = client.get(f"/v1/products/{sku}/reviews?limit=1").json()
+    assert (reviews["count"], reviews["rating_avg"], reviews["next_cursor"]) == (2, 3.5, 1)
+    assert reviews["reviews"][0]["uid"] == "u1"  # the newest first
+    for bad in ({"title": "x", "price": -1}, {"price": 1}, {"title": "x", "price": 1.5},
+                {"title": "x", "price": 1, "channel_prices": {"pos": "1"}}):  # fmt: skip
+        r = client.put(f"/v1/products/{sku}", json=bad, headers=write_headers("pos"))
+        assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), bad
+    too_high = {"uid": "u3", "rating": 6}
+    r = client.post(f"/v1/products/{sku}/reviews", json=too_high, headers=write_headers())
+    assert r.status_code == 422
+    assert client.get(f"/v1/products/{sku}").json()["version"] == 5  # put, price, 3 reviews

@@ -298,3 +298,16 @@ def test_a_bad_sync_batch_is_refused_whole(
     r = sync(client, body, channel)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_a_price_change_is_a_price_event_on_the_skus_stream(
+    grid: Grid, client: httpx.Client, streams: list[Stream]
+) -> None:
+    sku = stocked(client)
+    body = {"title": "Oolong", "price": 300}
+    client.put(f"/v1/products/{sku}", json=body, headers=write_headers("pos"))
+    streams.append(Stream(f"{grid.url}/v1/streams/skus/{sku}"))
+    client.post(f"/v1/products/{sku}/price", json={"price": 280}, headers=write_headers("pos"))
+    event = streams[0].next()
+    assert (event["event"], event["data"]["price"]) == ("price", 280)
+    assert event["id"] == "product:2"  # the kinds this stream has sent so far

@@ -57,6 +57,7 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
         "updated_at",
         "available",
         "in_stock",
+        "unit_price",
     }
     assert client.get("/docs").status_code == 200
 

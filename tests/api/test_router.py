@@ -12,11 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from omnigrid.actors import cart, stock
+from omnigrid.actors import cart
 from omnigrid.actors.errors import Overloaded, Unavailable
+from omnigrid.actors.product import PRICE
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SLOT_COUNT, SlotMap, slot_of
+from omnigrid.actors.stock import AVAILABLE
 from omnigrid.api.http.app import GridApp
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.openapi import docs_app
@@ -221,11 +223,19 @@ def test_a_cart_add_costs_two_owner_round_trips() -> None:
             add = Command("cart.add", "cart:u", {"sku": "c", "qty": 2}, "app")
             status, view = await cart.checked_line(grid, add)
             assert grid.trips == [
-                # 1: the SKU's availability and the cart's lines, at once
-                ("query", {"stock:c": stock.AVAILABLE, "cart:u": cart.LINE_SKUS}),
-                # 2: the add, and at the same time the other lines' availability
+                # 1: the SKU's availability and price and the cart's lines, at once
+                ("query", {"stock:c": AVAILABLE, "product:c": PRICE, "cart:u": cart.LINE_SKUS}),
+                # 2: the add, and at the same time the other lines' availability and price
                 ("call", "cart.add"),
-                ("query", {"stock:a": stock.AVAILABLE, "stock:b": stock.AVAILABLE}),
+                (
+                    "query",
+                    {
+                        "stock:a": AVAILABLE,
+                        "stock:b": AVAILABLE,
+                        "product:a": PRICE,
+                        "product:b": PRICE,
+                    },
+                ),
             ]
             assert status == 200
             assert [(ln["sku"], ln["qty"], ln["available"]) for ln in view["lines"]] == [
