@@ -18,6 +18,9 @@ from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.persistence.events import rfc3339
 
 UID = "identifier.uid"  # query: the uid an identifier is bound to (None: unbound)
+# query: [uid, recorded]: recorded once the user's own list has it too, so a
+# resolve may trust the directory alone (actors/identity.py)
+BINDING = "identifier.binding"
 
 
 class Claim(Input):
@@ -47,7 +50,7 @@ class IdentifierView(View):
 
 
 class Identifier(Entity):
-    __slots__ = ("app_id", "bound_at", "channel", "shown", "type", "uid")
+    __slots__ = ("app_id", "bound_at", "channel", "recorded", "shown", "type", "uid")
 
     kind: ClassVar[str] = "identifier"
 
@@ -59,6 +62,7 @@ class Identifier(Entity):
         self.uid: str | None = None
         self.bound_at: float | None = None
         self.channel: str | None = None
+        self.recorded = False  # the bound user's identity lists it too
 
     def view(self) -> dict[str, Any]:
         return {
@@ -72,10 +76,14 @@ class Identifier(Entity):
         }
 
     def kind_state(self) -> Any:
-        return [self.type, self.shown, self.app_id, self.uid, self.bound_at, self.channel]
+        return [
+            *(self.type, self.shown, self.app_id, self.uid, self.bound_at, self.channel),
+            self.recorded,
+        ]
 
     def load_kind_state(self, data: Any) -> None:
-        self.type, self.shown, self.app_id, self.uid, self.bound_at, self.channel = data
+        self.type, self.shown, self.app_id, self.uid, self.bound_at, self.channel = data[:6]
+        self.recorded = bool(data[6]) if len(data) > 6 else False
 
     def get(self, _: None, channel: str, now: float) -> Outcome:
         return Outcome(200, self.view(), changed=False)
@@ -93,7 +101,15 @@ class Identifier(Entity):
         if self.uid != inp.uid:
             return Outcome(200, {"uid": self.uid, "released": False}, changed=False)
         self.uid = self.bound_at = self.channel = None
+        self.recorded = False
         return Outcome(200, {"uid": None, "released": True}, changed=True)
+
+    def mark_recorded(self, inp: Release, channel: str, now: float) -> Outcome:
+        """The bound user's own list has it now (a resolve may trust the directory)."""
+        if self.uid != inp.uid or self.recorded:
+            return Outcome(200, None, changed=False)
+        self.recorded = True
+        return Outcome(200, None, changed=True)
 
 
 def move(self: Identifier, inp: Move, channel: str, now: float) -> Outcome:
@@ -114,6 +130,7 @@ KIND = Kind(
         Op("identifier.claim", Identifier.claim, Claim),
         Op("identifier.release", Identifier.release, Release),
         Op("identifier.move", move, Move),
+        Op("identifier.recorded", Identifier.mark_recorded, Release),
     ),
-    queries={UID: lambda entry: entry.uid},
+    queries={UID: lambda entry: entry.uid, BINDING: lambda entry: [entry.uid, entry.recorded]},
 )

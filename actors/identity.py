@@ -340,6 +340,16 @@ async def _record(
     if not result.ok:
         await _release(grid, claimed, uid, cmd.channel)
     view: dict[str, Any] = answer(result)[1]
+    await asyncio.gather(  # now a resolve may trust the directory alone for these
+        *(
+            grid.call(
+                Command(
+                    "identifier.recorded", directory.KIND.key(i.digest), {"uid": uid}, cmd.channel
+                )
+            )
+            for i in idents
+        )
+    )
     return view
 
 
@@ -352,14 +362,17 @@ async def resolve(grid: Grid, cmd: Command) -> tuple[int, Any]:
     """The uid the identifiers belong to, the rest bound to it; or a new one."""
     idents = _parse(cmd.args["identifiers"])
     keys = {directory.KIND.key(i.digest): i for i in idents}
-    found = await grid.query(dict.fromkeys(keys, directory.UID))
+    bindings = await grid.query(dict.fromkeys(keys, directory.BINDING))
+    found = {key: b[0] if b is not None else None for key, b in bindings.items()}
     uids = sorted({uid for uid in found.values() if uid is not None})
     if len(uids) > 1:
         raise IDENTITY_CONFLICT("these identifiers belong to different users", uids=uids)
     if not uids and not cmd.args["create"]:
         raise GridError("not_found", "no user has these identifiers")
-    if uids and all(found[key] == uids[0] for key in keys):
-        # every one is bound to this user already: one round trip (a known shopper)
+    if uids and all(found[k] == uids[0] and bindings[k][1] for k in keys):
+        # every one is bound to this user, and the user lists them: one round trip
+        # (a known shopper). One not recorded yet (a process died between the claim
+        # and the record) takes the long way, which records it.
         return 200, {"uid": uids[0], "created": False, "bound": [], "conflicts": []}
     uid, created = (uids[0], False) if uids else (new_uid(), True)
     # Claims go in key order: of resolves racing on the same new identifiers,

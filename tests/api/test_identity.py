@@ -19,9 +19,11 @@ import psycopg
 import pytest
 import redis
 
+from omnigrid.actors import identifier, identifiers
+from omnigrid.actors.protocol import Command
 from tests.api.test_persistence import redis_postgres_grid
 from tests.conftest import CHANNELS, REDIS_URL, Grid, PostgresDatabase, new_id, write_headers
-from tests.inprocess import in_process_client
+from tests.inprocess import SyncASGITransport, in_process_app, in_process_client
 
 PHONE = "13812341234"
 ID_NUMBER = "11010519491231002X"
@@ -277,3 +279,19 @@ def test_bad_properties_refuse_the_batch(local: httpx.Client, properties: Any) -
     assert (r.status_code, r.json()["code"]) == (422, "invalid_request")
     assert "13812341234" not in r.text
     assert local.get(f"/v1/users/{uid}/timeline").json()["items"] == []
+
+
+def test_a_binding_the_user_never_recorded_is_recorded_by_the_next_resolve() -> None:
+    """A process that died between the directory's claim and the user's record
+    leaves the directory ahead; the next resolve takes the long way and repairs it."""
+    app = in_process_app()
+    with httpx.Client(transport=SyncASGITransport(app), base_url="http://grid") as local:
+        ident = identifiers.parse("phone", "13900000077")
+        args = {"uid": "u-lost", "type": "phone", "shown": ident.shown}
+        claim = Command("identifier.claim", identifier.KIND.key(ident.digest), args, "pos")
+        assert asyncio.run(app.grid.call(claim)).ok  # ... and the process dies here
+        assert local.get("/v1/users/u-lost/identities").json()["identifiers"] == []
+        r = resolve(local, phone("13900000077"), create=False)
+        assert (r.json()["uid"], r.json()["created"]) == ("u-lost", False)
+        listed = local.get("/v1/users/u-lost/identities").json()["identifiers"]
+        assert [i["value"] for i in listed] == ["+86 139****0077"]
