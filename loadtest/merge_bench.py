@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import httpx
 
 from loadtest.procs import Server, free_port
+from loadtest.tools import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 HEADERS = {"X-Channel": "app"}
@@ -63,8 +64,8 @@ async def timed(calls: list[Any], concurrency: int) -> tuple[float, list[float],
     return time.perf_counter() - t0, sorted(latencies), failures
 
 
-def pct(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, int(p * len(values)))] * 1000
+def ms(sorted_s: list[float], pct: float) -> float:
+    return percentile(sorted_s, pct) * 1000
 
 
 async def run(url: str, pairs: int, concurrency: int) -> dict[str, Any]:
@@ -95,10 +96,10 @@ async def run(url: str, pairs: int, concurrency: int) -> dict[str, Any]:
         "pairs": pairs,
         "concurrency": concurrency,
         "merges_per_s": pairs / secs,
-        "merge_ms": {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99)},
+        "merge_ms": {"p50": ms(lat, 50), "p99": ms(lat, 99)},
         "merge_failures": failed,
         "undos_per_s": len(merge_ids) / usecs,
-        "undo_ms": {"p50": pct(ulat, 0.5), "p99": pct(ulat, 0.99)},
+        "undo_ms": {"p50": ms(ulat, 50), "p99": ms(ulat, 99)},
         "undo_failures": ufailed,
     }
 
