@@ -73,10 +73,14 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One command: ``handler(entity, input, channel, now) -> Outcome``."""
+    """One command: ``handler(entity, input, channel, now) -> Outcome``.
+
+    No handler: the op is a route's own, run by its flow at the gateway (a resolve,
+    a merge); it declares the input the route checks, and an owner refuses it.
+    """
 
     name: str  # "<kind>.<verb>", unique in the grid
-    handler: Callable[[Any, Any, str, float], Outcome]
+    handler: Callable[[Any, Any, str, float], Outcome] | None
     input: type[Input] | None = None
     read: bool = False  # never changes state: no idempotency, no If-Match, no journal
     # Input fields the grid fills in, never the client (a reservation's id, a cart

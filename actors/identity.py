@@ -24,7 +24,7 @@ from omnigrid.actors import identifier as directory
 from omnigrid.actors import identifiers
 from omnigrid.actors.declaration import Grid, Id, Input, Kind, Op, Refusal, Route, View, answer
 from omnigrid.actors.entity import Entity, Outcome, intern
-from omnigrid.actors.errors import GridError, InvalidRequest
+from omnigrid.actors.errors import GridError
 from omnigrid.actors.merged import Restore, Undone
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
@@ -298,10 +298,6 @@ class Identity(Entity):
             del self.history[0]
 
 
-def not_a_command(entity: Identity, inp: Any, channel: str, now: float) -> Outcome:
-    raise InvalidRequest("resolve runs at the gateway, not on an entity")
-
-
 # -- flows: the directory first, then the user ---------------------------------------
 
 
@@ -429,9 +425,9 @@ KIND = Kind(
         Op("identity.history", Identity.get_history, read=True),
         Op("identity.record", Identity.record, Record),
         Op("identity.forget", Identity.forget, Forget),
-        Op("identity.resolve", not_a_command, Resolve),
-        Op("identity.bind", not_a_command, IdentifierIn),
-        Op("identity.unbind", not_a_command, Unbind),
+        Op("identity.resolve", None, Resolve),
+        Op("identity.bind", None, IdentifierIn),
+        Op("identity.unbind", None, Unbind),
         Op("identity.alias", Identity.become_alias, AliasOf, on_alias=True),
         Op("identity.absorb", Identity.absorb, Absorb),
         Op("identity.release_merged", Identity.release_merged, Undone),

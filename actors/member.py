@@ -35,7 +35,6 @@ from omnigrid.actors.declaration import (
     View,
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
-from omnigrid.actors.errors import InvalidRequest
 from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
 from omnigrid.persistence.events import parse_rfc3339, rfc3339
 
@@ -410,10 +409,6 @@ class Member(Entity):
         return index
 
 
-def not_a_command(member: Member, inp: Any, channel: str, now: float) -> Outcome:
-    raise InvalidRequest("the tier table is the deployment's, not a member's")
-
-
 KIND = Kind(
     name="member",
     entity=Member,
@@ -426,7 +421,7 @@ KIND = Kind(
         Op("member.redeem", Member.redeem, Redeem),
         Op("member.spend", Member.spend, Spend),
         Op("member.home", Member.set_home, HomeStore),
-        Op("member.tiers", not_a_command, read=True),
+        Op("member.tiers", None, read=True),
         Op("member.hand_over", Member.hand_over, HandOver, on_alias=True),
         Op("member.absorb", Member.absorb, Absorb),
         Op("member.give_back", Member.give_back, Undone),

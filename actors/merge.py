@@ -301,10 +301,6 @@ class UndoRequest(Input):
     merge_id: Id
 
 
-def not_a_command(entity: Merge, inp: Any, channel: str, now: float) -> Outcome:
-    raise InvalidRequest("merges run at the gateway, not on an entity")
-
-
 KIND = Kind(
     name="merge",
     entity=Merge,
@@ -314,8 +310,8 @@ KIND = Kind(
         Op("merge.get", Merge.get, read=True),
         Op("merge.begin", Merge.begin, Begin),
         Op("merge.step", Merge.step, Step),
-        Op("merge.request", not_a_command, MergeRequest),
-        Op("merge.undo", not_a_command, UndoRequest),
+        Op("merge.request", None, MergeRequest),
+        Op("merge.undo", None, UndoRequest),
     ),
     routes=(
         Route(

@@ -31,13 +31,17 @@ def run_command(
     op: Op, entity: Entity, cmd: Command, inp: Input | None, now: float, record: Record
 ) -> Ran:
     """Run ``cmd`` on ``entity``: what it answers, and what it left on the entity."""
+    handler = op.handler
+    if handler is None:
+        detail = f"{op.name!r} is a route's own, run at the gateway, not on an entity"
+        return Ran(Result(422, None, "invalid_request", detail))
     into = entity.alias()
     if into is not None and not op.on_alias:
         detail = f"{entity.ident} was merged into {into}"
         return Ran(Result(ALIASED, {"into": into}, "user_merged", detail))
     if op.read:
         try:
-            outcome = op.handler(entity, inp, cmd.channel, now)
+            outcome = handler(entity, inp, cmd.channel, now)
         except GridError as e:
             return Ran(Result(e.status, None, e.code, e.detail))
         return Ran(Result(outcome.status, outcome.body))
@@ -64,7 +68,7 @@ def run_command(
         )
         return Ran(conflict)
     try:
-        outcome = op.handler(entity, inp, cmd.channel, now)
+        outcome = handler(entity, inp, cmd.channel, now)
     except GridError as e:
         return Ran(Result(e.status, None, e.code, e.detail))
     view: dict[str, Any] | None = None

@@ -837,3 +837,11 @@ def test_entity_counts_and_stock_type(g: Grid) -> None:
     assert g.shard.entity_counts() == every_kind | {"cart": 1, "stock": 1}
     assert isinstance(g.shard.entities["stock:a"], Stock)
     assert g.shard.commands["stock.set"] == 1
+
+
+def test_a_routes_own_op_sent_to_an_owner_is_refused(g: Grid) -> None:
+    """Ops without a handler are run by their route's flow at the gateway."""
+    ids = [{"type": "device_id", "value": "d-1"}]
+    refused = g.run("identity.resolve", "identity:u", identifiers=ids)
+    assert (refused.status, refused.code) == (422, "invalid_request")
+    assert "identity:u" not in g.shard.entities
