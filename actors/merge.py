@@ -12,7 +12,7 @@ run by the runtime) until it is done, so no reader is left with half a merge.
 Forward: 1 the merged user's identity becomes an alias of the survivor and
 answers its identifiers; 2 they move to the survivor; 3 its cart lines go to
 the survivor's cart (sum or max per SKU, capped) and its cart becomes an
-alias; 4 its points likewise; 5 done. Undo runs the same way backwards: the
+alias; 4 its points likewise, and the merge is done. Undo runs the same way backwards: the
 merged user is a user again, with its identifiers, the cart it had at the
 merge and what is left of the points it brought.
 """
@@ -31,8 +31,8 @@ from omnigrid.actors.identity import USER_MERGED
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
-FORWARD = ("begun", "aliased", "identifiers", "cart", "points", "done")
-BACKWARD = ("undoing", "identifiers_back", "cart_back", "points_back", "undone")
+FORWARD = ("begun", "aliased", "identifiers", "cart", "done")
+BACKWARD = ("undoing", "identifiers_back", "cart_back", "undone")
 ENDED = ("done", "undone", "refused")  # "refused": its first step was, nothing moved
 SETTLE_S = 2.0  # a saga untouched this long with work left is driven by its owner
 
@@ -155,9 +155,20 @@ async def _step(grid: Grid, merge_id: str, done: str, channel: str, **data: Any)
     return saga
 
 
-async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str, Any]:
-    """Take the saga from the step it reached to its end (done, or undone)."""
-    saga: dict[str, Any] = await _run(grid, "merge.get", KIND.key(merge_id), {}, channel)
+async def _move(grid: Grid, items: list[Any], from_uid: str, to_uid: str, channel: str) -> None:
+    """The directory entries of these identifiers: ``to_uid``'s now."""
+    for item in items:
+        key = f"identifier:{item['digest']}"
+        await _run(grid, "identifier.move", key, {"from_uid": from_uid, "to_uid": to_uid}, channel)
+
+
+async def drive(
+    grid: Grid, merge_id: str, channel: str = "system", saga: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Take the saga from the step it reached (``saga``, if the caller has it) to its
+    end (done, or undone)."""
+    if saga is None:
+        saga = await _run(grid, "merge.get", KIND.key(merge_id), {}, channel)
     s, m, mid = saga["uid"], saga["from_uid"], merge_id
     while saga["status"] not in ENDED:
         status = saga["status"]
@@ -175,14 +186,7 @@ async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str,
             saga = await _step(grid, mid, "aliased", channel, identifiers=held)
         elif status == "aliased":
             items = saga["data"]["identifiers"]
-            for item in items:
-                await _run(
-                    grid,
-                    "identifier.move",
-                    f"identifier:{item['digest']}",
-                    {"from_uid": m, "to_uid": s},
-                    channel,
-                )
+            await _move(grid, items, m, s, channel)
             await _run(
                 grid,
                 "identity.absorb",
@@ -214,9 +218,7 @@ async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str,
                 {"lots": lots, "merge_id": mid, "other_uid": m},
                 channel,
             )
-            saga = await _step(grid, mid, "points", channel, points=lots)
-        elif status == "points":
-            saga = await _step(grid, mid, "done", channel)
+            saga = await _step(grid, mid, "done", channel, points=lots)
         elif status == "undoing":
             items = saga["data"].get("identifiers", [])
             await _run(
@@ -226,14 +228,7 @@ async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str,
                 {"merge_id": mid, "other_uid": m},
                 channel,
             )
-            for item in items:
-                await _run(
-                    grid,
-                    "identifier.move",
-                    f"identifier:{item['digest']}",
-                    {"from_uid": s, "to_uid": m},
-                    channel,
-                )
+            await _move(grid, items, s, m, channel)
             await _run(grid, "identity.unalias", f"identity:{m}", {"merge_id": mid}, channel)
             saga = await _step(grid, mid, "identifiers_back", channel)
         elif status == "identifiers_back":
@@ -253,8 +248,6 @@ async def drive(grid: Grid, merge_id: str, channel: str = "system") -> dict[str,
             left = await _run(grid, "member.give_back", f"member:{s}", back, channel)
             given = {"merge_id": mid, "given": left}
             await _run(grid, "member.restore", f"member:{m}", given, channel)
-            saga = await _step(grid, mid, "points_back", channel)
-        elif status == "points_back":
             saga = await _step(grid, mid, "undone", channel)
         else:
             raise RuntimeError(f"merge {mid} is in an unknown state {status!r}")
@@ -277,8 +270,8 @@ async def merge(grid: Grid, cmd: Command) -> tuple[int, Any]:
             raise USER_MERGED(f"{uid} was merged into {into}: merge into the survivor instead")
     merge_id = "m" + secrets.token_hex(10)
     begin = {"survivor": survivor, "merged": merged, "cart_rule": cmd.args["cart_rule"]}
-    await _run(grid, "merge.begin", KIND.key(merge_id), begin, cmd.channel)
-    await drive(grid, merge_id, cmd.channel)
+    saga = await _run(grid, "merge.begin", KIND.key(merge_id), begin, cmd.channel)
+    await drive(grid, merge_id, cmd.channel, saga)
     return 200, {"merge_id": merge_id, "uid": survivor, "from_uid": merged}
 
 
@@ -287,8 +280,8 @@ async def undo(grid: Grid, cmd: Command) -> tuple[int, Any]:
     saga = await _run(grid, "merge.get", KIND.key(merge_id), {}, cmd.channel)
     if not saga["uid"]:
         raise GridError("not_found", f"no merge {merge_id!r}")
-    await _step(grid, merge_id, "undoing", cmd.channel)
-    saga = await drive(grid, merge_id, cmd.channel)
+    undoing = await _step(grid, merge_id, "undoing", cmd.channel)
+    saga = await drive(grid, merge_id, cmd.channel, undoing)
     return 200, {
         "merge_id": merge_id,
         "uid": saga["uid"],
