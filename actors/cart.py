@@ -225,18 +225,14 @@ class Cart(Entity):
         if self.merge is None or inp.merge_id not in self.merge.done:
             return Outcome(200, None, changed=False)
         self.load_kind_state(inp.given)
-        self.merge.into = None
-        del self.merge.done[inp.merge_id]
-        self.merge = None if self.merge.empty() else self.merge
+        self.merge = self.merge.given_back(inp.merge_id)
         return Outcome(200, None, changed=True)
 
     def unmerged(self, inp: Undone, channel: str, now: float) -> Outcome:
         """Undo on the survivor's cart: no longer merged from the other (its lines stay)."""
         if self.merge is None or inp.other_uid not in self.merge.merged_from:
             return Outcome(200, None, changed=False)
-        self.merge.merged_from.remove(inp.other_uid)
-        self.merge.done.pop(inp.merge_id, None)
-        self.merge = None if self.merge.empty() else self.merge
+        self.merge = self.merge.unmerged(inp.merge_id, inp.other_uid)
         return Outcome(200, None, changed=True)
 
     def _put(self, sku: str, qty: int, available: int | None, channel: str, now: float) -> None:

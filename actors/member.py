@@ -372,10 +372,8 @@ class Member(Entity):
             reason = f"merge with {inp.other_uid} undone"
             taken = -sum(p for _, p in left)
             self._append(Entry(taken, "reverse", intern(channel), reason, None, None, now, None))
-        merge.done[back] = left
-        merge.done.pop(inp.merge_id, None)
-        if inp.other_uid in merge.merged_from:
-            merge.merged_from.remove(inp.other_uid)
+        merge.done[back] = left  # kept: a step run again gives back the same
+        self.merge = merge.unmerged(inp.merge_id, inp.other_uid)
         return Outcome(200, left, changed=True)
 
     def restore(self, inp: Restore, channel: str, now: float) -> Outcome:
@@ -390,9 +388,7 @@ class Member(Entity):
                 bisect.insort(self.lots, [expires, index, points])
             else:
                 self._append(Entry(-points, "expire", "system", None, None, None, now, expires))
-        self.merge.into = None
-        del self.merge.done[inp.merge_id]
-        self.merge = None if self.merge.empty() else self.merge
+        self.merge = self.merge.given_back(inp.merge_id)
         return Outcome(200, None, changed=True)
 
     def set_home(self, inp: HomeStore, channel: str, now: float) -> Outcome:

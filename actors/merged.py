@@ -27,6 +27,20 @@ class MergeState:
     def empty(self) -> bool:
         return self.into is None and not self.merged_from and not self.done
 
+    def given_back(self, merge_id: str) -> MergeState | None:
+        """The merged user's side of an undo: no alias, the merge forgotten. What is
+        left to keep (``None``: nothing, the entity is as if never merged)."""
+        self.into = None
+        self.done.pop(merge_id, None)
+        return None if self.empty() else self
+
+    def unmerged(self, merge_id: str, other_uid: str) -> MergeState | None:
+        """The survivor's side of an undo: no longer merged from ``other_uid``."""
+        if other_uid in self.merged_from:
+            self.merged_from.remove(other_uid)
+        self.done.pop(merge_id, None)
+        return None if self.empty() else self
+
     def state(self) -> list[Any]:
         return [self.into, self.merged_from, self.done]
 

@@ -47,6 +47,8 @@ RESUME_AGAIN_S = 5.0  # a woken entity whose resumed work did not move it is wok
 
 
 def _alias(entity: Entity) -> str | None:
+    # A function, not Entity.alias: that unbound base method would skip the kinds'
+    # own alias() (a merged cart's survivor).
     return entity.alias()
 
 
