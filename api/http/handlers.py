@@ -35,14 +35,21 @@ class Call:
     if_match: int | None
     query: bytes = b""
 
+    def query_value(self, name: str) -> str | None:
+        """A query parameter as sent (the first, if repeated)."""
+        if not self.query:
+            return None
+        values = urllib.parse.parse_qs(self.query.decode("latin-1")).get(name)
+        return values[0] if values else None
+
     def query_int(self, name: str, default: int, low: int, high: int) -> int:
         """An integer query parameter (``?limit=50``), checked like a body field."""
-        values = urllib.parse.parse_qs(self.query.decode("latin-1")).get(name)
-        if not values:
+        value = self.query_value(name)
+        if value is None:
             return default
-        if not values[0].isdigit():
+        if not value.isdigit():
             raise InvalidRequest(f"{name} must be an integer")
-        return v.integer({name: int(values[0])}, name, low, high)
+        return v.integer({name: int(value)}, name, low, high)
 
 
 Handler = Callable[[Grid, Call], Awaitable[tuple[int, Any]]]
@@ -81,13 +88,10 @@ def body_type(op: Op, route: KindRoute) -> type[Input] | None:
 
 def _query_args(call: Call, names: tuple[str, ...]) -> dict[str, Any]:
     """The route's query parameters; digits become integers (the input checks the rest)."""
-    if not names or not call.query:
-        return {}
-    query = urllib.parse.parse_qs(call.query.decode("latin-1"))
     args: dict[str, Any] = {}
     for name in names:
-        if name in query:
-            raw = query[name][0]
+        raw = call.query_value(name)
+        if raw is not None:
             args[name] = int(raw) if raw.isdigit() and len(raw) <= 18 else raw
     return args
 
