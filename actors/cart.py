@@ -39,6 +39,7 @@ MAX_LINE_QTY = 9_999
 MAX_LINES = 200
 CART_FULL = Refusal("cart_full", 409, "Cart full")
 LINE_SKUS = "cart.skus"  # query: the SKUs of a cart's lines
+LINE_QTYS = "cart.lines"  # query: [sku, qty] of a cart's lines (a checkout's default)
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -48,6 +49,7 @@ class LineAdd(Input):
     sku: Id
     qty: Annotated[int, msgspec.Meta(ge=1, le=MAX_LINE_QTY)]
     available: int | None = None  # decided: the SKU's availability it was checked against
+    clerk: str | None = None  # decided: the pos clerk adding for the shopper (X-Clerk)
 
     def __post_init__(self) -> None:
         check_id(self.sku, "sku")
@@ -57,10 +59,15 @@ class LineSet(Input):
     sku: Id
     qty: Annotated[int, msgspec.Meta(ge=0, le=MAX_LINE_QTY, description="0 removes the line")]
     available: int | None = None  # decided, as for LineAdd
+    clerk: str | None = None  # decided, as for LineAdd
 
 
 class LineRemove(Input):
     sku: Id
+
+
+class Bought(Input):
+    lines: list[list[Any]]  # [sku, qty] of a paid order
 
 
 # -- answers (documentation) ------------------------------------------------------
@@ -79,6 +86,9 @@ class CartLine(View):
     unit_price: Annotated[
         int | None, msgspec.Meta(description="the reading channel's price; null: no product")
     ]
+    added_by_clerk: Annotated[
+        str | None, msgspec.Meta(description="the pos clerk who added it for the shopper")
+    ] = None
 
 
 class CartView(View):
@@ -99,6 +109,7 @@ class Line:
     added_via: str
     updated_via: str
     updated_at: float
+    clerk: str | None = None  # the pos clerk who added it (X-Clerk)
 
 
 class Absorb(Input):
@@ -141,6 +152,7 @@ class Cart(Entity):
                     "updated_via": line.updated_via,
                     "updated_at": rfc3339(line.updated_at),
                 }
+                | ({"added_by_clerk": line.clerk} if line.clerk is not None else {})
                 for sku, line in self.lines.items()
             ],
         }
@@ -148,6 +160,7 @@ class Cart(Entity):
     def rows(self) -> list[list[Any]]:
         return [
             [sku, ln.qty, ln.added_via, ln.updated_via, ln.updated_at]
+            + ([ln.clerk] if ln.clerk is not None else [])
             for sku, ln in self.lines.items()
         ]
 
@@ -161,8 +174,7 @@ class Cart(Entity):
             self.merge = MergeState.load(data["merge"])
             data = data["lines"]
         self.lines = {
-            intern(sku): Line(qty, intern(added), intern(updated), at)
-            for sku, qty, added, updated, at in data
+            intern(row[0]): Line(row[1], intern(row[2]), intern(row[3]), *row[4:]) for row in data
         }
 
     def get(self, _: None, channel: str, now: float) -> Outcome:
@@ -171,7 +183,7 @@ class Cart(Entity):
     def add(self, inp: LineAdd, channel: str, now: float) -> Outcome:
         line = self.lines.get(inp.sku)
         qty = inp.qty + (line.qty if line else 0)
-        self._put(inp.sku, qty, inp.available, channel, now)
+        self._put(inp.sku, qty, inp.available, channel, now, inp.clerk)
         return Outcome(200, None, changed=True)
 
     def set_qty(self, inp: LineSet, channel: str, now: float) -> Outcome:
@@ -180,7 +192,7 @@ class Cart(Entity):
         line = self.lines.get(inp.sku)
         if line is not None and line.qty == inp.qty:
             return Outcome(200, None, changed=False)
-        self._put(inp.sku, inp.qty, inp.available, channel, now)
+        self._put(inp.sku, inp.qty, inp.available, channel, now, inp.clerk)
         return Outcome(200, None, changed=True)
 
     def remove(self, inp: LineRemove, channel: str, now: float) -> Outcome:
@@ -190,6 +202,20 @@ class Cart(Entity):
     def clear(self, _: None, channel: str, now: float) -> Outcome:
         changed = bool(self.lines)
         self.lines.clear()
+        return Outcome(200, None, changed=changed)
+
+    def bought(self, inp: Bought, channel: str, now: float) -> Outcome:
+        """A paid order's lines leave the cart (what was added since stays)."""
+        changed = False
+        for sku, qty in inp.lines:
+            line = self.lines.get(sku)
+            if line is None:
+                continue
+            changed = True
+            if line.qty <= qty:
+                del self.lines[sku]
+            else:
+                line.qty, line.updated_via, line.updated_at = line.qty - qty, intern(channel), now
         return Outcome(200, None, changed=changed)
 
     # -- a merge's steps (actors/merge.py) -------------------------------------------
@@ -207,11 +233,13 @@ class Cart(Entity):
         merge = self.merge = self.merge or MergeState()
         if inp.merge_id in merge.done:
             return Outcome(200, None, changed=False)
-        for sku, qty, added, updated, at in inp.lines:
+        for sku, qty, added, updated, *at_and_clerk in inp.lines:
             line = self.lines.get(sku)
             if line is None:
                 if len(self.lines) < MAX_LINES:
-                    self.lines[intern(sku)] = Line(qty, intern(added), intern(updated), at)
+                    self.lines[intern(sku)] = Line(
+                        qty, intern(added), intern(updated), *at_and_clerk
+                    )
                 continue
             line.qty = min(
                 MAX_LINE_QTY, line.qty + qty if inp.rule == "sum" else max(line.qty, qty)
@@ -235,7 +263,15 @@ class Cart(Entity):
         self.merge = self.merge.unmerged(inp.merge_id, inp.other_uid)
         return Outcome(200, None, changed=True)
 
-    def _put(self, sku: str, qty: int, available: int | None, channel: str, now: float) -> None:
+    def _put(
+        self,
+        sku: str,
+        qty: int,
+        available: int | None,
+        channel: str,
+        now: float,
+        clerk: str | None = None,
+    ) -> None:
         line = self.lines.get(sku)
         if qty > MAX_LINE_QTY:
             raise InvalidRequest(f"a cart line holds at most {MAX_LINE_QTY}; this would be {qty}")
@@ -249,9 +285,10 @@ class Cart(Entity):
             )
         channel = intern(channel)
         if line is None:
-            self.lines[intern(sku)] = Line(qty, channel, channel, now)
+            self.lines[intern(sku)] = Line(qty, channel, channel, now, clerk)
         else:
             line.qty, line.updated_via, line.updated_at = qty, channel, now
+            line.clerk = clerk or line.clerk
 
 
 # -- flows: a cart's answers carry each line's live availability ---------------------
@@ -351,10 +388,11 @@ KIND = Kind(
     view=CartView,
     ops=(
         Op("cart.get", Cart.get, read=True),
-        Op("cart.add", Cart.add, LineAdd, decided=frozenset({"available"})),
-        Op("cart.set", Cart.set_qty, LineSet, decided=frozenset({"available"})),
+        Op("cart.add", Cart.add, LineAdd, decided=frozenset({"available", "clerk"})),
+        Op("cart.set", Cart.set_qty, LineSet, decided=frozenset({"available", "clerk"})),
         Op("cart.remove", Cart.remove, LineRemove),
         Op("cart.clear", Cart.clear),
+        Op("cart.bought", Cart.bought, Bought),
         Op("cart.hand_over", Cart.hand_over, HandOver, on_alias=True),
         Op("cart.absorb", Cart.absorb, Absorb),
         Op("cart.restore", Cart.restore, Restore, on_alias=True),
@@ -411,7 +449,10 @@ KIND = Kind(
             flow=then_live_view,
         ),
     ),
-    queries={LINE_SKUS: lambda cart: list(cart.lines)},
+    queries={
+        LINE_SKUS: lambda cart: list(cart.lines),
+        LINE_QTYS: lambda cart: [[sku, line.qty] for sku, line in cart.lines.items()],
+    },
     stream=Stream(
         "/v1/streams/users/{uid}",
         "user_stream",

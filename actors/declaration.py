@@ -89,6 +89,9 @@ class Op:
     # runs on an entity that is an alias (a merge's own steps); any other op is
     # sent on to the entity the alias stands for
     on_alias: bool = False
+    # a saga's bookkeeping (its work recorded sent): journaled and stored like any
+    # change, but no webhook delivery, since nothing a receiver knows of moved
+    quiet: bool = False
 
 
 class Grid(Protocol):
@@ -165,6 +168,9 @@ class Kind:
     # the stream event name of some ops' changes (a product's price change is a
     # "price" event); every other change is an event named after the kind
     stream_events: Mapping[str, str] = field(default_factory=dict)
+    # what a stream event carries of a change, if not the entity's view (a user's
+    # order list: the order its change noted)
+    event_view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     refusals: tuple[Refusal, ...] = ()
     # Work an entity asks the grid to do for it when its timed work falls due
     # (a saga left unfinished by a crash): run by the process owning the entity.

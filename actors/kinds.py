@@ -10,7 +10,19 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from omnigrid.actors import cart, identifier, identity, member, merge, product, stock
+from omnigrid.actors import (
+    cart,
+    coupon,
+    identifier,
+    identity,
+    member,
+    merge,
+    order_lists,
+    order_saga,
+    product,
+    stock,
+    wallet,
+)
 from omnigrid.actors.declaration import Kind, Refusal
 from omnigrid.actors.errors import COMMON_CODES, forget_code, register_code
 
@@ -85,3 +97,8 @@ register(member.KIND)
 register(identifier.KIND)
 register(identity.KIND)
 register(merge.KIND)
+register(order_saga.KIND)
+register(order_lists.USER_KIND)
+register(order_lists.STORE_KIND)
+register(coupon.KIND)
+register(wallet.KIND)

@@ -29,12 +29,17 @@ from omnigrid.actors.declaration import (
     Input,
     Kind,
     Op,
-    Refusal,
     Route,
     Stream,
     View,
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.member_orders import (
+    INSUFFICIENT_POINTS,
+    OrderPoints,
+    OrderPointsInput,
+    order_points,
+)
 from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
 from omnigrid.persistence.events import parse_rfc3339, rfc3339
 
@@ -43,7 +48,7 @@ DEFAULT_EXPIRY_S = YEAR_S
 MAX_TEXT = 128
 MAX_LEDGER_PAGE = 500
 EXPIRING_SHOWN = 5  # lots shown in the view's "expiring"
-INSUFFICIENT_POINTS = Refusal("insufficient_points", 409, "Insufficient points")
+STANDING = "member.standing"  # query: [12-month spend, points balance] (a checkout's)
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -169,7 +174,7 @@ class Absorb(Input):
 
 
 class Member(Entity):
-    __slots__ = ("applied", "entries", "home_store", "lots", "merge", "spends")
+    __slots__ = ("applied", "entries", "home_store", "lots", "merge", "orders", "spends")
 
     kind: ClassVar[str] = "member"
 
@@ -184,6 +189,7 @@ class Member(Entity):
         self.spends: list[tuple[float, int]] = []  # (at, amount), oldest first
         self.home_store: str | None = None
         self.merge: MergeState | None = None  # only on users a merge touched
+        self.orders: OrderPoints | None = None  # only on members who ordered with points
 
     def alias(self) -> str | None:
         return self.merge.into if self.merge is not None else None
@@ -212,7 +218,8 @@ class Member(Entity):
                     {"points": left, "at": rfc3339(at)}
                     for at, _, left in self.lots[:EXPIRING_SHOWN]
                 ],
-            },
+            }
+            | ({"debt": self.orders.debt} if self.orders is not None and self.orders.debt else {}),
             "tier": tier.tier,
             "spend_12m": spend,
             "next_tier": (
@@ -250,11 +257,14 @@ class Member(Entity):
             self.home_store,
             [[k, i] for k, i in self.applied.items()],
             self.merge.state() if self.merge is not None else None,
+            self.orders.state() if self.orders is not None else None,
         ]
 
     def load_kind_state(self, data: Any) -> None:
-        rows, self.lots, spends, self.home_store, applied, *merge = data
-        self.merge = MergeState.load(merge[0]) if merge and merge[0] is not None else None
+        rows, self.lots, spends, self.home_store, applied, *rest = data
+        merge, orders = [*rest, None, None][:2]  # both came later: older snapshots lack them
+        self.merge = MergeState.load(merge) if merge is not None else None
+        self.orders = OrderPoints.load(orders) if orders is not None else None
         self.entries = [
             Entry(p, intern(k), intern(ch), r, x, o, at, exp) for p, k, ch, r, x, o, at, exp in rows
         ]
@@ -306,18 +316,44 @@ class Member(Entity):
         balance = self.balance
         if inp.points > balance:
             raise INSUFFICIENT_POINTS(f"asked to redeem {inp.points}, the balance is {balance}")
-        owed = inp.points
-        while owed:  # the soonest-expiring points first
-            lot = self.lots[0]
-            taken = min(owed, lot[2])
-            lot[2] -= taken
-            owed -= taken
-            if lot[2] == 0:
-                self.lots.pop(0)
+        self.take(inp.points)
         entry = Entry(-inp.points, "redeem", intern(channel), inp.reason, inp.external_id, None,
                       now, None)  # fmt: skip
         self._append(entry)
         return Outcome(200, None, changed=True)
+
+    def take(self, points: int) -> list[list[Any]]:
+        """Take ``points`` (at most the balance) from the soonest-expiring lots:
+        ``[expires_at, points]`` per lot taken from."""
+        taken: list[list[Any]] = []
+        while points and self.lots:
+            lot = self.lots[0]
+            part = min(points, lot[2])
+            lot[2] -= part
+            points -= part
+            taken.append([lot[0], part])
+            if lot[2] == 0:
+                self.lots.pop(0)
+        return taken
+
+    def book(
+        self,
+        points: int,
+        kind: str,
+        channel: str,
+        reason: str,
+        order_id: str,
+        now: float,
+        expires: float | None = None,
+    ) -> None:
+        """A ledger entry of an order's; points given (``expires``) become a lot."""
+        entry = Entry(points, kind, intern(channel), reason, None, order_id, now, expires)
+        index = self._append(entry)
+        if expires is not None and points > 0:
+            if expires > now:
+                bisect.insort(self.lots, [expires, index, points])
+            else:
+                self._append(Entry(-points, "expire", "system", None, None, None, now, expires))
 
     def spend(self, inp: Spend, channel: str, now: float) -> Outcome:
         key = "spend:" + inp.external_id  # spend ids apart from points ids
@@ -416,6 +452,7 @@ KIND = Kind(
         Op("member.earn", Member.earn, Earn),
         Op("member.redeem", Member.redeem, Redeem),
         Op("member.spend", Member.spend, Spend),
+        Op("member.order_points", order_points, OrderPointsInput),
         Op("member.home", Member.set_home, HomeStore),
         Op("member.tiers", None, read=True),
         Op("member.hand_over", Member.hand_over, HandOver, on_alias=True),
@@ -482,5 +519,6 @@ KIND = Kind(
         "Server-Sent Events: every change to the user's cart and membership "
         "(resumable with Last-Event-ID)",
     ),
+    queries={STANDING: lambda m: [m.spend_12m(m.updated_at or 0.0), m.balance]},
     refusals=(INSUFFICIENT_POINTS,),
 )

@@ -14,14 +14,29 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from omnigrid.actors.declaration import MAX_COUNT, Id, Input, Kind, Op, Refusal, Route, Stream, View
+from omnigrid.actors.declaration import (
+    MAX_COUNT,
+    Grid,
+    Id,
+    Input,
+    Kind,
+    Op,
+    Refusal,
+    Route,
+    Stream,
+    View,
+    one_call,
+)
 from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.order_lists import BOUGHT_SKUS
+from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
 CURRENCY = "CNY"
 MAX_REVIEW_CHARS = 2_000
 MAX_REVIEWS_PAGE = 100
 PRICE = "product.price"  # query: [base price, channel prices] (None: no product)
+INFO = "product.info"  # query: [base price, channel prices, category] (None: no product)
 UNKNOWN_PRODUCT = Refusal("unknown_product", 404, "Unknown product")
 
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT, description="minor units")]
@@ -49,6 +64,7 @@ class ReviewPost(Input):
     uid: Id
     rating: Annotated[int, msgspec.Meta(ge=1, le=5)]
     text: Annotated[str, msgspec.Meta(max_length=MAX_REVIEW_CHARS)] = ""
+    verified: bool | None = None  # decided: the uid has a paid order of this SKU
 
 
 class ReviewsPage(Input):
@@ -173,7 +189,8 @@ class Product(Entity):
     def review(self, inp: ReviewPost, channel: str, now: float) -> Outcome:
         self._require()
         self.reviews.pop(inp.uid, None)  # a second replaces the first, as the newest
-        self.reviews[inp.uid] = Review(inp.rating, inp.text, intern(channel), now, False)
+        verified = bool(inp.verified)
+        self.reviews[inp.uid] = Review(inp.rating, inp.text, intern(channel), now, verified)
         return Outcome(201, self.review_view(inp.uid), changed=True)
 
     def list_reviews(self, page: ReviewsPage, channel: str, now: float) -> Outcome:
@@ -191,6 +208,14 @@ class Product(Entity):
         return Outcome(200, answer, changed=False)
 
 
+async def reviewed(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    """A review, ``verified_purchase`` when the uid has a paid order of the SKU."""
+    orders = f"user_orders:{cmd.args['uid']}"
+    bought = (await grid.query({orders: BOUGHT_SKUS}))[orders] or ()
+    cmd.args["verified"] = cmd.key.partition(":")[2] in bought
+    return await one_call(grid, cmd)
+
+
 KIND = Kind(
     name="product",
     entity=Product,
@@ -201,7 +226,7 @@ KIND = Kind(
         Op("product.reviews", Product.list_reviews, ReviewsPage, read=True),
         Op("product.put", Product.put, ProductPut),
         Op("product.set_price", Product.set_price, PriceChange),
-        Op("product.review", Product.review, ReviewPost),
+        Op("product.review", Product.review, ReviewPost, decided=frozenset({"verified"})),
     ),
     routes=(
         Route(
@@ -240,6 +265,7 @@ KIND = Kind(
             ReviewView,
             status=201,
             refusals=("unknown_product",),
+            flow=reviewed,
         ),
         Route(
             "GET",
@@ -252,7 +278,10 @@ KIND = Kind(
             query_fields=("limit", "cursor"),
         ),
     ),
-    queries={PRICE: lambda p: [p.price, p.channel_prices]},
+    queries={
+        PRICE: lambda p: [p.price, p.channel_prices],
+        INFO: lambda p: [p.price, p.channel_prices, p.category] if p.exists else None,
+    },
     stream=Stream(
         "/v1/streams/skus/{sku}",
         "sku_stream",

@@ -71,6 +71,13 @@ class ReservationRef(Input):
     reservation_id: Id
 
 
+class Settle(Input):
+    """An order's hold, at its end (actors/order.py)."""
+
+    reservation_id: Id
+    to: Literal["committed", "released"]
+
+
 # -- answers (documentation) ------------------------------------------------------
 
 
@@ -226,6 +233,9 @@ class Stock(Entity):
 
     def reserve(self, inp: ReservationCreate, channel: str, now: float) -> Outcome:
         self._require_stocked()
+        placed = self.reservations.get(inp.rid or "")
+        if placed is not None:  # an order's hold sent again (or given back before it came)
+            return Outcome(201, self.reservation_view(placed), changed=False)
         if inp.qty > self.available:
             raise INSUFFICIENT_STOCK(f"asked for {inp.qty}, {self.available} available")
         # The id is a decision: it goes back into the input, so the journal keeps
@@ -258,6 +268,35 @@ class Stock(Entity):
         self._closed.append((now, r.rid))
         return Outcome(200, self.reservation_view(r), changed=True)
 
+    def settle(self, inp: Settle, channel: str, now: float) -> Outcome:
+        """An order's hold committed or given back, once however often it is asked.
+
+        Given back before it was placed (a checkout's straggling hold), it is kept as
+        given back, so the hold is refused when it comes. Committed after it expired
+        (its order was paid just as the hold ran out), it is taken again if the stock
+        is still there."""
+        r = self.reservations.get(inp.reservation_id)
+        if r is None:
+            if inp.to == "committed":
+                raise GridError("not_found", f"no reservation {inp.reservation_id!r}")
+            if not self.exists:
+                return Outcome(200, None, changed=False)
+            r = Reservation(inp.reservation_id, 0, "released", now, None, intern(channel))
+            self.reservations[r.rid] = r
+            self._closed.append((now, r.rid))
+            return Outcome(200, self.reservation_view(r), changed=True)
+        if r.status == inp.to or (r.status == "expired" and inp.to == "released"):
+            return Outcome(200, self.reservation_view(r), changed=False)
+        if r.status == "held":
+            return (self.commit if inp.to == "committed" else self.release)(
+                ReservationRef(reservation_id=r.rid), channel, now
+            )
+        if r.status == "expired" and r.qty <= self.available:
+            r.status = "committed"
+            self.on_hand -= r.qty
+            return Outcome(200, self.reservation_view(r), changed=True)
+        raise RESERVATION_CLOSED(f"reservation {r.rid} is {r.status}: it cannot be {inp.to}")
+
     def get_reservation(self, inp: ReservationRef, channel: str, now: float) -> Outcome:
         return Outcome(200, self.reservation_view(self._reservation(inp.reservation_id)), False)
 
@@ -288,6 +327,7 @@ KIND = Kind(
         Op("stock.reserve", Stock.reserve, ReservationCreate, decided=frozenset({"rid"})),
         Op("stock.commit", Stock.commit, ReservationRef),
         Op("stock.release", Stock.release, ReservationRef),
+        Op("stock.settle", Stock.settle, Settle),
         Op("stock.reservation", Stock.get_reservation, ReservationRef, read=True),
     ),
     routes=(

@@ -125,6 +125,7 @@ class GridApp:
         idem_raw: bytes | None = None
         if_match_raw: bytes | None = None
         length_raw: bytes | None = None
+        clerk_raw: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-channel":
                 channel_raw = value
@@ -134,6 +135,8 @@ class GridApp:
                 if_match_raw = value
             elif name == b"content-length":
                 length_raw = value
+            elif name == b"x-clerk":
+                clerk_raw = value
         channel_text = channel_raw.decode("latin-1") if channel_raw is not None else ""
         channel = channel_text if channel_text in self.channels else "none"
         instance: str = scope["path"]
@@ -168,6 +171,7 @@ class GridApp:
                 v.idempotency_key(idem_raw),
                 v.if_match(if_match_raw),
                 scope.get("query_string", b""),
+                v.clerk(clerk_raw, channel) if route.is_write else None,
             )
             status, answer = await route.handler(self.grid, call)
             headers = list(JSON)

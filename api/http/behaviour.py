@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from omnigrid.actors import cart, identity
+from omnigrid.actors import cart, identity, order_lists
 from omnigrid.actors.declaration import MAX_COUNT, Grid, Id, answer, check_id
 from omnigrid.actors.errors import InvalidRequest, Unavailable
 from omnigrid.actors.protocol import Command
@@ -27,6 +27,18 @@ from omnigrid.persistence.behaviour import TYPES, BehaviourLog
 from omnigrid.persistence.store import StoreUnavailable
 
 log = logging.getLogger("omnigrid.behaviour")
+# the changes of an order a timeline shows: the moves a user or a clerk made
+ORDER_MOVES = frozenset(
+    (
+        "order.priced",
+        "order.pay",
+        "order.cancel",
+        "order.transition",
+        "order.refund",
+        "order.approve",
+        "order.expire",
+    )
+)
 MAX_EVENTS = 500
 MAX_TIMELINE = 1_000
 FUTURE_SLACK_S = 24 * 3600.0
@@ -185,10 +197,14 @@ class BehaviourEndpoints:
         limit = call.query_int("limit", 100, 1, MAX_TIMELINE)
         uid, merged = await _user(grid, uid)
         uids = [uid, *merged]
-        keys = [cart.KIND.key(u) for u in uids]
+        lists = await grid.query({order_lists.USER_KIND.key(u): order_lists.RECENT for u in uids})
+        orders = [f"order:{i}" for ids in lists.values() for i in ids or ()]
+        keys = [cart.KIND.key(u) for u in uids] + orders
         try:
             items = await asyncio.to_thread(self.log.timeline, uids, keys, limit)
         except StoreUnavailable as e:
             log.warning("the timeline cannot be read: %s", e)
             raise Unavailable("the timeline cannot be read right now; retry later") from e
-        return 200, {"uid": uid, "items": items}
+        # an order's own bookkeeping (its checkout begun, its work sent) is not the user's
+        shown = [i for i in items if i.get("entity") != "order" or i["type"] in ORDER_MOVES]
+        return 200, {"uid": uid, "items": shown}

@@ -34,6 +34,7 @@ class Call:
     idempotency_key: str | None
     if_match: int | None
     query: bytes = b""
+    clerk: str | None = None  # X-Clerk: a pos clerk acting for the shopper
 
     def query_value(self, name: str) -> str | None:
         """A query parameter as sent (the first, if repeated)."""
@@ -114,6 +115,8 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
         }
         body = v.json_object(call.body) if route.is_write else {}
         args = {**body, **from_path, **_query_args(call, route.query_fields)}
+        if call.clerk is not None and "clerk" in op.decided:  # else the route has no use for it
+            args["clerk"] = call.clerk
         if op.input is None:
             if body:
                 raise InvalidRequest("this request takes no body")

@@ -75,6 +75,7 @@ def parse_cursor(raw: str, kinds: tuple[str, ...]) -> dict[str, int]:
 
 
 def encode(event: Event, cursor: str) -> bytes:
+    kind = kind_named(event.kind)
     data = {
         **event.view,
         "channel": event.channel,
@@ -82,7 +83,9 @@ def encode(event: Event, cursor: str) -> bytes:
         "version": event.version,
         "at": rfc3339(event.at),
     }
-    kind = kind_named(event.kind)
+    if kind is not None and kind.event_view is not None:  # it carries another view, whole
+        data = {**kind.event_view(event.view), "channel": event.channel, "op": event.op,
+                "at": rfc3339(event.at)}  # fmt: skip
     name = kind.stream_events.get(event.op, event.kind) if kind is not None else event.kind
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         cursor.encode(),

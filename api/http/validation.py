@@ -31,6 +31,15 @@ def idempotency_key(raw: bytes | None) -> str | None:
     return raw.decode("ascii")
 
 
+def clerk(raw: bytes | None, channel: str) -> str | None:
+    """``X-Clerk``: the till's clerk acting for a shopper, on a ``pos`` write only."""
+    if raw is None:
+        return None
+    if channel != "pos":
+        raise InvalidRequest("X-Clerk is for writes from the pos channel")
+    return identifier(raw.decode("latin-1"), "X-Clerk")
+
+
 def if_match(raw: bytes | None) -> int | None:
     """``If-Match: 7``, ``"7"`` or ``W/"7"``; ``*`` matches any version."""
     if raw is None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
-from omnigrid.actors.kinds import split_key
+from omnigrid.actors.kinds import kinds, split_key
 from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
@@ -143,6 +143,9 @@ class GridNode:
             settings.webhook_timeout_s,
         )
         self.writebehind.webhooks = self.webhook_sender.webhooks
+        self.writebehind.quiet_ops = frozenset(
+            op.name for kind in kinds() for op in kind.ops if op.quiet
+        )
         self.writebehind.shard_id = shard_id
         self.router = Router(self.shard, self.links)
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
