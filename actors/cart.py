@@ -67,7 +67,7 @@ class LineRemove(Input):
 
 
 class Bought(Input):
-    lines: list[list[Any]]  # [sku, qty] of a paid order
+    skus: list[str]  # of a paid order
 
 
 # -- answers (documentation) ------------------------------------------------------
@@ -205,17 +205,10 @@ class Cart(Entity):
         return Outcome(200, None, changed=changed)
 
     def bought(self, inp: Bought, channel: str, now: float) -> Outcome:
-        """A paid order's lines leave the cart (what was added since stays)."""
+        """A paid order's SKUs leave the cart (their lines, whole: safe to run twice)."""
         changed = False
-        for sku, qty in inp.lines:
-            line = self.lines.get(sku)
-            if line is None:
-                continue
-            changed = True
-            if line.qty <= qty:
-                del self.lines[sku]
-            else:
-                line.qty, line.updated_via, line.updated_at = line.qty - qty, intern(channel), now
+        for sku in inp.skus:
+            changed = self.lines.pop(sku, None) is not None or changed
         return Outcome(200, None, changed=changed)
 
     # -- a merge's steps (actors/merge.py) -------------------------------------------

@@ -48,7 +48,8 @@ DEFAULT_EXPIRY_S = YEAR_S
 MAX_TEXT = 128
 MAX_LEDGER_PAGE = 500
 EXPIRING_SHOWN = 5  # lots shown in the view's "expiring"
-STANDING = "member.standing"  # query: [12-month spend, points balance] (a checkout's)
+# query: [12-month spend, points balance, the survivor if merged] (what a checkout reads)
+STANDING = "member.standing"
 
 
 # -- inputs ---------------------------------------------------------------------
@@ -356,15 +357,19 @@ class Member(Entity):
                 self._append(Entry(-points, "expire", "system", None, None, None, now, expires))
 
     def spend(self, inp: Spend, channel: str, now: float) -> Outcome:
-        key = "spend:" + inp.external_id  # spend ids apart from points ids
+        changed = self.record_spend("spend:" + inp.external_id, inp.amount, now)
+        return Outcome(200, None, changed=changed)
+
+    def record_spend(self, key: str, amount: int, now: float) -> bool:
+        """A payment (+) or refund (-) toward the 12-month spend, once per ``key``."""
         if key in self.applied:
-            return Outcome(200, None, changed=False)
+            return False
         self.applied[key] = len(self.spends)
-        self.spends.append((now, inp.amount))
+        self.spends.append((now, amount))
         horizon = now - YEAR_S  # older spend no longer counts: forget it
         while self.spends and self.spends[0][0] <= horizon:
             self.spends.pop(0)
-        return Outcome(200, None, changed=True)
+        return True
 
     # -- a merge's steps (actors/merge.py) -------------------------------------------
 
@@ -519,6 +524,6 @@ KIND = Kind(
         "Server-Sent Events: every change to the user's cart and membership "
         "(resumable with Last-Event-ID)",
     ),
-    queries={STANDING: lambda m: [m.spend_12m(m.updated_at or 0.0), m.balance]},
+    queries={STANDING: lambda m: [m.spend_12m(m.updated_at or 0.0), m.balance, m.alias()]},
     refusals=(INSUFFICIENT_POINTS,),
 )

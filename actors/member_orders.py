@@ -8,10 +8,11 @@ moves nothing twice:
   good once the order gave its points back (a straggling hold);
 - ``release``: an order that expired or was cancelled unpaid gives them back, with
   the expiry dates they had;
-- ``earn``: a payment's points; a debt is paid from them first;
-- ``reverse``: a refund takes back the points its amount earned: what the balance
-  cannot give is a debt (the balance never goes below zero);
-- ``restore``: a refund gives back the points spent on it.
+- ``paid``: a payment's points (a debt is paid from them first) and its amount
+  toward the 12-month spend;
+- ``refunded``: a refund takes back the points its amount earned (what the
+  balance cannot give is a debt: the balance never goes below zero), gives back
+  the points spent on it (``restore``) and takes its amount off the spend.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ EARNED_FOR_S = 365 * 24 * 3600.0  # points an order earns or gives back last a y
 
 class OrderPointsInput(Input):
     order_id: Id
-    action: Literal["redeem", "release", "earn", "reverse", "restore"]
-    points: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+    action: Literal["redeem", "release", "paid", "refunded"]
     key: Annotated[str, msgspec.Meta(max_length=80)]  # one per move of an order
+    points: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0  # held, earned or taken back
+    restore: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0  # refunded: spent points back
+    amount: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0  # paid or refunded: spend
 
 
 @dataclass(slots=True)
@@ -58,6 +61,8 @@ class Ledger(Protocol):
     def balance(self) -> int: ...
 
     def take(self, points: int) -> list[list[Any]]: ...
+
+    def record_spend(self, key: str, amount: int, now: float) -> bool: ...
 
     def book(
         self,
@@ -88,19 +93,23 @@ def order_points(m: Ledger, inp: OrderPointsInput, channel: str, now: float) -> 
     elif inp.action == "release":
         for expires, part in st.held.pop(oid, []):
             m.book(part, "restore", channel, "order not paid", oid, now, expires)
-    elif inp.action == "earn":
-        m.book(points, "earn", channel, "order paid", oid, now, now + EARNED_FOR_S)
-        paid = min(st.debt, points)
-        if paid:
-            st.debt -= paid
-            m.take(paid)
-            m.book(-paid, "reverse", channel, "debt paid", oid, now)
-    elif inp.action == "reverse":
-        got = sum(part for _, part in m.take(points))
-        st.debt += points - got
-        m.book(-got, "reverse", channel, f"refund ({points - got} owed)", oid, now)
-    else:  # restore
-        m.book(points, "restore", channel, "refund", oid, now, now + EARNED_FOR_S)
+    elif inp.action == "paid":
+        if points:
+            m.book(points, "earn", channel, "order paid", oid, now, now + EARNED_FOR_S)
+            paid = min(st.debt, points)
+            if paid:
+                st.debt -= paid
+                m.take(paid)
+                m.book(-paid, "reverse", channel, "debt paid", oid, now)
+        m.record_spend(f"spend:order:{oid}", inp.amount, now)
+    else:  # refunded
+        if points:
+            got = sum(part for _, part in m.take(points))
+            st.debt += points - got
+            m.book(-got, "reverse", channel, f"refund ({points - got} owed)", oid, now)
+        if inp.restore:
+            m.book(inp.restore, "restore", channel, "refund", oid, now, now + EARNED_FOR_S)
+        m.record_spend(f"spend:order:{oid}:{inp.key}", -inp.amount, now)
     m.applied[mark] = -1
     m.orders = st if st.debt or st.held else None
     return Outcome(200, None, changed=True)

@@ -50,6 +50,7 @@ from omnigrid.persistence.events import rfc3339
 
 HIDDEN = ("", "reserving", "refused")  # a checkout not (or never) placed: not an order yet
 SETTLE_S = 2.0  # an outbox nobody has sent for this long is sent by the order's owner
+NOTE_SETTLE_S = 60.0  # the same for an outbox of notes only (see Order._owe)
 RESERVE_SETTLE_S = 10.0  # a checkout placing holds this long is abandoned, its holds given back
 REFUNDABLE = ("paid", "packed", "shipped", "ready_for_pickup", "completed")
 MOVES = {  # (fulfilment, from) -> where a transition may go
@@ -214,6 +215,7 @@ class Order(Entity):
             "points": inp.points,
             "pay_by": now + inp.pay_within_s,
             "history": [],
+            "cart_skus": inp.cart_skus,
         }
         self.lines = [
             Line(sku, qty, price, category, off, rid=f"{self.ident}-{i}")
@@ -285,19 +287,10 @@ class Order(Entity):
         ]
         owed += [["coupon.consume", f"coupon:{c}", {"order_id": oid}, False] for c in self.coupons]
         owed += [["wallet.add", f"wallet:{uid}", {"code": c}, False] for c in self.coupons]
-        if earned:
-            owed.append(_points(uid, oid, "earn", earned, "earn"))
-        owed.append(
-            [
-                "member.spend",
-                f"member:{uid}",
-                {"amount": sum(money), "external_id": f"order:{oid}", "reason": "order"},
-                False,
-            ]
-        )
-        owed.append(
-            ["cart.bought", f"cart:{uid}", {"lines": [[ln.sku, ln.qty] for ln in self.lines]}, True]
-        )
+        owed.append(_points(uid, oid, "paid", "paid", points=earned, amount=sum(money)))
+        bought = self.p.get("cart_skus")
+        if bought:  # the cart's lines of what was bought leave it
+            owed.append(["cart.bought", f"cart:{uid}", {"skus": bought}, False])
         self._owe([*owed, [NOTE]], channel, now)
         return Outcome(200, self.saga(), changed=True)
 
@@ -404,18 +397,11 @@ class Order(Entity):
                 for sku, qty in refund.lines
             ]
         refund.status, refund.amount = "completed", money  # what was given back, exactly
-        if earned_back:
-            owed.append(_points(uid, oid, "reverse", earned_back, f"reverse:{rid}"))
-        if points_back:
-            owed.append(_points(uid, oid, "restore", points_back, f"restore:{rid}"))
-        if money:
+        if earned_back or points_back or money:
             owed.append(
-                [
-                    "member.spend",
-                    f"member:{uid}",
-                    {"amount": -money, "external_id": f"refund:{oid}:{rid}", "reason": "refund"},
-                    False,
-                ]
+                _points(
+                    uid, oid, "refunded", rid, points=earned_back, restore=points_back, amount=money
+                )
             )
         if cancel or all(ln.refunded == ln.qty for ln in self.lines):
             owed += [
@@ -433,7 +419,7 @@ class Order(Entity):
         ]
         owed += [["coupon.release", f"coupon:{c}", {"order_id": oid}, False] for c in self.coupons]
         if self.p.get("points"):
-            owed.append(_points(uid, oid, "release", self.p["points"], "redeem"))
+            owed.append(_points(uid, oid, "release", "redeem", points=self.p["points"]))
         return owed
 
     def _move(self, status: str, channel: str, now: float) -> None:
@@ -445,15 +431,24 @@ class Order(Entity):
     ) -> None:
         """Work this decision owes other entities: ``[op, key, args, by idempotency key]``
         (or ``[NOTE]``), each with the channel that decided it."""
+        if [NOTE] in entries:  # a note not sent yet is superseded by this newer one
+            while self.outbox and self.outbox[0][0] == NOTE:
+                self.outbox.pop(0)
+                self.sent_upto += 1
         for entry in entries:
             op, key, args, keyed = entry if entry != [NOTE] else [NOTE, "", {}, False]
             self.outbox.append([op, key, args, keyed, intern(channel)])
-        self.p["due"] = due if due is not None else now + SETTLE_S
+        # only notes: the next move of the order sends a newer one anyway (a checkout
+        # records no "sent" of its own; its payment supersedes it)
+        only_notes = all(e[0] == NOTE for e in self.outbox)
+        self.p["due"] = (
+            due if due is not None else now + (NOTE_SETTLE_S if only_notes else SETTLE_S)
+        )
 
     def _shown(self) -> str:
         return self.status if self.placed else "not placed"
 
 
-def _points(uid: str, oid: str, action: str, points: int, key: str) -> list[Any]:
-    args = {"order_id": oid, "action": action, "points": points, "key": key}
+def _points(uid: str, oid: str, action: str, key: str, **amounts: int) -> list[Any]:
+    args = {"order_id": oid, "action": action, "key": key, **amounts}
     return ["member.order_points", f"member:{uid}", args, False]

@@ -83,6 +83,7 @@ class Begin(Input):
     pay_within_s: int
     lines: list[list[Any]]  # [sku, qty, unit_price, category, tier discount]
     coupon_codes: list[str]
+    cart_skus: list[str] = msgspec.field(default_factory=list)
 
 
 class Priced(Input):

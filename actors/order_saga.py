@@ -25,7 +25,7 @@ from typing import Any
 
 from omnigrid.actors import coupon, pricing, stock
 from omnigrid.actors import order_inputs as oi
-from omnigrid.actors.declaration import ALIAS_QUERY, Grid, Kind, Op, Route, answer
+from omnigrid.actors.declaration import Grid, Kind, Op, Route, answer
 from omnigrid.actors.errors import CODES, GridError, InvalidRequest, Unavailable
 from omnigrid.actors.member import STANDING
 from omnigrid.actors.member_orders import INSUFFICIENT_POINTS
@@ -54,9 +54,13 @@ def _transient(result: Result | BaseException) -> bool:
     return isinstance(result, BaseException) or result.status >= 500 or result.status == 429
 
 
-async def send(grid: Grid, order_id: str, saga: dict[str, Any]) -> dict[str, Any]:
+async def send(
+    grid: Grid, order_id: str, saga: dict[str, Any], record_notes: bool = False
+) -> dict[str, Any]:
     """Send the order's outbox, at once (each entry applies once however often it is
-    sent), and record it sent; again while decisions leave more."""
+    sent), and record it sent; again while decisions leave more. An outbox of notes
+    only is not recorded sent unless asked (``record_notes``): the order's next move
+    supersedes them, or its owner records them a while later."""
     while saga["outbox"]:
         base, entries, view = saga["sent_upto"], saga["outbox"], saga["view"]
         calls = [_entry(order_id, base + i, entry, view) for i, entry in enumerate(entries)]
@@ -71,6 +75,8 @@ async def send(grid: Grid, order_id: str, saga: dict[str, Any]) -> dict[str, Any
         ]
         for problem in problems:
             log.warning("order %s: a step was refused: %s", order_id, problem)
+        if not record_notes and not problems and all(e[0] == NOTE for e in entries):
+            return saga
         sent = {"upto": base + len(entries), "problems": problems}
         saga = answer(await grid.call(Command("order.sent", order_key(order_id), sent, "system")))[
             1
@@ -94,7 +100,7 @@ def _entry(order_id: str, number: int, entry: list[Any], view: dict[str, Any]) -
 
 async def resume(grid: Grid, order_id: str) -> dict[str, Any]:
     """What the order's owner runs when its work is due: send what is owed."""
-    return await send(grid, order_id, await _saga(grid, order_id))
+    return await send(grid, order_id, await _saga(grid, order_id), record_notes=True)
 
 
 # -- checkout -----------------------------------------------------------------------
@@ -108,30 +114,36 @@ def _order_id(cmd: Command) -> str:
     return "o" + hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()
 
 
-async def _plan(grid: Grid, cmd: Command) -> dict[str, Any]:
-    """The order's plan: its lines priced for the channel and the member's tier."""
-    args, channel = cmd.args, cmd.channel
-    uid = args["uid"]
-    for _ in range(3):  # a merged user's order is its survivor's
-        reads = {
-            f"identity:{uid}": ALIAS_QUERY,
-            f"cart:{uid}": CART_LINES,
-            f"member:{uid}": STANDING,
-        }
-        got = await grid.query(reads)
-        if got[f"identity:{uid}"] is None:
-            break
-        uid = got[f"identity:{uid}"]
-    lines = [[ln["sku"], ln["qty"]] for ln in args["lines"]] if args.get("lines") else None
-    if lines is None:
-        lines = got[f"cart:{uid}"] or []
-        if not lines:
-            raise InvalidRequest(f"the cart of {uid} is empty and no lines were given")
-    skus = [sku for sku, _ in lines]
+def _asks(uid: str, skus: list[str], codes: list[str]) -> dict[str, str]:
     asks = {f"product:{sku}": PRODUCT_INFO for sku in skus}
     asks |= {stock.KIND.key(sku): stock.AVAILABLE for sku in skus}
-    asks |= {coupon.KIND.key(code): coupon.USAGE + uid for code in args["coupon_codes"]}
-    info = await grid.query(asks)
+    return asks | {coupon.KIND.key(code): coupon.USAGE + uid for code in codes}
+
+
+async def _plan(grid: Grid, cmd: Command) -> dict[str, Any]:
+    """The order's plan: its lines priced for the channel and the member's tier.
+
+    One query round when the lines are given (the member, the cart, the products,
+    their stock and the coupons, one command per owner shard), two for the cart's."""
+    args, channel = cmd.args, cmd.channel
+    uid = args["uid"]
+    given = [[ln["sku"], ln["qty"]] for ln in args["lines"]] if args.get("lines") else None
+    for _ in range(3):  # a merged user's order is its survivor's
+        asks = {f"member:{uid}": STANDING, f"cart:{uid}": CART_LINES}
+        if given is not None:
+            asks |= _asks(uid, [sku for sku, _ in given], args["coupon_codes"])
+        info = await grid.query(asks)
+        standing = info[f"member:{uid}"] or [0, 0, None]
+        if standing[2] is None:
+            break
+        uid = standing[2]
+    in_cart = info[f"cart:{uid}"] or []
+    lines = given if given is not None else in_cart
+    if not lines:
+        raise InvalidRequest(f"the cart of {uid} is empty and no lines were given")
+    skus = [sku for sku, _ in lines]
+    if given is None:
+        info |= await grid.query(_asks(uid, skus, args["coupon_codes"]))
     unknown = [sku for sku in skus if info[f"product:{sku}"] is None]
     if unknown:
         raise GridError(
@@ -142,7 +154,7 @@ async def _plan(grid: Grid, cmd: Command) -> dict[str, Any]:
     short = [[sku, qty] for sku, qty in lines if qty > available[sku]]
     if short:
         raise _short(short, available)
-    spend, balance = got[f"member:{uid}"] or (0, 0)
+    spend, balance, _ = standing
     if args["points"] > balance:
         raise INSUFFICIENT_POINTS(f"the order redeems {args['points']}, the balance is {balance}")
     tier = pricing.tier_for_spend(spend)
@@ -178,6 +190,8 @@ async def _plan(grid: Grid, cmd: Command) -> dict[str, Any]:
         "pay_within_s": args["pay_within_s"],
         "lines": [[*row, off] for row, off in zip(rows, offs, strict=True)],
         "coupon_codes": args["coupon_codes"],
+        # what to take out of the cart once paid: the lines it had of the order's SKUs
+        "cart_skus": [sku for sku, _ in in_cart if sku in set(skus)],
     }
 
 

@@ -121,3 +121,111 @@ redis.call('HINCRBY', KEYS[1], '_v', 1)
 return {0, view(KEYS[1])}
 """
 )
+
+# Product     {P}product:{sku}  hash title, price, category, version, updated_at (ms)
+# Order       {P}order:{oid}    hash uid, status, channel, fulfilment, lines (JSON),
+#                               subtotal, discount, total, points_earned, pay_by,
+#                               created_at, paid_at, payment_ref, version
+#             each line's stock is held as a reservation "{oid}:{i}|{qty}" in the SKU's
+#             {P}rexp zset, score pay_by: purge() gives it back once pay_by has passed
+# Member      {P}member:{uid}   hash points, spend, version
+
+# KEYS: order, then per line stock, rexp, product
+# ARGV: now, pay_by, oid, uid, channel, fulfilment, then per line sku, qty
+CHECKOUT = (
+    _PURGE
+    + """
+local now, pay_by, oid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local n = (#KEYS - 1) / 3
+local lines, short = {}, {}
+local subtotal = 0
+for i = 1, n do
+  local stock, rexp, product = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local sku, qty = ARGV[5 + 2 * i], tonumber(ARGV[6 + 2 * i])
+  local price = redis.call('HGET', product, 'price')
+  if not price then return {-2, sku} end
+  price = tonumber(price)
+  local available = 0
+  if redis.call('EXISTS', stock) == 1 then
+    purge(stock, rexp, now)
+    local s = redis.call('HMGET', stock, 'on_hand', 'reserved')
+    available = tonumber(s[1]) - tonumber(s[2])
+  end
+  if available < qty then
+    short[#short + 1] = cjson.encode({sku = sku, requested = qty,
+                                      available = math.max(available, 0)})
+  end
+  lines[i] = {sku = sku, qty = qty, unit_price = price, discount = 0, total = price * qty}
+  subtotal = subtotal + price * qty
+end
+if #short > 0 then return {-1, '[' .. table.concat(short, ',') .. ']'} end
+for i = 1, n do
+  local stock, rexp = KEYS[3 * i - 1], KEYS[3 * i]
+  local qty = lines[i].qty
+  redis.call('HINCRBY', stock, 'reserved', qty)
+  redis.call('HINCRBY', stock, 'version', 1)
+  redis.call('ZADD', rexp, pay_by, oid .. ':' .. i .. '|' .. qty)
+end
+redis.call('HSET', KEYS[1], 'uid', ARGV[4], 'status', 'pending', 'channel', ARGV[5],
+           'fulfilment', ARGV[6], 'lines', cjson.encode(lines), 'subtotal', subtotal,
+           'discount', 0, 'total', subtotal, 'points_earned', 0, 'pay_by', pay_by,
+           'created_at', now, 'version', 1)
+return {0, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: order.  ARGV: now, payment_ref, channel.  The line, stock, member and cart keys
+# come from the order itself (like the cart view's stock keys), so one round trip.
+# Answers {0, order}, {-2} unknown, {-3, status} not pending, {-4, order} expired.
+PAY = """
+local o, now = KEYS[1], tonumber(ARGV[1])
+local f = redis.call('HMGET', o, 'status', 'pay_by', 'uid', 'total', 'lines')
+if not f[1] then return {-2} end
+if f[1] ~= 'pending' then return {-3, f[1]} end
+local oid = string.sub(o, string.len('@P@order:') + 1)
+local lines = cjson.decode(f[5])
+local held = true
+for i, line in ipairs(lines) do
+  if not redis.call('ZSCORE', '@P@rexp:' .. line.sku, oid .. ':' .. i .. '|' .. line.qty) then
+    held = false
+  end
+end
+if now >= tonumber(f[2]) or not held then
+  for i, line in ipairs(lines) do
+    local stock = '@P@stock:' .. line.sku
+    if redis.call('ZREM', '@P@rexp:' .. line.sku, oid .. ':' .. i .. '|' .. line.qty) == 1 then
+      redis.call('HINCRBY', stock, 'reserved', -line.qty)
+      redis.call('HINCRBY', stock, 'version', 1)
+    end
+  end
+  redis.call('HSET', o, 'status', 'expired')
+  redis.call('HINCRBY', o, 'version', 1)
+  return {-4, redis.call('HGETALL', o)}
+end
+local cart = '@P@cart:' .. f[3]
+local removed = 0
+for i, line in ipairs(lines) do
+  local stock = '@P@stock:' .. line.sku
+  redis.call('ZREM', '@P@rexp:' .. line.sku, oid .. ':' .. i .. '|' .. line.qty)
+  redis.call('HINCRBY', stock, 'on_hand', -line.qty)
+  redis.call('HINCRBY', stock, 'reserved', -line.qty)
+  redis.call('HINCRBY', stock, 'version', 1)
+  removed = removed + redis.call('HDEL', cart, 'q:' .. line.sku)
+  redis.call('HDEL', cart, 'm:' .. line.sku)
+end
+if removed > 0 then
+  redis.call('HINCRBY', cart, '_n', -removed)
+  redis.call('HSET', cart, '_t', now)
+  redis.call('HINCRBY', cart, '_v', 1)
+end
+local total = tonumber(f[4])
+local points = math.floor(total / 100)
+local member = '@P@member:' .. f[3]
+redis.call('HINCRBY', member, 'points', points)
+redis.call('HINCRBY', member, 'spend', total)
+redis.call('HINCRBY', member, 'version', 1)
+redis.call('HSET', o, 'status', 'paid', 'paid_at', now, 'payment_ref', ARGV[2],
+           'paid_via', ARGV[3], 'points_earned', points)
+redis.call('HINCRBY', o, 'version', 1)
+return {0, redis.call('HGETALL', o)}
+"""

@@ -3,9 +3,13 @@
 For each server (one at a time): start it (or use --*-url), seed it over HTTP, run the
 wrk scenarios (closed loop, -c64) and then cart reads at fixed offered rates (h2load,
 open loop). Prints a table, writes loadtest/results/bench-<date>.json and PNG plots.
+The checkout flows (checkout_pay: three random SKUs; flash_checkout: one unit of the
+hot SKU) check out and pay, and are reported as paid orders per second with checkout
+and pay latency each.
 
-    python loadtest/bench.py                      # full run, both servers (~6 min)
+    python loadtest/bench.py                      # full run, both servers (~7 min)
     python loadtest/bench.py --only baseline -d 3 --warmup 1 --sweep 1000,2000
+    python loadtest/bench.py --scenarios checkout_pay,flash_checkout --no-rate
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import json
 import os
 import shutil
 import signal
@@ -89,6 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for omnigrid, e.g. OMNIGRID_REDIS_URL=...",
     )
     p.add_argument(
+        "--flows-only",
+        action="store_true",
+        help="only the checkout flows: --scenarios checkout_pay,flash_checkout --no-rate",
+    )
+    p.add_argument(
         "--baseline-redis-url",
         default=os.environ.get("BASELINE_REDIS_URL", "redis://127.0.0.1:6379/0"),
     )
@@ -102,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--seed-timeout", type=float, default=300.0, help="seconds for all seeding")
     args = p.parse_args(argv)
+    if args.flows_only:
+        args.scenarios, args.no_rate = ",".join(tools.FLOW_SCENARIOS), True
     unknown = set(args.scenarios.split(",")) - set(tools.ALL_SCENARIOS) - {""}
     if unknown:
         p.error(f"unknown scenarios {sorted(unknown)}; choose from {list(tools.ALL_SCENARIOS)}")
@@ -192,22 +204,86 @@ def _probe_call(scenario: str) -> seed.Call:
             f"/v1/members/{tools.cart_add_uid(0)}/points/earn",
             {"points": 1, "reason": "probe", "external_id": "probe"},
         ),
+        # the flows: a checkout of the scenario's shape (left pending; 15 minutes' hold)
+        "checkout_pay": seed.Call(
+            "POST",
+            "/v1/checkouts",
+            {
+                "uid": tools.cart_add_uid(0),
+                "lines": [{"sku": tools.sku_name(i), "qty": 1} for i in (10, 20, 30)],
+                "fulfilment": "delivery",
+            },
+        ),
+        "flash_checkout": seed.Call(
+            "POST",
+            "/v1/checkouts",
+            {
+                "uid": tools.cart_add_uid(0),
+                "lines": [{"sku": tools.HOT_SKU, "qty": 1}],
+                "fulfilment": "delivery",
+            },
+        ),
     }[scenario]
 
 
+def _hot_stock(base: str) -> dict[str, Any] | None:
+    status, body = asyncio.run(
+        seed.probe(base, seed.Call("GET", f"/v1/skus/{tools.HOT_SKU}/stock"))
+    )
+    try:
+        doc = json.loads(body) if status == 200 else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _hot_commits(
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    runs: list[tools.WrkResult | None],
+) -> dict[str, Any]:
+    """Exactly-once check of the flash flow: the hot SKU's on_hand must have dropped by
+    at least the pays answered 200 (each committed once) and at most the pays sent (a
+    pay in flight when wrk stopped may still have been applied)."""
+    flows = [r.flow for r in runs if r is not None and r.flow is not None]
+    paid = sum(f["paid"] for f in flows)
+    sent = sum(f["pays_sent"] for f in flows)
+    out: dict[str, Any] = {"paid_answered": paid, "pays_sent": sent, "before": before}
+    out["after"] = after
+    if before is None or after is None:
+        out["ok"] = False
+        out["why"] = "stock not readable"
+        return out
+    drop = int(before["on_hand"]) - int(after["on_hand"])
+    out["on_hand_drop"] = drop
+    out["ok"] = paid <= drop <= sent
+    return out
+
+
+def _scenarios(args: argparse.Namespace) -> list[str]:
+    return [s.strip() for s in args.scenarios.split(",") if s.strip()]
+
+
 def run_scenarios(base: str, args: argparse.Namespace, tmp: Path, out: dict[str, Any]) -> None:
-    for scenario in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+    for scenario in _scenarios(args):
+        if scenario in tools.FLOW_SCENARIOS and "flow_probe" not in out:
+            # the baseline has no Idempotency-Key (see baseline.py): not probed there
+            out["flow_probe"] = seed.probe_flow(base, idempotency=out["name"] != "baseline")
+            for problem in out["flow_probe"]["problems"]:
+                _log(f"  WARNING checkout probe: {problem}")
         script = tmp / f"{scenario}.lua"
         script.write_text(
             tools.wrk_script(
                 scenario, skus=args.skus, users=args.users, carts=args.carts, ttl=args.ttl
             )
         )
+        hot_before = _hot_stock(base) if scenario == "flash_checkout" else None
         status, body = asyncio.run(seed.probe(base, _probe_call(scenario)))
         if not 200 <= status < 300:
             _log(f"  WARNING probe {scenario}: {status} {body[:200]}")
+        warm: tools.WrkResult | None = None
         if args.warmup > 0:
-            tools.run_wrk(
+            warm = tools.run_wrk(
                 base,
                 script,
                 duration_s=args.warmup,
@@ -227,8 +303,22 @@ def run_scenarios(base: str, args: argparse.Namespace, tmp: Path, out: dict[str,
             _, entry["hot_stock_after"] = asyncio.run(
                 seed.probe(base, seed.Call("GET", f"/v1/skus/{tools.HOT_SKU}/stock"))
             )
+        if scenario == "flash_checkout" and res.flow is not None:
+            entry["hot_commits"] = _hot_commits(hot_before, _hot_stock(base), [warm, res])
+            if not entry["hot_commits"]["ok"]:
+                _log(f"  WARNING {tools.HOT_SKU} commits: {entry['hot_commits']}")
         out["scenarios"][scenario] = entry
         lm = res.latency_ms
+        if res.flow is not None:
+            fl, ck, pay = res.flow, res.flow["checkout_ms"], res.flow["pay_ms"]
+            _log(
+                f"  {scenario:<15} {fl['paid_per_s']:8.0f} paid/s  checkout p50/p99 "
+                f"{ck.get('p50', 0):5.1f}/{ck.get('p99', 0):6.1f} ms  pay p50/p99 "
+                f"{pay.get('p50', 0):5.1f}/{pay.get('p99', 0):6.1f} ms  non-2xx {res.non_2xx}"
+                f"  sock-err {sum(res.socket_errors.values())}"
+                + (f"  failures {fl['failures']}" if fl["failures"] else "")
+            )
+            continue
         _log(
             f"  {scenario:<15} {res.ok_rps:8.0f} 2xx/s  p50 {lm.get('p50', 0):6.1f} ms  "
             f"p99 {lm.get('p99', 0):6.1f} ms  non-2xx {res.non_2xx}  "
@@ -304,6 +394,9 @@ def bench_server(
             f"{name}: seeded in {out['seed']['stock']['seconds']:.1f}s + "
             f"{out['seed']['cart_lines']['seconds']:.1f}s"
         )
+        if set(tools.FLOW_SCENARIOS) & set(_scenarios(args)):
+            out["seed"]["products"] = seed.seed_products(base, args.skus, args.seed_concurrency)
+            _log(f"{name}: {args.skus + 1} products priced")
         if "resolve_known" in args.scenarios.split(","):
             out["seed"]["identities"] = seed.seed_identities(
                 base, args.carts, args.seed_concurrency
@@ -371,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "tools": {
             "saturation": "wrk (closed loop)",
             "fixed_rate": "h2load --h1 --rps (per-connection rate, -m 1)",
+            "flows": "wrk (closed loop), checkout and pay timed apart in the wrk script",
         },
         "results": {},
     }
@@ -382,19 +476,23 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in servers:
                 out: dict[str, Any] = {
+                    "name": name,
                     "scenarios": {},
                     "sweep": [],
                     "fixed_rate": None,
                     "error": None,
                 }
                 doc["results"][name] = out
+                out["loadavg_before"] = os.getloadavg()  # other work on the box skews it
                 bench_server(name, args, tmp, stamp, out)
+                out["loadavg_after"] = os.getloadavg()
         except KeyboardInterrupt:
             _log("interrupted; servers stopped, writing partial results")
             doc["interrupted"] = True
             code = 130
     doc["elapsed_s"] = time.monotonic() - t0
     doc["ratios"] = report.ratios(doc["results"])
+    doc["flows"] = report.flows(doc["results"])
     out_json = args.results_dir / f"bench-{stamp}.json"
     report.write_json(out_json, doc)
     print()
@@ -408,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio_png = args.results_dir / "throughput-ratio.png"
         if report.plot_ratios(doc["ratios"], ratio_png):
             print(f"plot:    {ratio_png}")
+        flows_png = args.results_dir / "checkout-flows.png"
+        if report.plot_flows(doc["flows"], flows_png):
+            print(f"plot:    {flows_png}")
     if any(r.get("error") for r in doc["results"].values()):
         code = code or 1
     return code

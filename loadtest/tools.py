@@ -1,13 +1,18 @@
 """Load generators: wrk (closed loop, saturation) and h2load (fixed offered rate).
 
 wrk scenarios are generated as Lua scripts whose ``request()`` draws a random uid or
-SKU and a random channel for every request. Fixed-rate runs use h2load over HTTP/1.1
+SKU and a random channel for every request. The checkout flows (``checkout_pay``,
+``flash_checkout``) are stateful: ``response()`` queues the order_id of every 201
+checkout, ``request()`` pays a queued order if there is one, else checks out anew; the
+script times checkouts and pays separately and prints its counts and latency
+histograms as one ``FLOW_JSON {...}`` line from ``done()``. Fixed-rate runs use h2load over HTTP/1.1
 with ``--rps`` (per connection, so total rate = rps x connections) and ``-i`` (a file
 of cart URIs); latency percentiles come from h2load's per-request ``--log-file``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -99,9 +104,160 @@ end
 """,
 }
 
+# --- the checkout flows: checkout (201 order) then pay (200 paid) ----------------------
+#
+# Per wrk thread: a FIFO of order_ids from 201 checkouts; request() pays the oldest if
+# any, else sends a new checkout. wrk hands response() no request, so a response is
+# matched to its request by what it echoes: a checkout's answer by its "uid" (the last
+# checkout sent for that uid; uids come from --users, two in flight for the same uid in
+# one thread are rare), a pay's by its "order_id". Send and answer times come from
+# clock_gettime(CLOCK_MONOTONIC) through LuaJIT's ffi, into log-scale histograms (1%
+# buckets, in microseconds) per request type; failed answers carry no echo and are
+# counted by status and problem code instead of timed.
+
+_LUA_FLOW = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } og_timespec;
+int clock_gettime(int clk_id, og_timespec *tp);
+]]
+local ts = ffi.new("og_timespec")
+local function now_us()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
+end
+local channels = {%(channels)s}
+local threads = {}
+local counter = 1
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+-- globals: done() reads them from each thread with thread:get()
+ck_hist, pay_hist, fails = {}, {}, {}
+stats = {checkouts_sent = 0, pays_sent = 0, checkouts_ok = 0, paid = 0,
+         ok_other = 0, unmatched = 0}
+local queue, head, tail = {}, 1, 0
+local ck_sent, pay_sent = {}, {}
+local n = 0
+local LOG_STEP = math.log(1.01)
+function init(args)
+  math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
+  math.random(); math.random()
+end
+local function hdrs()
+  return {["Content-Type"] = "application/json",
+          ["X-Channel"] = channels[math.random(1, %(nch)d)]}
+end
+local function record(h, us)
+  local b = math.floor(math.log(us > 1 and us or 1) / LOG_STEP)
+  h[b] = (h[b] or 0) + 1
+end
+%(lines)s
+function request()
+  n = n + 1
+  if head <= tail then
+    local oid = queue[head]
+    queue[head] = nil
+    head = head + 1
+    stats.pays_sent = stats.pays_sent + 1
+    pay_sent[oid] = now_us()
+    return wrk.format("POST", "/v1/orders/" .. oid .. "/pay", hdrs(),
+                      string.format('{"payment_ref":"bench-%%d-%%d"}', tid or 0, n))
+  end
+  local uid = string.format("u-%%d", math.random(0, %(users)d - 1))
+  stats.checkouts_sent = stats.checkouts_sent + 1
+  ck_sent[uid] = now_us()
+  return wrk.format("POST", "/v1/checkouts", hdrs(),
+                    '{"uid":"' .. uid .. '","lines":[' .. lines() .. '],"fulfilment":"delivery"}')
+end
+function response(status, headers, body)
+  local t = now_us()
+  local oid = string.match(body, '"order_id"%%s*:%%s*"([^"]+)"')
+  if status == 201 and oid then
+    stats.checkouts_ok = stats.checkouts_ok + 1
+    tail = tail + 1
+    queue[tail] = oid
+    local uid = string.match(body, '"uid"%%s*:%%s*"([^"]+)"')
+    local t0 = uid and ck_sent[uid]
+    if t0 then
+      record(ck_hist, t - t0)
+      ck_sent[uid] = nil
+    else
+      stats.unmatched = stats.unmatched + 1
+    end
+  elseif status == 200 and oid and string.find(body, '"status"%%s*:%%s*"paid"') then
+    stats.paid = stats.paid + 1
+    local t0 = pay_sent[oid]
+    if t0 then
+      record(pay_hist, t - t0)
+      pay_sent[oid] = nil
+    else
+      stats.unmatched = stats.unmatched + 1
+    end
+  elseif status >= 200 and status < 300 then
+    stats.ok_other = stats.ok_other + 1
+    local st = string.match(body, '"status"%%s*:%%s*"([^"]+)"') or "-"
+    local k = status .. " status=" .. string.gsub(st, "[^%%w_.-]", "?")
+    fails[k] = (fails[k] or 0) + 1
+  else
+    local code = string.match(body, '"code"%%s*:%%s*"([^"]+)"') or "-"
+    local k = status .. " " .. string.gsub(code, "[^%%w_.-]", "?")
+    fails[k] = (fails[k] or 0) + 1
+  end
+end
+local function merge(into, from)
+  for k, v in pairs(from or {}) do into[k] = (into[k] or 0) + v end
+end
+local function pairs_json(h, keyfmt)
+  local parts = {}
+  for k, v in pairs(h) do parts[#parts + 1] = string.format(keyfmt .. ":%%d", k, v) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+function done(summary, latency, requests)
+  local ck, pay, st, fl = {}, {}, {}, {}
+  for _, t in ipairs(threads) do
+    merge(ck, t:get("ck_hist"))
+    merge(pay, t:get("pay_hist"))
+    merge(st, t:get("stats"))
+    merge(fl, t:get("fails"))
+  end
+  io.write("FLOW_JSON {\\"duration_us\\":", summary.duration,
+           ",\\"stats\\":", pairs_json(st, '"%%s"'),
+           ",\\"failures\\":", pairs_json(fl, '"%%s"'),
+           ",\\"checkout_hist\\":", pairs_json(ck, '"%%d"'),
+           ",\\"pay_hist\\":", pairs_json(pay, '"%%d"'), "}\\n")
+end
+"""
+
+# lines(): the checkout's lines as JSON (no brackets)
+_LUA_FLOW_LINES = {
+    "checkout_pay": """
+local function lines()
+  local a = math.random(0, %(skus)d - 1)
+  local b = math.random(0, %(skus)d - 1)
+  while b == a do b = math.random(0, %(skus)d - 1) end
+  local c = math.random(0, %(skus)d - 1)
+  while c == a or c == b do c = math.random(0, %(skus)d - 1) end
+  return string.format('{"sku":"%(sku_fmt)s","qty":1},{"sku":"%(sku_fmt)s","qty":1},'
+                       .. '{"sku":"%(sku_fmt)s","qty":1}', a, b, c)
+end
+""",
+    "flash_checkout": """
+local function lines()
+  return '{"sku":"%(hot)s","qty":1}'
+end
+""",
+}
+
 V2_SCENARIOS = ("resolve_known", "points_earn")
-SCENARIOS: tuple[str, ...] = tuple(s for s in _LUA_REQUEST if s not in V2_SCENARIOS)
-ALL_SCENARIOS: tuple[str, ...] = tuple(_LUA_REQUEST)
+FLOW_SCENARIOS: tuple[str, ...] = tuple(_LUA_FLOW_LINES)
+SCENARIOS: tuple[str, ...] = (
+    *(s for s in _LUA_REQUEST if s not in V2_SCENARIOS),
+    *FLOW_SCENARIOS,
+)
+ALL_SCENARIOS: tuple[str, ...] = (*_LUA_REQUEST, *FLOW_SCENARIOS)
 
 
 def known_phone(i: int) -> str:
@@ -121,6 +277,9 @@ def wrk_script(scenario: str, *, skus: int, users: int, carts: int, ttl: int) ->
         "sku_fmt": SKU_LUA_FMT,
         "hot": HOT_SKU,
     }
+    if scenario in _LUA_FLOW_LINES:
+        params["lines"] = _LUA_FLOW_LINES[scenario] % params
+        return _LUA_FLOW % params
     return (_LUA_COMMON % params) + (_LUA_REQUEST[scenario] % params)
 
 
@@ -142,10 +301,66 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    flow: dict[str, Any] | None = None  # checkout flows only: see parse_flow
     raw: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HIST_STEP = 1.01  # the flow scripts' histogram buckets: [1.01^b, 1.01^(b+1)) microseconds
+
+
+def hist_percentiles(hist: dict[int, int]) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max in ms (nearest rank; a bucket read as its geometric middle,
+    within 0.5%) and the count, from a flow script's {bucket: count} histogram."""
+    total = sum(hist.values())
+    out: dict[str, float] = {"count": float(total)}
+    if not total:
+        return out
+    buckets = sorted(hist.items())
+    for name, pct in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)):
+        rank = max(1, math.ceil(pct / 100.0 * total))
+        seen = 0
+        for b, c in buckets:
+            seen += c
+            if seen >= rank:
+                out[name] = HIST_STEP ** (b + 0.5) / 1000.0
+                break
+    out["max"] = HIST_STEP ** (buckets[-1][0] + 1) / 1000.0
+    return out
+
+
+def parse_flow(text: str) -> dict[str, Any] | None:
+    """The FLOW_JSON line a checkout-flow script prints: counts per request type, paid
+    orders per second, and checkout and pay latency percentiles (ms)."""
+    m = re.search(r"^FLOW_JSON (\{.*\})$", text, re.M)
+    if not m:
+        return None
+    doc = json.loads(m.group(1))
+    st: dict[str, int] = doc["stats"]
+    dur = doc["duration_us"] / 1e6
+    ck_hist = {int(k): int(v) for k, v in doc["checkout_hist"].items()}
+    pay_hist = {int(k): int(v) for k, v in doc["pay_hist"].items()}
+    ok = st.get("checkouts_ok", 0)
+    return {
+        "duration_s": dur,
+        "checkouts_sent": st.get("checkouts_sent", 0),
+        "checkouts_ok": ok,
+        "pays_sent": st.get("pays_sent", 0),
+        "paid": st.get("paid", 0),
+        "paid_per_s": st.get("paid", 0) / dur if dur else 0.0,
+        "checkouts_per_s": ok / dur if dur else 0.0,
+        "paid_of_checkouts": st.get("paid", 0) / ok if ok else None,
+        "ok_other": st.get("ok_other", 0),
+        "unmatched": st.get("unmatched", 0),
+        "failures": doc["failures"],
+        "checkout_ms": hist_percentiles(ck_hist),
+        "pay_ms": hist_percentiles(pay_hist),
+        "hist_step": HIST_STEP,  # [bucket, count]: [1.01^b, 1.01^(b+1)) microseconds
+        "checkout_hist": sorted(ck_hist.items()),
+        "pay_hist": sorted(pay_hist.items()),
+    }
 
 
 def parse_wrk(text: str) -> WrkResult:
@@ -178,6 +393,7 @@ def parse_wrk(text: str) -> WrkResult:
         res.latency_ms[f"p{pct}"] = _to_ms(value, unit)
     if res.duration_s > 0:
         res.ok_rps = (res.requests - res.non_2xx) / res.duration_s
+    res.flow = parse_flow(text)
     return res
 
 

@@ -53,6 +53,7 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
         "sku",
         "qty",
         "added_via",
+        "added_by_clerk",
         "updated_via",
         "updated_at",
         "available",
