@@ -101,6 +101,10 @@ class Grid(Protocol):
 
     async def query(self, asks: Mapping[str, str]) -> dict[str, Any]: ...
 
+    def is_local(self, key: str) -> bool:
+        """Whether this process owns the key (its commands cost no hop to a peer)."""
+        ...
+
 
 # A route's way from its command to its answer across entities: (status, body),
 # refusals raised as GridError. The default sends the one command to its owner.

@@ -22,6 +22,8 @@ class Outcome:
     """What a handler did: the answer, and whether the entity changed."""
 
     status: int
+    # the answer; None: the entity's view after the change; a callable: an answer
+    # built on that view (so the view is built once, for the answer and the event)
     body: Any
     changed: bool
 

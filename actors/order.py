@@ -127,12 +127,12 @@ class Order(Entity):
             "updated_at": rfc3339(self.updated_at),
         }
 
-    def saga(self) -> dict[str, Any]:
+    def saga(self, view: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the saga needs: the view, the refusal and the outbox still to send."""
         # what a coupon sees of each line: [sku, category, amount after the tier discount]
         lines = [[ln.sku, ln.category, ln.unit_price * ln.qty - ln.tier_off] for ln in self.lines]
         return {
-            "view": self.view(),
+            "view": view if view is not None else self.view(),
             "status": self.status,
             "refusal": self.refusal,
             "outbox": self.outbox,
@@ -198,11 +198,11 @@ class Order(Entity):
             raise GridError("not_found", f"no order {self.ident!r}")
 
     def get_saga(self, _: None, channel: str, now: float) -> Outcome:
-        return Outcome(200, self.saga(), changed=False)
+        return Outcome(200, self.saga, changed=False)
 
     def begin(self, inp: Begin, channel: str, now: float) -> Outcome:
         if self.exists:
-            return Outcome(200, self.saga(), changed=False)
+            return Outcome(200, self.saga, changed=False)
         self.status = "reserving"
         self.p = {
             "uid": inp.uid,
@@ -222,12 +222,12 @@ class Order(Entity):
             for i, (sku, qty, price, category, off) in enumerate(inp.lines)
         ]
         self.coupons = list(inp.coupon_codes)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     def priced(self, inp: Priced, channel: str, now: float) -> Outcome:
         """Every hold placed: the order is pending, priced with what the coupons gave."""
         if self.status != "reserving":
-            return Outcome(200, self.saga(), changed=False)  # done, or given up meanwhile
+            return Outcome(200, self.saga, changed=False)  # done, or given up meanwhile
         rows = [[ln.unit_price * ln.qty, ln.tier_off] for ln in self.lines]
         for ln, (discount, total, points) in zip(
             self.lines, price_lines(rows, inp.coupon_lines, self.p["points"]), strict=True
@@ -235,27 +235,27 @@ class Order(Entity):
             ln.discount, ln.total, ln.points = discount, total, points
         self._move("pending", self.p["channel"], now)
         self._owe([[NOTE]], self.p["channel"], now)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     def refuse(self, inp: Refuse, channel: str, now: float) -> Outcome:
         """A hold was refused: give back every hold the checkout may have placed."""
         if self.status != "reserving":
-            return Outcome(200, self.saga(), changed=False)
+            return Outcome(200, self.saga, changed=False)
         self.status = "refused"
         self.refusal = [inp.code, inp.detail, inp.extra]
         self._owe(self._releases(), channel, now)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     def sent(self, inp: Sent, channel: str, now: float) -> Outcome:
         """The outbox's first entries were sent (each applied once)."""
         done = inp.upto - self.sent_upto
         if done <= 0:
-            return Outcome(200, self.saga(), changed=False)
+            return Outcome(200, self.saga, changed=False)
         del self.outbox[:done]
         self.sent_upto = inp.upto
         if inp.problems:
             self.p["problems"] = [*self.p.get("problems", []), *inp.problems][-20:]
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     # -- the contract's moves -----------------------------------------------------------
 
@@ -267,7 +267,7 @@ class Order(Entity):
             )
         if self.status != "pending":
             if self.placed and self.p.get("payment_ref") == inp.payment_ref:
-                return Outcome(200, self.saga(), changed=False)  # the same payment again
+                return Outcome(200, self.saga, changed=False)  # the same payment again
             raise INVALID_TRANSITION(f"order {self.ident} is {self._shown()}, not pending")
         self.p["payment_ref"] = inp.payment_ref
         self._move("paid", channel, now)
@@ -292,14 +292,14 @@ class Order(Entity):
         if bought:  # the cart's lines of what was bought leave it
             owed.append(["cart.bought", f"cart:{uid}", {"skus": bought}, False])
         self._owe([*owed, [NOTE]], channel, now)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     def cancel(self, _: None, channel: str, now: float) -> Outcome:
         self._require_placed()
         if self.status == "pending":
             self._move("cancelled", channel, now)
             self._owe([*self._releases(), [NOTE]], channel, now)
-            return Outcome(200, self.saga(), changed=True)
+            return Outcome(200, self.saga, changed=True)
         if self.status != "paid":
             raise INVALID_TRANSITION(
                 f"order {self.ident} is {self._shown()}: it cannot be cancelled"
@@ -316,7 +316,7 @@ class Order(Entity):
         owed = self._complete(refund, cancel=True)
         self._move("cancelled", channel, now)
         self._owe([*owed, [NOTE]], channel, now)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     def transition(self, inp: Transition, channel: str, now: float) -> Outcome:
         self._require_placed()
@@ -328,7 +328,7 @@ class Order(Entity):
             )
         self._move(inp.to, channel, now)
         self._owe([[NOTE]], channel, now)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     def refund(self, inp: RefundRequest, channel: str, now: float) -> Outcome:
         self._require_placed()
@@ -370,13 +370,13 @@ class Order(Entity):
             raise GridError("not_found", f"order {self.ident} has no refund {inp.refund_id!r}")
         if refund.status != "requested":
             if refund.status == "completed":
-                return Outcome(200, self.saga(), changed=False)
+                return Outcome(200, self.saga, changed=False)
             raise INVALID_TRANSITION(f"refund {inp.refund_id} is {refund.status}")
         owed = self._complete(refund, cancel=False)
         if all(ln.refunded == ln.qty for ln in self.lines):
             self._move("refunded", channel, now)
         self._owe([*owed, [NOTE]], channel, now)
-        return Outcome(200, self.saga(), changed=True)
+        return Outcome(200, self.saga, changed=True)
 
     # -- what decisions owe ---------------------------------------------------------------
 

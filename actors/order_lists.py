@@ -73,10 +73,11 @@ class OrderList(Entity):
         }
 
     def kind_state(self) -> Any:
-        return [self.ids, [self.seen[i] for i in self.ids], sorted(self.bought), self.last]
+        # not ``last``: it is in the note's event already (a stream's history reads it there)
+        return [self.ids, [self.seen[i] for i in self.ids], sorted(self.bought)]
 
     def load_kind_state(self, data: Any) -> None:
-        ids, seen, bought, self.last = data
+        ids, seen, bought = data
         self.ids = list(ids)
         self.seen = {i: [intern(s), v] for i, (s, v) in zip(ids, seen, strict=True)}
         self.bought = {intern(sku) for sku in bought}

@@ -36,6 +36,7 @@ from omnigrid.actors.protocol import Command, Result
 log = logging.getLogger(__name__)
 
 CART_LINES = "cart.lines"
+LOCAL_TRIES = 32  # random order ids tried for one this process owns
 PRODUCT_INFO = "product.info"
 
 
@@ -106,10 +107,17 @@ async def resume(grid: Grid, order_id: str) -> dict[str, Any]:
 # -- checkout -----------------------------------------------------------------------
 
 
-def _order_id(cmd: Command) -> str:
-    """A retry with the same Idempotency-Key (same channel, same uid) finds the same order."""
+def _order_id(grid: Grid, cmd: Command) -> str:
+    """A retry with the same Idempotency-Key (same channel, same uid) finds the same order.
+
+    Without a key, an id this process owns: the order's own commands (its begin,
+    pricing, payment, bookkeeping) then run here, with no hop to another process."""
     if cmd.idempotency_key is None:
-        return "o" + secrets.token_hex(10)
+        for _ in range(LOCAL_TRIES):
+            order_id = "o" + secrets.token_hex(10)
+            if grid.is_local(order_key(order_id)):
+                break
+        return order_id
     seed = "\0".join((cmd.channel, cmd.args["uid"], cmd.idempotency_key))
     return "o" + hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()
 
@@ -197,7 +205,7 @@ async def _plan(grid: Grid, cmd: Command) -> dict[str, Any]:
 
 async def checkout(grid: Grid, cmd: Command) -> tuple[int, Any]:
     plan = await _plan(grid, cmd)
-    order_id = _order_id(cmd)
+    order_id = _order_id(grid, cmd)
     key = order_key(order_id)
     begun = await grid.call(
         Command("order.begin", key, plan, cmd.channel, cmd.idempotency_key, cmd.fingerprint)

@@ -44,7 +44,8 @@ def run_command(
             outcome = handler(entity, inp, cmd.channel, now)
         except GridError as e:
             return Ran(Result(e.status, None, e.code, e.detail))
-        return Ran(Result(outcome.status, outcome.body))
+        body = outcome.body(entity.view()) if callable(outcome.body) else outcome.body
+        return Ran(Result(outcome.status, body))
 
     idem = cmd.idempotency_key
     if idem is not None:
@@ -77,6 +78,8 @@ def run_command(
         args = msgspec.to_builtins(inp) if inp is not None else {}
         view = record(entity, cmd, args, now)
     body = outcome.body if outcome.body is not None else (view or entity.view())
+    if callable(body):  # an answer built on the new view (see Outcome.body)
+        body = body(view or entity.view())
     if idem is not None:
         entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
     return Ran(Result(outcome.status, body), outcome.changed, idem is not None)

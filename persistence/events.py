@@ -7,6 +7,7 @@ and the one way a time is written on the wire.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,11 @@ def rfc3339(ts: float | None) -> str | None:
     """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds."""
     if ts is None:
         return None
+    return _rfc3339(ts)
+
+
+@functools.lru_cache(maxsize=8192)  # views show the same times again and again
+def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -78,7 +78,8 @@ class WriteBehind:
         self.observe_lag = observe_lag
         self.shard_id = shard_id
         self.webhooks = webhooks  # the registrations whose deliveries each drain queues
-        self.quiet_ops: frozenset[str] = frozenset()  # bookkeeping changes: no webhook
+        # bookkeeping changes (Op.quiet): in the journal only, no event log, no webhook
+        self.quiet_ops: frozenset[str] = frozenset()
         self.drains = 0
         self.outage = Outage(log, "write-behind: the store")
         self._lock = asyncio.Lock()
@@ -127,9 +128,10 @@ class WriteBehind:
 
     def _write(self, drain: Drain) -> None:
         now = time.time()
+        # a saga's bookkeeping is journaled (replay needs it), not logged nor delivered
         events = [e for e in drain.events if e.op not in self.quiet_ops]
         deliveries = deliveries_for(self.shard_id, self.webhooks(), events, now)
-        self.store.write(drain.snapshots, drain.events, self.batch, deliveries)
+        self.store.write(drain.snapshots, events, self.batch, deliveries)
         now = time.time()
         self.observe_lag([now - event.at for event in drain.events])
 

@@ -61,6 +61,9 @@ class Router:
             raise Unavailable(f"shard {owner} is not known to this process")
         return await link.call(cmd)
 
+    def is_local(self, key: str) -> bool:
+        return self.slot_map.owner(key) == self.shard.shard_id
+
     async def call(self, cmd: Command) -> Result:
         for attempt in range(MAX_REDIRECTS + 1):
             result = await self._send(self.slot_map.owner(cmd.key), cmd)

@@ -206,6 +206,9 @@ class CountingGrid:
         self.trips.append(("query", dict(asks)))
         return await self.router.query(asks)
 
+    def is_local(self, key: str) -> bool:
+        return self.router.is_local(key)
+
 
 def test_a_cart_add_costs_two_owner_round_trips() -> None:
     async def scenario() -> None:
