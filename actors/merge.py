@@ -12,7 +12,10 @@ run by the runtime) until it is done, so no reader is left with half a merge.
 Forward: 1 the merged user's identity becomes an alias of the survivor and
 answers its identifiers; 2 they move to the survivor; 3 its cart lines go to
 the survivor's cart (sum or max per SKU, capped) and its cart becomes an
-alias; 4 its points likewise, and the merge is done. Undo runs the same way backwards: the
+alias; 4 its points likewise; 5 its orders join the survivor's list (the orders
+themselves keep their uid: what they later owe the merged user's member or cart
+goes to the survivor's, as every command naming an alias does), and the merge is
+done. Undo runs the same way backwards: the
 merged user is a user again, with its identifiers, the cart it had at the
 merge and what is left of the points it brought.
 """
@@ -31,8 +34,8 @@ from omnigrid.actors.identity import USER_MERGED
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
-FORWARD = ("begun", "aliased", "identifiers", "cart", "done")
-BACKWARD = ("undoing", "identifiers_back", "cart_back", "undone")
+FORWARD = ("begun", "aliased", "identifiers", "cart", "points", "done")
+BACKWARD = ("undoing", "identifiers_back", "cart_back", "points_back", "undone")
 ENDED = ("done", "undone", "refused")  # "refused": its first step was, nothing moved
 SETTLE_S = 2.0  # a saga untouched this long with work left is driven by its owner
 
@@ -218,7 +221,18 @@ async def drive(
                 {"lots": lots, "merge_id": mid, "other_uid": m},
                 channel,
             )
-            saga = await _step(grid, mid, "done", channel, points=lots)
+            saga = await _step(grid, mid, "points", channel, points=lots)
+        elif status == "points":
+            given = await _run(
+                grid,
+                "user_orders.hand_over",
+                f"user_orders:{m}",
+                {"into": s, "merge_id": mid},
+                channel,
+            )
+            absorb = {"given": given, "merge_id": mid, "other_uid": m}
+            await _run(grid, "user_orders.absorb", f"user_orders:{s}", absorb, channel)
+            saga = await _step(grid, mid, "done", channel)
         elif status == "undoing":
             items = saga["data"].get("identifiers", [])
             await _run(
@@ -248,6 +262,12 @@ async def drive(
             left = await _run(grid, "member.give_back", f"member:{s}", back, channel)
             given = {"merge_id": mid, "given": left}
             await _run(grid, "member.restore", f"member:{m}", given, channel)
+            saga = await _step(grid, mid, "points_back", channel)
+        elif status == "points_back":
+            back = {"merge_id": mid, "other_uid": m}
+            rows = await _run(grid, "user_orders.give_back", f"user_orders:{s}", back, channel)
+            given = {"merge_id": mid, "given": rows}
+            await _run(grid, "user_orders.restore", f"user_orders:{m}", given, channel)
             saga = await _step(grid, mid, "undone", channel)
         else:
             raise RuntimeError(f"merge {mid} is in an unknown state {status!r}")

@@ -27,6 +27,7 @@ from omnigrid.actors.declaration import (
     answer,
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
 from omnigrid.actors.order_inputs import OrderPage, OrdersView
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
@@ -43,6 +44,14 @@ class Note(Input):
     order: dict[str, Any]  # the order's view when the note was sent
 
 
+class AbsorbOrders(Input):
+    """Step of a merge on the survivor's list: the merged user's orders join it."""
+
+    given: list[Any]  # [[order_id, status, version], ...], [bought SKUs]
+    merge_id: MergeId
+    other_uid: Id
+
+
 class OrderListView(View):
     ident: str
     orders: Annotated[int, msgspec.Meta(description="how many orders the list holds")]
@@ -52,7 +61,7 @@ class OrderListView(View):
 
 
 class OrderList(Entity):
-    __slots__ = ("bought", "ids", "last", "seen")
+    __slots__ = ("bought", "ids", "last", "merge", "seen")
 
     kind: ClassVar[str] = ""
 
@@ -62,6 +71,10 @@ class OrderList(Entity):
         self.seen: dict[str, list[Any]] = {}  # order id -> [status, version noted]
         self.bought: set[str] = set()  # SKUs of paid orders (a review's verified_purchase)
         self.last: dict[str, Any] | None = None  # the order of the latest note
+        self.merge: MergeState | None = None  # only on users a merge touched
+
+    def alias(self) -> str | None:
+        return self.merge.into if self.merge is not None else None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -74,10 +87,12 @@ class OrderList(Entity):
 
     def kind_state(self) -> Any:
         # not ``last``: it is in the note's event already (a stream's history reads it there)
-        return [self.ids, [self.seen[i] for i in self.ids], sorted(self.bought)]
+        merge = [self.merge.state()] if self.merge is not None else []
+        return [self.ids, [self.seen[i] for i in self.ids], sorted(self.bought), *merge]
 
     def load_kind_state(self, data: Any) -> None:
-        ids, seen, bought = data
+        ids, seen, bought, *merge = data
+        self.merge = MergeState.load(merge[0]) if merge else None
         self.ids = list(ids)
         self.seen = {i: [intern(s), v] for i, (s, v) in zip(ids, seen, strict=True)}
         self.bought = {intern(sku) for sku in bought}
@@ -93,6 +108,57 @@ class OrderList(Entity):
         if status in BOUGHT:
             self.bought.update(intern(line["sku"]) for line in inp.order.get("lines", ()))
         self.last = inp.order
+        return Outcome(200, None, changed=True)
+
+    # -- a merge's steps (actors/merge.py): the merged user's orders go to the survivor
+
+    def hand_over(self, inp: HandOver, channel: str, now: float) -> Outcome:
+        merge = self.merge = self.merge or MergeState()
+        if inp.merge_id in merge.done:
+            return Outcome(200, merge.done[inp.merge_id], changed=False)
+        given = [[[i, *self.seen[i]] for i in self.ids], sorted(self.bought)]
+        merge.done[inp.merge_id], merge.into = given, inp.into
+        self.ids, self.seen, self.bought = [], {}, set()
+        return Outcome(200, given, changed=True)
+
+    def absorb(self, inp: AbsorbOrders, channel: str, now: float) -> Outcome:
+        merge = self.merge = self.merge or MergeState()
+        if inp.merge_id in merge.done:
+            return Outcome(200, None, changed=False)
+        rows, bought = inp.given
+        brought = [row[0] for row in rows if row[0] not in self.seen]
+        for order_id, status, version in rows:
+            if order_id in brought:
+                self.ids.append(order_id)
+                self.seen[order_id] = [intern(status), version]
+        self.bought.update(intern(sku) for sku in bought)
+        merge.done[inp.merge_id] = brought
+        merge.merged_from.append(inp.other_uid)
+        return Outcome(200, None, changed=True)
+
+    def give_back(self, inp: Undone, channel: str, now: float) -> Outcome:
+        """Undo on the survivor: the orders the merge brought leave its list."""
+        merge, back = self.merge, "back:" + inp.merge_id
+        if merge is None or back in merge.done:
+            return Outcome(200, merge.done[back] if merge else [], changed=False)
+        brought = set(merge.done.get(inp.merge_id) or ())
+        rows = [[i, *self.seen.pop(i)] for i in self.ids if i in brought]
+        self.ids = [i for i in self.ids if i not in brought]
+        merge.done[back] = rows
+        self.merge = merge.unmerged(inp.merge_id, inp.other_uid)
+        return Outcome(200, rows, changed=True)
+
+    def restore(self, inp: Restore, channel: str, now: float) -> Outcome:
+        """Undo on the merged user: its orders back (those it had, and any since)."""
+        if self.merge is None or inp.merge_id not in self.merge.done:
+            return Outcome(200, None, changed=False)
+        _, bought = self.merge.done[inp.merge_id]
+        for order_id, status, version in inp.given:
+            if order_id not in self.seen:
+                self.ids.append(order_id)
+                self.seen[order_id] = [intern(status), version]
+        self.bought.update(intern(sku) for sku in bought)
+        self.merge = self.merge.given_back(inp.merge_id)
         return Outcome(200, None, changed=True)
 
     def page(self, inp: OrderPage, channel: str, now: float) -> Outcome:
@@ -137,6 +203,10 @@ def _kind(name: str, entity: type[OrderList], ident: str, path: str, summary: st
         ops=(
             Op(f"{name}.note", entity.note, Note),
             Op(f"{name}.page", entity.page, OrderPage, read=True),
+            Op(f"{name}.hand_over", entity.hand_over, HandOver, on_alias=True),
+            Op(f"{name}.absorb", entity.absorb, AbsorbOrders),
+            Op(f"{name}.give_back", entity.give_back, Undone),
+            Op(f"{name}.restore", entity.restore, Restore, on_alias=True),
         ),
         routes=(
             Route(

@@ -27,16 +27,24 @@ def local() -> Iterator[httpx.Client]:
 
 
 def user(local: httpx.Client, phone: str, lines: dict[str, int], points: int) -> str:
-    r = local.post("/v1/identities/resolve", headers=write_headers("pos"),
-                   json={"identifiers": [{"type": "phone", "value": phone}]})  # fmt: skip
+    r = local.post(
+        "/v1/identities/resolve",
+        headers=write_headers("pos"),
+        json={"identifiers": [{"type": "phone", "value": phone}]},
+    )
     uid: str = r.json()["uid"]
     for sku, qty in lines.items():
-        ok = local.post(f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": qty},
-                        headers=write_headers())  # fmt: skip
+        ok = local.post(
+            f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": qty}, headers=write_headers()
+        )
         assert ok.status_code == 200, ok.text
     earn = {"points": points, "reason": "r", "external_id": f"e-{uid}"}
-    assert local.post(f"/v1/members/{uid}/points/earn", json=earn,
-                      headers=write_headers("pos")).status_code == 200  # fmt: skip
+    assert (
+        local.post(
+            f"/v1/members/{uid}/points/earn", json=earn, headers=write_headers("pos")
+        ).status_code
+        == 200
+    )
     return uid
 
 
@@ -47,10 +55,16 @@ def test_merge_then_undo(either: httpx.Client) -> None:
         local.put(f"/v1/skus/{sku}/stock", json={"on_hand": 100}, headers=write_headers("pos"))
     a = user(local, "13800000001", {x: 2}, 100)
     b = user(local, "13800000002", {x: 3, y: 1}, 50)
+    local.put(f"/v1/products/{x}", json={"title": "x", "price": 100}, headers=write_headers())
+    ordered = local.post(
+        "/v1/checkouts", json={"uid": b, "lines": [{"sku": x, "qty": 1}]}, headers=write_headers()
+    )
+    order_b = ordered.json()["order_id"]
     before = {"uid": b, "events": [{"type": "view", "sku": x}]}  # b's, before the merge
     assert local.post("/v1/events", json=before, headers=write_headers()).status_code == 202
-    r = local.post(f"/v1/users/{a}/merge", json={"from_uid": b, "cart_rule": "sum"},
-                   headers=write_headers())  # fmt: skip
+    r = local.post(
+        f"/v1/users/{a}/merge", json={"from_uid": b, "cart_rule": "sum"}, headers=write_headers()
+    )
     assert r.status_code == 200, r.text
     merge_id = r.json()["merge_id"]
     assert (r.json()["uid"], r.json()["from_uid"]) == (a, b)
@@ -61,11 +75,17 @@ def test_merge_then_undo(either: httpx.Client) -> None:
     assert {ln["sku"]: ln["qty"] for ln in cart["lines"]} == {x: 5, y: 1}
     points = local.get(f"/v1/members/{b}").json()
     assert (points["uid"], points["points"]["balance"]) == (a, 150)
-    resolved = local.post("/v1/identities/resolve", headers=write_headers(), json={
-        "identifiers": [{"type": "phone", "value": "13800000002"}], "create": False})  # fmt: skip
+    resolved = local.post(
+        "/v1/identities/resolve",
+        headers=write_headers(),
+        json={"identifiers": [{"type": "phone", "value": "13800000002"}], "create": False},
+    )
     assert resolved.json()["uid"] == a
     ids = local.get(f"/v1/users/{a}/identities").json()
     assert len(ids["identifiers"]) == 2 and ids["merged_from"] == [b]
+    orders = [o["order_id"] for o in local.get(f"/v1/users/{a}/orders").json()["orders"]]
+    assert orders == [order_b]  # b's orders are a's now, listed under either uid
+    assert local.get(f"/v1/users/{b}/orders").json()["orders"][0]["order_id"] == order_b
     added = local.post(f"/v1/carts/{b}/lines", json={"sku": y, "qty": 1}, headers=write_headers())
     assert added.json()["uid"] == a  # a write to the alias lands on the survivor
     again = local.post(f"/v1/users/{a}/merge", json={"from_uid": b}, headers=write_headers())
@@ -77,8 +97,14 @@ def test_merge_then_undo(either: httpx.Client) -> None:
     views = [i for i in timeline["items"] if i["source"] == "channel"]
     assert [(i["type"], i.get("sku")) for i in views] == [("view", x), ("view", y)]
     history = local.get(f"/v1/users/{a}/identity-history").json()["events"]
-    assert history[-1] | {"at": None} == {"at": None, "op": "merge", "identifier": None,
-        "channel": "app", "other_uid": b, "merge_id": merge_id}  # fmt: skip
+    assert history[-1] | {"at": None} == {
+        "at": None,
+        "op": "merge",
+        "identifier": None,
+        "channel": "app",
+        "other_uid": b,
+        "merge_id": merge_id,
+    }
 
     undone = local.post(f"/v1/merges/{merge_id}/undo", headers=write_headers())
     assert (undone.status_code, undone.json()["status"]) == (200, "undone")
@@ -86,13 +112,18 @@ def test_merge_then_undo(either: httpx.Client) -> None:
     assert cart_b["uid"] == b and {ln["sku"]: ln["qty"] for ln in cart_b["lines"]} == {x: 3, y: 1}
     assert local.get(f"/v1/members/{b}").json()["points"]["balance"] == 50
     assert local.get(f"/v1/members/{a}").json()["points"]["balance"] == 100
-    back = local.post("/v1/identities/resolve", headers=write_headers(), json={
-        "identifiers": [{"type": "phone", "value": "13800000002"}], "create": False})  # fmt: skip
+    back = local.post(
+        "/v1/identities/resolve",
+        headers=write_headers(),
+        json={"identifiers": [{"type": "phone", "value": "13800000002"}], "create": False},
+    )
     assert back.json()["uid"] == b
     assert len(local.get(f"/v1/users/{a}/identities").json()["identifiers"]) == 1
     # what happened after the merge stays with the survivor
     cart_a = local.get(f"/v1/carts/{a}").json()
     assert {ln["sku"]: ln["qty"] for ln in cart_a["lines"]} == {x: 5, y: 2}
+    assert [o["order_id"] for o in local.get(f"/v1/users/{b}/orders").json()["orders"]] == [order_b]
+    assert local.get(f"/v1/users/{a}/orders").json()["orders"] == []
     twice = local.post(f"/v1/merges/{merge_id}/undo", headers=write_headers())
     assert twice.status_code == 200  # undone already: nothing more happens
     own = local.get(f"/v1/users/{b}/timeline").json()  # b's own again; after stays with a
@@ -106,8 +137,9 @@ def test_bad_merges_are_refused(local: httpx.Client) -> None:
     assert (same.status_code, same.json()["code"]) == (422, "invalid_request")
     bad = local.post(f"/v1/users/{a}/merge", json={"from_uid": "x y"}, headers=write_headers())
     assert bad.status_code == 422
-    rule = local.post(f"/v1/users/{a}/merge", json={"from_uid": "b", "cart_rule": "min"},
-                      headers=write_headers())  # fmt: skip
+    rule = local.post(
+        f"/v1/users/{a}/merge", json={"from_uid": "b", "cart_rule": "min"}, headers=write_headers()
+    )
     assert rule.status_code == 422
     unknown = local.post("/v1/merges/m-nope/undo", headers=write_headers())
     assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
@@ -118,8 +150,9 @@ def test_max_rule_caps_lines(local: httpx.Client) -> None:
     local.put(f"/v1/skus/{x}/stock", json={"on_hand": 100_000}, headers=write_headers("pos"))
     a = user(local, "13800000021", {x: 9_000}, 1)
     b = user(local, "13800000022", {x: 5_000}, 1)
-    local.post(f"/v1/users/{a}/merge", json={"from_uid": b, "cart_rule": "max"},
-               headers=write_headers())  # fmt: skip
+    local.post(
+        f"/v1/users/{a}/merge", json={"from_uid": b, "cart_rule": "max"}, headers=write_headers()
+    )
     assert local.get(f"/v1/carts/{a}").json()["lines"][0]["qty"] == 9_000
     c = user(local, "13800000023", {x: 5_000}, 1)
     local.post(f"/v1/users/{a}/merge", json={"from_uid": c}, headers=write_headers())
@@ -217,8 +250,12 @@ def test_a_merge_whose_first_step_is_refused_ends_refused_and_moves_nothing() ->
         a = user(local, "13800000031", {}, 10)
         b = user(local, "13800000032", {}, 20)
         c = user(local, "13800000033", {}, 30)
-        assert local.post(f"/v1/users/{a}/merge", json={"from_uid": b},
-                          headers=write_headers()).status_code == 200  # fmt: skip
+        assert (
+            local.post(
+                f"/v1/users/{a}/merge", json={"from_uid": b}, headers=write_headers()
+            ).status_code
+            == 200
+        )
 
         async def race() -> Any:
             # a merge of b into c that began before it saw b merged into a
