@@ -26,6 +26,10 @@ class Outcome:
     # built on that view (so the view is built once, for the answer and the event)
     body: Any
     changed: bool
+    # kept, not announced: bookkeeping the next snapshot keeps but that is no change
+    # (no version, no event, no journal), safe to lose in a crash (a saga's record of
+    # what it sent: lost, the idempotent sends are made again)
+    noted: bool = False
 
 
 @dataclass(slots=True)

@@ -255,7 +255,9 @@ class Order(Entity):
         self.sent_upto = inp.upto
         if inp.problems:
             self.p["problems"] = [*self.p.get("problems", []), *inp.problems][-20:]
-        return Outcome(200, self.saga, changed=True)
+        # Not a change of the order: no version, no event. The next snapshot keeps it;
+        # a crash before then means the outbox is sent again, every entry a no-op.
+        return Outcome(200, self.saga, changed=False, noted=True)
 
     # -- the contract's moves -----------------------------------------------------------
 

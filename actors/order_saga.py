@@ -316,11 +316,13 @@ async def stock_available(grid: Grid, skus: list[str]) -> dict[str, int]:
 
 
 async def decided(grid: Grid, cmd: Command) -> tuple[int, Any]:
+    """The decision's answer (a retry with its Idempotency-Key gets the same), once
+    the work it owes is sent."""
     status, body = answer(await grid.call(cmd))
     order_id = cmd.key.partition(":")[2]
     saga = body if isinstance(body, dict) and "outbox" in body else None
-    latest = await send(grid, order_id, saga or await _saga(grid, order_id, cmd.channel))
-    return status, latest["view"] if saga is not None else body
+    await send(grid, order_id, saga or await _saga(grid, order_id, cmd.channel))
+    return status, saga["view"] if saga is not None else body
 
 
 _ORDER = {"order_id": "order_id"}

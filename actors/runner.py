@@ -24,7 +24,9 @@ Record = Callable[[Entity, Command, dict[str, Any], float], dict[str, Any]]
 class Ran(NamedTuple):
     result: Result
     changed: bool = False  # the entity changed (record ran)
-    remembered: bool = False  # the entity holds a new idempotency record
+    # the entity holds a new idempotency record or bookkeeping (Outcome.noted) the
+    # store must get, though it did not change
+    remembered: bool = False
 
 
 def run_command(
@@ -82,4 +84,4 @@ def run_command(
         body = body(view or entity.view())
     if idem is not None:
         entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
-    return Ran(Result(outcome.status, body), outcome.changed, idem is not None)
+    return Ran(Result(outcome.status, body), outcome.changed, idem is not None or outcome.noted)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from omnigrid.actors import member
+from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import rfc3339
@@ -138,3 +139,41 @@ def test_a_replay_of_the_journal_rebuilds_the_same_member() -> None:
     again.recover(g.journal.replay())
     assert again.entities["member:u"].state() == g.shard.entities["member:u"].state()
     assert member.KIND.key("u") == "member:u"
+
+
+def points(g: Grid, oid: str, action: str, key: str, **amounts: int) -> Any:
+    args = {"order_id": oid, "action": action, "key": key, **amounts}
+    return g.shard.apply(Command("member.order_points", "member:u", args, "pos"))
+
+
+def test_a_refund_takes_back_earned_points_never_below_zero_and_the_rest_is_a_debt() -> None:
+    g = Grid()
+    earn(g, 100, "welcome")
+    assert points(g, "o1", "paid", "paid", points=50, amount=5_000).ok
+    assert points(g, "o1", "paid", "paid", points=50, amount=5_000).body["version"] == 2  # once
+    assert (view(g)["points"]["balance"], view(g)["spend_12m"]) == (150, 5_000)
+    redeem(g, 140, "voucher")
+    refunded = points(g, "o1", "refunded", "rf1", points=50, restore=0, amount=5_000)
+    assert refunded.ok and view(g)["points"] == {"balance": 0, "expiring": [], "debt": 40}
+    assert view(g)["spend_12m"] == 0
+    points(g, "o2", "paid", "paid", points=30, amount=3_000)  # the debt is paid first
+    assert view(g)["points"] == {"balance": 0, "expiring": [], "debt": 10}
+    points(g, "o3", "paid", "paid", points=25, amount=2_500)
+    assert view(g)["points"]["balance"] == 15 and "debt" not in view(g)["points"]
+    kinds = [e["kind"] for e in g.ok("member.ledger", "member:u", limit=20).body["entries"]]
+    assert kinds[:4] == ["reverse", "earn", "reverse", "earn"]
+
+
+def test_points_held_by_an_order_come_back_and_a_late_hold_is_refused() -> None:
+    g = Grid()
+    earn(g, 100, "welcome")
+    assert points(g, "o1", "redeem", "redeem", points=60).ok
+    assert view(g)["points"]["balance"] == 40
+    refused = points(g, "o1", "redeem", "redeem", points=60)
+    assert refused.ok and view(g)["points"]["balance"] == 40  # sent twice: held once
+    points(g, "o1", "release", "redeem", points=60)
+    assert view(g)["points"]["balance"] == 100
+    points(g, "o2", "release", "redeem", points=10)  # given back before it was held
+    late = points(g, "o2", "redeem", "redeem", points=10)
+    assert (late.status, late.code) == (409, "insufficient_points")
+    assert view(g)["points"]["balance"] == 100

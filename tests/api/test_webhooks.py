@@ -280,3 +280,26 @@ def test_timeline_refuses_a_bad_limit(client: httpx.Client) -> None:
     assert client.get("/v1/users/u1/timeline?limit=0").status_code == 422
     assert client.get("/v1/users/u1/timeline?limit=abc").status_code == 422
     assert client.get("/v1/users/bad%20uid/timeline").status_code == 400
+
+
+def test_order_moves_are_order_webhook_events_and_bookkeeping_is_not(hc: httpx.Client) -> None:
+    receiver = Receiver()
+    try:
+        hook = register(hc, receiver.url, ["order"])
+        sku, uid = new_id("sku"), new_id("u")
+        hc.put(f"/v1/products/{sku}", json={"title": "t", "price": 500}, headers=write_headers())
+        hc.put(f"/v1/skus/{sku}/stock", json={"on_hand": 5}, headers=write_headers("pos"))
+        body = {"uid": uid, "lines": [{"sku": sku, "qty": 1}]}
+        oid = hc.post("/v1/checkouts", json=body, headers=write_headers("app")).json()["order_id"]
+        hc.post(f"/v1/orders/{oid}/pay", json={"payment_ref": "p"}, headers=write_headers("h5"))
+        got = [orjson.loads(b) for _, b in receiver.wait_for(2)]
+        time.sleep(1.0)  # anything more would have come by now
+        mine = [e for e in receiver.got if orjson.loads(e[1])["key"] == f"order:{oid}"]
+        ops = [
+            (e["op"], e["data"]["status"], e["channel"]) for e in got if e["key"] == f"order:{oid}"
+        ]
+        assert ops == [("order.priced", "pending", "app"), ("order.pay", "paid", "h5")]
+        assert len(mine) == 2  # no begin, no "sent": the saga's bookkeeping is not news
+        assert hc.delete(f"/v1/webhooks/{hook['id']}", headers=write_headers()).status_code == 200
+    finally:
+        receiver.stop()
