@@ -376,6 +376,7 @@ _REFUSALS = ("insufficient_stock", "unknown_sku", "cart_full")
 
 KIND = Kind(
     name="cart",
+    scope="carts",
     entity=Cart,
     ident="uid",
     view=CartView,

@@ -456,6 +456,7 @@ KIND = Kind(
             status=201,
             refusals=("coupon_exists",),
             flow=create,
+            scope="coupons:write",
         ),
         Route(
             "GET",
@@ -465,6 +466,7 @@ KIND = Kind(
             "Read a coupon, its redemptions and holds",
             CouponView,
             refusals=("not_found",),
+            scope="",
         ),
     ),
     queries=_Queries(),

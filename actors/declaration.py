@@ -140,6 +140,9 @@ class Route:
     # path fields the input checks, not the id pattern (an email in a path)
     loose_path: frozenset[str] = frozenset()
     flow: Flow = one_call
+    # the key scope it needs (api/http/auth.py); None: the kind's, "<scope>:read" for
+    # a GET, "<scope>:write" for a write
+    scope: str | None = None
 
     @property
     def is_write(self) -> bool:
@@ -179,6 +182,8 @@ class Kind:
     # Work an entity asks the grid to do for it when its timed work falls due
     # (a saga left unfinished by a crash): run by the process owning the entity.
     resume: Callable[[Grid, str], Awaitable[Any]] | None = None
+    # its routes' key scope: "carts" -> carts:read, carts:write (a route may say its own)
+    scope: str = ""
     ops_by_name: dict[str, Op] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

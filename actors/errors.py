@@ -12,6 +12,8 @@ from __future__ import annotations
 COMMON_CODES: dict[str, tuple[int, str]] = {
     "invalid_request": (422, "Invalid request"),
     "unknown_channel": (400, "Unknown channel"),
+    "unauthenticated": (401, "Unauthenticated"),
+    "forbidden": (403, "Forbidden"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "version_conflict": (412, "Version conflict"),

@@ -417,6 +417,7 @@ async def unbind(grid: Grid, cmd: Command) -> tuple[int, Any]:
 
 KIND = Kind(
     name="identity",
+    scope="identity",
     entity=Identity,
     ident="uid",
     view=IdentitiesView,
@@ -451,6 +452,7 @@ KIND = Kind(
             "identity.get",
             "A user's identifiers, masked",
             IdentitiesView,
+            scope="members:read",
         ),
         Route(
             "POST",
@@ -482,6 +484,7 @@ KIND = Kind(
             "identity.history",
             "Every change to a user's identity",
             History,
+            scope="members:read",
         ),
     ),
     queries={ALIAS: lambda identity: identity.merged_into},

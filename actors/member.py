@@ -448,6 +448,7 @@ class Member(Entity):
 
 KIND = Kind(
     name="member",
+    scope="members",
     entity=Member,
     ident="uid",
     view=MemberView,
@@ -516,6 +517,7 @@ KIND = Kind(
             "The tier table: spend thresholds, discounts, points per unit",
             list[tiers.TierView],
             flow=tiers.tier_table,
+            scope="",
         ),
     ),
     stream=Stream(
@@ -524,6 +526,9 @@ KIND = Kind(
         "Server-Sent Events: every change to the user's cart and membership "
         "(resumable with Last-Event-ID)",
     ),
-    queries={STANDING: lambda m: [m.spend_12m(m.updated_at or 0.0), m.balance, m.alias()]},
+    queries={
+        STANDING: lambda m: [m.spend_12m(m.updated_at or 0.0), m.balance, m.alias()],
+        "member.home": lambda m: m.home_store,  # a store-bound key's check (api/http/guard.py)
+    },
     refusals=(INSUFFICIENT_POINTS,),
 )

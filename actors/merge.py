@@ -316,6 +316,7 @@ class UndoRequest(Input):
 
 KIND = Kind(
     name="merge",
+    scope="identity",
     entity=Merge,
     ident="merge_id",
     view=MergeView,

@@ -197,6 +197,7 @@ async def listed(grid: Grid, cmd: Command) -> tuple[int, Any]:
 def _kind(name: str, entity: type[OrderList], ident: str, path: str, summary: str) -> Kind:
     return Kind(
         name=name,
+        scope="orders",
         entity=entity,
         ident=ident,
         view=OrderListView,

@@ -330,6 +330,7 @@ _MOVES = ("invalid_transition", "not_found")
 
 KIND = Kind(
     name="order",
+    scope="orders",
     entity=Order,
     ident="order_id",
     view=oi.OrderView,
@@ -426,7 +427,11 @@ KIND = Kind(
             flow=decided,
         ),
     ),
-    queries={ORDER_VIEW: lambda o: o.view() if o.placed else None},
+    queries={
+        ORDER_VIEW: lambda o: o.view() if o.placed else None,
+        # a store-bound key's check (api/http/guard.py)
+        "order.stores": lambda o: [o.p.get("store"), o.p.get("pickup_store")] if o.placed else None,
+    },
     refusals=(oi.INVALID_TRANSITION, oi.ORDER_EXPIRED, oi.REFUND_EXCEEDS_ORDER),
     resume=resume,
 )

@@ -218,6 +218,7 @@ async def reviewed(grid: Grid, cmd: Command) -> tuple[int, Any]:
 
 KIND = Kind(
     name="product",
+    scope="products",
     entity=Product,
     ident="sku",
     view=ProductView,
@@ -246,6 +247,7 @@ KIND = Kind(
             ProductView,
             refusals=("unknown_product",),
             query_fields=("channel",),
+            scope="",
         ),
         Route(
             "POST",
@@ -266,6 +268,7 @@ KIND = Kind(
             status=201,
             refusals=("unknown_product",),
             flow=reviewed,
+            scope="members:write",
         ),
         Route(
             "GET",
@@ -276,6 +279,7 @@ KIND = Kind(
             ReviewsView,
             refusals=("unknown_product",),
             query_fields=("limit", "cursor"),
+            scope="",
         ),
     ),
     queries={

@@ -317,6 +317,7 @@ _WITH_RESERVATION = ("unknown_sku", "not_found")
 
 KIND = Kind(
     name="stock",
+    scope="stock",
     entity=Stock,
     ident="sku",
     view=StockView,

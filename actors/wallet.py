@@ -134,6 +134,7 @@ KIND = Kind(
             CouponList,
             query_fields=("channel",),
             flow=coupons,
+            scope="members:read",
         ),
     ),
     queries={CODES: lambda wallet: wallet.newest_first()},

@@ -15,8 +15,11 @@ import httpx
 from omnigrid.actors import identifiers
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
+from omnigrid.api.http.admin import KeyEndpoints
 from omnigrid.api.http.app import GridApp
+from omnigrid.api.http.auth import Keyring
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.openapi import docs_app
 from omnigrid.api.http.routes import all_routes
@@ -27,6 +30,7 @@ from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
+from omnigrid.persistence.keys import KeyStore
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.webhooks import WebhookStore
 
@@ -59,12 +63,26 @@ def in_process_app() -> GridApp:
     router = Router(shard, {})
     hub = EventHub(shard, store, {}, lambda: router.slot_map)
     streams = StreamServer(hub, max_streams=100, heartbeat_s=15, grid=router)
+    keys, keyring = KeyStore(db), Keyring(TEST_IDENTITY_SECRET)
+
+    async def reload() -> None:
+        keyring.load(keys.all())
+
     routes = all_routes(
-        WebhookEndpoints(WebhookStore(db)), BehaviourEndpoints(BehaviourLog(db), channels)
+        WebhookEndpoints(WebhookStore(db)),
+        BehaviourEndpoints(BehaviourLog(db), channels),
+        KeyEndpoints(keys, keyring, reload),
     )
     metrics = GridMetrics(0)
     return GridApp(
-        router, routes, Operations(), metrics, channels, docs_app(routes), streams=streams
+        router,
+        routes,
+        Operations(),
+        metrics,
+        channels,
+        docs_app(routes),
+        streams=streams,
+        guard=Guard(keyring),
     )
 
 

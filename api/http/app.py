@@ -19,6 +19,7 @@ import orjson
 from omnigrid.actors.declaration import Grid
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded
 from omnigrid.api.http import validation as v
+from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.handlers import Call
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.problems import error_response, problem_response
@@ -68,6 +69,7 @@ class GridApp:
         docs: ASGIApp,
         max_inflight: int = 4096,
         streams: StreamServer | None = None,
+        guard: Guard | None = None,
     ) -> None:
         if not channels:
             raise ValueError("the channel registry must name at least one channel")
@@ -82,6 +84,7 @@ class GridApp:
         self.inflight = 0
         self.table = RouteTable(routes)
         self.streams = streams  # long-lived: counted apart from max_inflight
+        self.guard = guard  # signatures, scopes, channels and stores (None: an open grid)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,6 +98,13 @@ class GridApp:
         route, params, path_known = self.table.match(method, path)
         name = route.name if route is not None else "unmatched"
         if route is not None and route.stream and self.streams is not None:
+            try:
+                await self._admit(scope, route, params, b"", "")
+            except GridError as err:
+                status, body, headers = error_response(err, path)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
             await self.streams.serve(scope, receive, send, route.stream, params)
             return
         self.inflight += 1
@@ -156,6 +166,7 @@ class GridApp:
             if self.inflight > self.max_inflight:
                 raise Overloaded(f"{self.inflight - 1} requests are already in progress here")
             body = await _read_body(receive) if route.is_write else b""
+            await self._admit(scope, route, params, body, channel_text)
             if route.handler is None:
                 return await self._operations(route)
             if route.is_write and channel_text not in self.channels:
@@ -186,6 +197,15 @@ class GridApp:
             log.exception("unhandled error on %s %s", scope["method"], instance)
             code = "internal_error"
             return (*problem_response(500, code, "an internal error", instance), channel, code)
+
+    async def _admit(
+        self, scope: Scope, route: Route, params: dict[str, str], body: bytes, channel: str
+    ) -> None:
+        """The caller's signature, scope, channel and store (an open grid: nothing)."""
+        if self.guard is None or not self.guard.enabled:
+            return
+        principal = await self.guard.admit(scope, route.scope, body)
+        await self.guard.check_place(principal, self.grid, params, channel, route.is_write)
 
     async def _operations(self, route: Route) -> Answer:
         if route.name == "healthz":

@@ -54,6 +54,8 @@ def _refusals(route: Route) -> list[str]:
         codes += COMMON_REFUSALS
         if route.is_write:
             codes += WRITE_REFUSALS
+    if route.scope is not None:  # once the grid has keys: unsigned, or not this key's
+        codes += ("unauthenticated", "forbidden")
     return codes
 
 

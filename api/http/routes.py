@@ -21,10 +21,13 @@ from omnigrid.api.http import behaviour as b
 from omnigrid.api.http import handlers as h
 from omnigrid.api.http import sync as sd
 from omnigrid.api.http import webhooks as w
+from omnigrid.api.http.admin import KeyCreate, KeyEndpoints, KeyRotate
 from omnigrid.api.http.behaviour import BehaviourEndpoints
 from omnigrid.api.http.suggestions import Suggestions
 from omnigrid.api.http.sync import sync as offline_sync
 from omnigrid.api.http.webhooks import WebhookEndpoints
+
+UNSET = "unset"  # a route nobody gave a scope: refused to every key (a test finds it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class Route:
     stream: tuple[Kind, ...] = ()  # Server-Sent Events of these kinds' entities
     query: tuple[tuple[str, dict[str, Any]], ...] = ()  # query parameters and their schemas
     kind: Kind | None = None
+    # the key scope it needs (api/http/auth.py): "" any valid key, None public
+    scope: str | None = UNSET
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -64,6 +69,15 @@ def _query_schemas(op: Op, route: KindRoute) -> tuple[tuple[str, dict[str, Any]]
     return tuple((name, msgspec.json.schema(fields[name])) for name in route.query_fields)
 
 
+def kind_scope(kind: Kind, route: KindRoute) -> str:
+    """The route's own scope, else its kind's: ``<scope>:read`` or ``<scope>:write``."""
+    if route.scope is not None:
+        return route.scope
+    if not kind.scope:
+        return UNSET
+    return f"{kind.scope}:{'write' if route.is_write else 'read'}"
+
+
 def kind_routes(kind: Kind) -> list[Route]:
     routes = []
     for r in kind.routes:
@@ -82,14 +96,68 @@ def kind_routes(kind: Kind) -> list[Route]:
                 etag=r.answer is kind.view,
                 kind=kind,
                 query=_query_schemas(op, r),
+                scope=kind_scope(kind, r),
             )
         )
     return routes
 
 
-def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tuple[Route, ...]:
-    """The grid's routes beside the kinds': offline sync, behaviour, webhooks, operations."""
+def own_routes(
+    webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints, keys: KeyEndpoints
+) -> tuple[Route, ...]:
+    """The grid's routes beside the kinds': offline sync, behaviour, webhooks, keys,
+    operations."""
     return (
+        Route(
+            "POST",
+            "/v1/admin/keys",
+            "create_key",
+            keys.create,
+            "Create an API key: its secret is shown once",
+            status=201,
+            body=KeyCreate,
+            answer=dict[str, Any],
+            scope="admin",
+        ),
+        Route(
+            "GET",
+            "/v1/admin/keys",
+            "list_keys",
+            keys.list_keys,
+            "The API keys, no secrets",
+            answer=dict[str, Any],
+            scope="admin",
+        ),
+        Route(
+            "POST",
+            "/v1/admin/keys/{key_id}/rotate",
+            "rotate_key",
+            keys.rotate,
+            "A new secret; the old one works for overlap_s more",
+            body=KeyRotate,
+            answer=dict[str, Any],
+            refusals=("not_found",),
+            scope="admin",
+        ),
+        Route(
+            "DELETE",
+            "/v1/admin/keys/{key_id}",
+            "revoke_key",
+            keys.revoke,
+            "Revoke a key: refused on every process from now on",
+            answer=dict[str, Any],
+            refusals=("not_found",),
+            scope="admin",
+        ),
+        Route(
+            "GET",
+            "/v1/admin/pii-access",
+            "pii_access",
+            keys.pii_access,
+            "Every unmasked read: key, route, uid, at",
+            answer=dict[str, Any],
+            scope="admin",
+        ),
         Route(
             "POST",
             "/v1/sync",
@@ -98,6 +166,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             "Replay a device's offline cart work once",
             body=sd.SyncBatch,
             answer=sd.SyncAnswer,
+            scope="carts:write",
         ),
         Route(
             "POST",
@@ -108,6 +177,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             status=202,
             body=b.BehaviourBatch,
             answer=dict[str, Any],
+            scope="members:write",
         ),
         Route(
             "POST",
@@ -118,6 +188,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             status=201,
             body=w.WebhookCreate,
             answer=dict[str, Any],
+            scope="admin",
         ),
         Route(
             "GET",
@@ -126,6 +197,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             webhooks.list_webhooks,
             "List the webhooks",
             answer=dict[str, Any],
+            scope="admin",
         ),
         Route(
             "DELETE",
@@ -135,6 +207,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             "Delete a webhook",
             answer=dict[str, Any],
             refusals=("not_found",),
+            scope="admin",
         ),
         Route(
             "GET",
@@ -143,6 +216,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             webhooks.dead_letters,
             "Deliveries given up on after the last retry",
             answer=dict[str, Any],
+            scope="admin",
         ),
         Route(
             "GET",
@@ -151,6 +225,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             behaviour.merge_suggestions,
             "Users who share a device, address or payment account (never merged by itself)",
             answer=Suggestions,
+            scope="members:read",
         ),
         Route(
             "GET",
@@ -159,9 +234,16 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             behaviour.timeline,
             "A user's behaviour and cart changes across channels, in time order",
             answer=dict[str, Any],
+            scope="members:read",
         ),
         Route(
-            "GET", "/healthz", "healthz", None, "200 while the process lives", answer=dict[str, str]
+            "GET",
+            "/healthz",
+            "healthz",
+            None,
+            "200 while the process lives",
+            answer=dict[str, str],
+            scope=None,
         ),
         Route(
             "GET",
@@ -170,6 +252,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             None,
             "200 when every shard answers, else 503",
             answer=dict[str, Any],
+            scope=None,
         ),
         Route(
             "GET",
@@ -179,6 +262,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             "Prometheus metrics of every grid process",
             answer=str,
             media_type=PROMETHEUS,
+            scope="ops",
         ),
         Route(
             "GET",
@@ -187,6 +271,7 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             None,
             "Shards, their processes and slot ranges",
             answer=dict[str, Any],
+            scope="ops",
         ),
         Route(
             "POST",
@@ -195,18 +280,21 @@ def own_routes(webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints) -> tup
             None,
             "Drain the write-behind, then compare live entities with the store",
             answer=dict[str, Any],
+            scope="admin",
         ),
     )
 
 
 def all_routes(
-    webhooks: WebhookEndpoints | None = None, behaviour: BehaviourEndpoints | None = None
+    webhooks: WebhookEndpoints | None = None,
+    behaviour: BehaviourEndpoints | None = None,
+    keys: KeyEndpoints | None = None,
 ) -> tuple[Route, ...]:
     """The registered kinds' routes, then the grid's own (over these stores; without
     them, those routes answer 503: enough for the document)."""
     webhooks = webhooks or WebhookEndpoints(None)
     behaviour = behaviour or BehaviourEndpoints(None, frozenset())
-    own = own_routes(webhooks, behaviour)
+    own = own_routes(webhooks, behaviour, keys or KeyEndpoints(None, None))
     return tuple(r for kind in kinds() for r in kind_routes(kind)) + stream_routes() + own
 
 
@@ -230,8 +318,11 @@ def stream_routes() -> tuple[Route, ...]:
                 + " (resumable with Last-Event-ID)"
             )
         )
-        routes.append(Route("GET", path, declared.name, None, summary, answer=str,
-                            media_type=EVENT_STREAM, stream=tuple(sharing)))  # fmt: skip
+        read = f"{sharing[0].scope}:read" if sharing[0].scope else UNSET
+        routes.append(
+            Route("GET", path, declared.name, None, summary, answer=str,
+                  media_type=EVENT_STREAM, stream=tuple(sharing), scope=read)
+        )  # fmt: skip
     return tuple(routes)
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from omnigrid.actors import tiers
 from omnigrid.actors.kinds import load as load_kinds
+from omnigrid.api.runtime import keys_cli
 from omnigrid.api.runtime.compose import identity_secret
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
 
@@ -55,6 +56,8 @@ configuration (flags override environment variables):
                            more than ~28,000 connections from one client address)
   OMNIGRID_MAX_STREAMS     open event streams per process before 429 (default 20000)
   OMNIGRID_STREAM_HEARTBEAT_S    seconds between heartbeats on idle streams (default 15)
+  OMNIGRID_BOOTSTRAP_KEY   an admin key before any is stored: <key_id>:<secret>
+  OMNIGRID_INSECURE        1: serve a non-loopback address with no API key (--insecure)
   OMNIGRID_WEBHOOK_MAX_ATTEMPTS  tries before a delivery is a dead letter (default 8)
   OMNIGRID_WEBHOOK_BACKOFF_S     first retry after this, doubling (default 1)
   OMNIGRID_WEBHOOK_TIMEOUT_S     a receiver slower than this failed that try (default 5)
@@ -88,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--shards", type=int, help="number of shard processes")
     serve.add_argument("--log-level", help="debug, info, warning or error")
     serve.add_argument("--data-dir", help="where the embedded journal and store keep their files")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address with no API key (say so loudly)",
+    )
+    keys_cli.add_parser(commands)
     audit = commands.add_parser(
         "audit",
         help="drain the write-behind, compare live entities with the store, print mismatches",
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "audit":
         return run_audit(args.url, args.json)
+    if args.command == "keys":
+        return keys_cli.run(args)
     if args.command != "serve":
         parser.print_help()
         return 0
@@ -109,14 +121,19 @@ def main(argv: list[str] | None = None) -> int:
             shards=args.shards,
             log_level=args.log_level,
             data_dir=args.data_dir,
+            insecure=args.insecure,
         )
         load_kinds(settings.kind_modules)  # here first: a bad module fails at once
         settings = replace(settings, data_dir=os.path.abspath(settings.data_dir))
         identity_secret(settings)  # made here once, before the shard processes read it
         if settings.tiers:  # a bad table fails here, not in every shard
             tiers.configure(tiers.tiers_from_json(settings.tiers))
+        refused = keys_cli.refuse_open_door(settings)
     except (ValueError, ImportError, AttributeError, msgspec.ValidationError) as e:
         parser.error(str(e))
+    if refused is not None:
+        print(f"omnigrid: {refused}", file=sys.stderr)
+        return 2
     # Shard processes run in Ray's working directories: the path is absolute.
     return serve_grid(settings)
 

@@ -61,7 +61,8 @@ def open_node(shard_id: int, settings: Settings, directory: Directory, node_id: 
         type(journal).__name__,
         recovery_s,
     )
-    return GridNode(settings, directory, node_id, journal, store, shard, recovery_s)
+    secret = identity_secret(settings)  # identifiers' hashes and API keys' secrets
+    return GridNode(settings, directory, node_id, journal, store, shard, recovery_s, secret)
 
 
 def identity_secret(settings: Settings) -> bytes:

@@ -26,11 +26,14 @@ from typing import Any, Protocol, TypeVar
 import uvicorn
 
 from omnigrid.actors.kinds import kinds, split_key
-from omnigrid.actors.protocol import Command
+from omnigrid.actors.protocol import Command, Result
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
+from omnigrid.api.http.admin import KeyEndpoints
 from omnigrid.api.http.app import GridApp
+from omnigrid.api.http.auth import Keyring, NonceBook
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.metrics import GridMetrics, merge_expositions
 from omnigrid.api.http.openapi import docs_app
 from omnigrid.api.http.routes import all_routes
@@ -46,6 +49,7 @@ from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.hot_copy import HotCopy
 from omnigrid.persistence.journal import Journal, JournalUnavailable
+from omnigrid.persistence.keys import KeyStore
 from omnigrid.persistence.store import Store
 from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
@@ -60,6 +64,9 @@ CONTROL_TIMEOUT_S = 3.0
 # reported missing, so health answers within a second during any outage.
 HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
+KEYS_RELOAD_S = 2.0  # keys changed outside the grid (the CLI) are seen this fast
+NONCE_OP = "auth.nonce"  # "is this nonce new?", to the process that owns it
+SIDE_OPS = HUB_OPS | {NONCE_OP}
 RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
 AUDIT_TIMEOUT_S = 600.0
 STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
@@ -86,6 +93,7 @@ class GridNode:
         store: Store,
         shard: Shard,
         recovery_s: float,
+        server_secret: bytes = b"",
     ) -> None:
         shard_id = shard.shard_id
         self.shard_id = shard_id
@@ -153,9 +161,17 @@ class GridNode:
         self.streams = StreamServer(
             self.hub, settings.max_streams, settings.stream_heartbeat_s, self.router
         )
+        # Keys: every process holds them all and checks signatures itself (api/http/auth.py).
+        self.keys = KeyStore(database)
+        self.keyring = Keyring(server_secret or os.urandom(32), settings.bootstrap_key)
+        self.keyring.load(self.keys.all())
+        self.nonces = NonceBook()
+        self.guard = Guard(self.keyring, self._first_use)
         channels = frozenset(settings.channels)
         routes = all_routes(
-            WebhookEndpoints(webhooks), BehaviourEndpoints(BehaviourLog(database), channels)
+            WebhookEndpoints(webhooks),
+            BehaviourEndpoints(BehaviourLog(database), channels),
+            KeyEndpoints(self.keys, self.keyring, self._keys_changed),
         )
         self.app = GridApp(
             self.router,
@@ -166,6 +182,7 @@ class GridNode:
             docs_app(routes),
             settings.max_inflight,
             self.streams,
+            self.guard,
         )
         add_node_gauges(self)
         self.unix_path = os.path.join(
@@ -194,6 +211,7 @@ class GridNode:
             self._tasks.append(loop.create_task(self.hot_copy.run()))
         self._tasks.append(loop.create_task(self.hub.refresh_forever()))
         self._tasks.append(loop.create_task(self.webhook_sender.run()))
+        self._tasks.append(loop.create_task(self._reload_keys_forever()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
@@ -243,15 +261,52 @@ class GridNode:
     def _apply_wire_batch(self, batch: list[Any]) -> list[Any]:
         self.metrics.served_batch_size.labels(self.metrics.shard).observe(len(batch))
         commands = [Command.from_wire(w) for w in batch]
-        if not any(cmd.op in HUB_OPS for cmd in commands):
+        if not any(cmd.op in SIDE_OPS for cmd in commands):
             return [r.to_wire() for r in self.shard.apply_batch(commands)]
-        # Stream traffic rides the same frames; the shard sees only its commands.
-        grid = [cmd for cmd in commands if cmd.op not in HUB_OPS]
+        # Stream traffic and nonce checks ride the same frames; the shard sees only its
+        # commands.
+        grid = [cmd for cmd in commands if cmd.op not in SIDE_OPS]
         answers = iter(self.shard.apply_batch(grid))
         return [
-            (self.hub.serve(cmd) if cmd.op in HUB_OPS else next(answers)).to_wire()
+            (self._serve_side(cmd) if cmd.op in SIDE_OPS else next(answers)).to_wire()
             for cmd in commands
         ]
+
+    def _serve_side(self, cmd: Command) -> Result:
+        if cmd.op == NONCE_OP:
+            return Result(200, self.nonces.first_use(cmd.args["key"], cmd.args["nonce"]))
+        return self.hub.serve(cmd)
+
+    # -- keys ------------------------------------------------------------------
+
+    async def _first_use(self, key_id: str, nonce: str) -> bool:
+        """Whether a nonce is new, asked of the process that owns it (its slot's), so a
+        request replayed to any process is caught."""
+        owner = self.router.slot_map.owner(f"nonce:{nonce}")
+        link = self.links.get(owner)
+        if owner == self.shard_id or link is None:
+            return self.nonces.first_use(key_id, nonce)
+        try:
+            result = await link.call(Command(NONCE_OP, "", {"key": key_id, "nonce": nonce}))
+        except Exception:  # its owner is away: this process remembers it meanwhile
+            return self.nonces.first_use(key_id, nonce)
+        return bool(result.body)
+
+    async def reload_keys(self) -> None:
+        self.keyring.load(await asyncio.to_thread(self.keys.all))
+
+    async def _keys_changed(self) -> None:
+        """A key was created, rotated or revoked: every process reloads at once."""
+        await self.reload_keys()
+        await self._ask_all("reload_keys")
+
+    async def _reload_keys_forever(self) -> None:
+        while True:  # keys changed by ``omnigrid keys`` on a host reach every process
+            await asyncio.sleep(KEYS_RELOAD_S)
+            try:
+                await self.reload_keys()
+            except Exception as e:
+                log.warning("the keys cannot be reloaded: %r", e)
 
     async def _tick(self) -> None:
         while True:

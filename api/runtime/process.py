@@ -88,6 +88,9 @@ class ShardProcess:
 
         return self._on_loop(read())
 
+    def reload_keys(self) -> None:
+        self._on_loop(self.node.reload_keys())
+
     def stop(self) -> None:
         self._on_loop(self.node.stop())
 

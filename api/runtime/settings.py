@@ -48,6 +48,10 @@ class Settings:
     identity_secret: str = ""
     phone_region: str = "CN"  # the region of national phone numbers
     tiers: str = ""  # the tier table as JSON (GET /v1/tiers shows the shape); empty: default
+    # an admin key known before any is stored: "<key_id>:<secret>" (OMNIGRID_BOOTSTRAP_KEY)
+    bootstrap_key: str = ""
+    # serve a non-loopback address with no key (every caller may do anything)
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -63,6 +67,8 @@ class Settings:
                 values[f.name] = int(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)
+            elif f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes")
             else:
                 values[f.name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})

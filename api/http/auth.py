@@ -1,0 +1,194 @@
+"""Who is calling: signed requests (``OG1-HMAC-SHA256``), keys in memory, scopes.
+
+Every request carries
+``Authorization: OG1-HMAC-SHA256 key=<id>, ts=<unix s>, nonce=<16-64 alnum>, sig=<hex>``,
+``sig`` being HMAC-SHA256 with the key's secret over
+``METHOD\\nTARGET\\nts\\nnonce\\nhex(sha256(body))``. Verifying costs no round
+trip: every process holds every key (``Keyring``, reloaded from the store and
+pushed on change) and derives each key's secret from the deployment's secret,
+so no secret is ever stored. A nonce is remembered for the tolerance window by
+the process that owns it (its slot's), so a request replayed to another
+process is caught there too (``NonceBook`` and the runtime's forwarding).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from omnigrid.actors.errors import GridError
+from omnigrid.persistence.keys import ApiKey
+
+SCHEME = "OG1-HMAC-SHA256"
+TOLERANCE_S = 300.0
+SCOPES = frozenset(
+    {
+        "carts:read",
+        "carts:write",
+        "stock:read",
+        "stock:write",
+        "products:write",
+        "members:read",
+        "members:write",
+        "identity:write",
+        "orders:read",
+        "orders:write",
+        "coupons:write",
+        "pii:read",
+        "ops",
+        "admin",
+    }
+)
+ANY_KEY = ""  # a route any valid key may call (a product's page, the tier table)
+_FIELD = re.compile(r"\s*(key|ts|nonce|sig)=([^,\s]*)\s*")
+_NONCE = re.compile(r"[A-Za-z0-9]{16,64}")
+_SIG = re.compile(r"[0-9a-f]{64}")
+
+
+def unauthenticated(detail: str) -> GridError:
+    return GridError("unauthenticated", detail)
+
+
+def forbidden(detail: str = "this key may not do that") -> GridError:
+    return GridError("forbidden", detail)
+
+
+def derive_secret(server_secret: bytes, key_id: str, generation: int) -> str:
+    """A key's secret: the deployment's secret keyed on the key and its generation."""
+    mac = hmac.new(server_secret, f"og1-key|{key_id}|{generation}".encode(), hashlib.sha256)
+    return "ogs_" + base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def signature(secret: str, method: str, target: str, ts: str, nonce: str, body: bytes) -> str:
+    digest = hashlib.sha256(body).hexdigest()
+    text = f"{method}\n{target}\n{ts}\n{nonce}\n{digest}".encode()
+    return hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified caller."""
+
+    key_id: str
+    scopes: frozenset[str]
+    channel: str | None
+    store: str | None
+
+    def allows(self, scope: str) -> bool:
+        return scope == ANY_KEY or scope in self.scopes or "admin" in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """The parts of an Authorization header."""
+
+    key_id: str
+    ts: str
+    nonce: str
+    sig: str
+
+
+def parse(header: str) -> Signed:
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme != SCHEME:
+        raise unauthenticated(f"Authorization must use {SCHEME}")
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        m = _FIELD.fullmatch(part)
+        if m is None or m.group(1) in fields:
+            raise unauthenticated("Authorization must be key=, ts=, nonce=, sig= once each")
+        fields[m.group(1)] = m.group(2)
+    if fields.keys() != {"key", "ts", "nonce", "sig"}:
+        raise unauthenticated("Authorization must carry key=, ts=, nonce= and sig=")
+    if not fields["ts"].isdigit() or len(fields["ts"]) > 12:
+        raise unauthenticated("ts must be unix seconds")
+    if _NONCE.fullmatch(fields["nonce"]) is None:
+        raise unauthenticated("nonce must be 16-64 letters and digits")
+    if _SIG.fullmatch(fields["sig"]) is None:
+        raise unauthenticated("sig must be 64 lower-case hex digits")
+    return Signed(fields["key"], fields["ts"], fields["nonce"], fields["sig"])
+
+
+class Keyring:
+    """Every key of the grid, in memory, with the secrets it accepts now."""
+
+    def __init__(self, server_secret: bytes, bootstrap: str = "") -> None:
+        self.server_secret = server_secret
+        self._keys: dict[str, tuple[Principal, list[tuple[str, float]]]] = {}
+        self._bootstrap: tuple[Principal, str] | None = None
+        if bootstrap:
+            key_id, sep, secret = bootstrap.partition(":")
+            if not sep or not key_id or len(secret) < 16:
+                raise ValueError("OMNIGRID_BOOTSTRAP_KEY must be <key_id>:<secret of 16+ chars>")
+            self._bootstrap = (Principal(key_id, frozenset({"admin"}), None, None), secret)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys) or self._bootstrap is not None
+
+    def load(self, keys: Iterable[ApiKey]) -> None:
+        """The store's keys (revoked ones are dropped: refused from now on)."""
+        loaded: dict[str, tuple[Principal, list[tuple[str, float]]]] = {}
+        for k in keys:
+            if k.revoked_at is not None:
+                continue
+            principal = Principal(k.key_id, frozenset(k.scopes), k.channel, k.store)
+            secrets = [(derive_secret(self.server_secret, k.key_id, k.generation), float("inf"))]
+            if k.previous_generation is not None and k.previous_until is not None:
+                old = derive_secret(self.server_secret, k.key_id, k.previous_generation)
+                secrets.append((old, k.previous_until))
+            loaded[k.key_id] = (principal, secrets)
+        self._keys = loaded
+
+    def secret_of(self, key: ApiKey) -> str:
+        return derive_secret(self.server_secret, key.key_id, key.generation)
+
+    def verify(
+        self, method: str, target: str, header: str | None, body: bytes, now: float
+    ) -> tuple[Principal, Signed]:
+        """The caller, if its signature holds; else 401 (nothing is applied)."""
+        if header is None:
+            raise unauthenticated("this grid needs signed requests (Authorization)")
+        signed = parse(header)
+        if abs(now - int(signed.ts)) > TOLERANCE_S:
+            raise unauthenticated(f"ts is more than {int(TOLERANCE_S)} s from the grid's clock")
+        if self._bootstrap is not None and signed.key_id == self._bootstrap[0].key_id:
+            principal, secrets = self._bootstrap[0], [(self._bootstrap[1], float("inf"))]
+        else:
+            known = self._keys.get(signed.key_id)
+            if known is None:
+                raise unauthenticated("unknown or revoked key")
+            principal, secrets = known
+        for secret, until in secrets:
+            if now <= until and hmac.compare_digest(
+                signature(secret, method, target, signed.ts, signed.nonce, body), signed.sig
+            ):
+                return principal, signed
+        raise unauthenticated("the signature does not match")
+
+
+class NonceBook:
+    """Nonces seen within the tolerance window, oldest first."""
+
+    def __init__(self, max_entries: int = 2_000_000) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.max_entries = max_entries
+
+    def first_use(self, key_id: str, nonce: str, now: float | None = None) -> bool:
+        """Whether this is the first use of the nonce (and remember it)."""
+        now = time.time() if now is None else now
+        horizon = now - 2 * TOLERANCE_S  # a ts may be 300 s early or late
+        seen = self._seen
+        while seen and (next(iter(seen.values())) < horizon or len(seen) > self.max_entries):
+            seen.popitem(last=False)
+        token = f"{key_id}:{nonce}"
+        if token in seen:
+            return False
+        seen[token] = now
+        return True

@@ -1,0 +1,93 @@
+"""The door: every request's signature, scope, channel and store, before it runs.
+
+Off while no key exists (a grid on loopback out of the box); on as soon as one
+does. A refusal is 401 ``unauthenticated`` or 403 ``forbidden`` and says
+nothing about what it refused: no order contents, no hint that it exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from omnigrid.actors.declaration import Grid
+from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden, unauthenticated
+
+Scope = MutableMapping[str, Any]
+# (key_id, nonce) -> whether this is its first use, asked of the nonce's owner
+NonceCheck = Callable[[str, str], Awaitable[bool]]
+HOME_STORE = "member.home"  # the member's query: its home_store
+ORDER_STORES = "order.stores"  # the order's query: [store, pickup_store] (None: no order)
+UNMASK = b"x-unmask"
+
+
+class Guard:
+    def __init__(self, keyring: Keyring, nonce_check: NonceCheck | None = None) -> None:
+        self.keyring = keyring
+        book = NonceBook()
+
+        async def local(key_id: str, nonce: str) -> bool:
+            return book.first_use(key_id, nonce)
+
+        self.nonce_check = nonce_check or local
+
+    @property
+    def enabled(self) -> bool:
+        return self.keyring.enabled
+
+    async def admit(self, scope: Scope, required: str | None, body: bytes) -> Principal | None:
+        """The verified caller of a route needing ``required`` (None: a public route)."""
+        if required is None or not self.keyring.enabled:
+            return None
+        header: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"")
+        if query:
+            target += "?" + query.decode("latin-1")
+        principal, signed = self.keyring.verify(scope["method"], target, header, body, time.time())
+        if not await self.nonce_check(signed.key_id, signed.nonce):
+            raise unauthenticated("this nonce was used already")
+        if not principal.allows(required):
+            raise forbidden()
+        return principal
+
+    async def check_place(
+        self,
+        principal: Principal | None,
+        grid: Grid,
+        params: dict[str, str],
+        channel: str,
+        is_write: bool,
+    ) -> None:
+        """A channel-bound key writes only as its channel; a store-bound key reaches only
+        its store's orders and members."""
+        if principal is None:
+            return
+        if is_write and principal.channel is not None and channel != principal.channel:
+            raise forbidden(f"this key writes only as {principal.channel}")
+        store = principal.store
+        if store is None:
+            return
+        if "store" in params and params["store"] != store:
+            raise forbidden()
+        asks: dict[str, str] = {}
+        if "order_id" in params:
+            asks[f"order:{params['order_id']}"] = ORDER_STORES
+        if "uid" in params:
+            asks[f"member:{params['uid']}"] = HOME_STORE
+        if not asks:
+            return
+        got = await grid.query(asks)
+        for value in got.values():
+            places = value if isinstance(value, list) else [value]
+            if store not in places:
+                raise forbidden()  # never saying whether it exists
+
+
+def unmask_asked(scope: Scope) -> bool:
+    return any(name == UNMASK and value.lower() == b"true" for name, value in scope["headers"])

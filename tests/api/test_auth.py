@@ -1,0 +1,168 @@
+"""Keys, signatures and scopes, in-process: an open grid until its first key; then
+every request signed, within its scopes, as its channel, in its store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from omnigrid.api.client import GridAuth
+from omnigrid.api.http.auth import SCOPES
+from omnigrid.api.http.routes import UNSET, all_routes
+from tests.conftest import write_headers
+from tests.inprocess import in_process_client
+
+PUBLIC = {"healthz", "readyz"}
+
+
+@pytest.fixture
+def local() -> Iterator[httpx.Client]:
+    with in_process_client() as client:
+        yield client
+
+
+def make_key(c: httpx.Client, auth: httpx.Auth | None = None, **body: Any) -> GridAuth:
+    r = c.post(
+        "/v1/admin/keys",
+        json={"name": "k", **body},
+        headers=write_headers(),
+        auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+    )
+    assert r.status_code == 201, r.text
+    return GridAuth(r.json()["key_id"], r.json()["secret"])
+
+
+def test_every_route_has_a_scope() -> None:
+    for route in all_routes():
+        assert route.scope != UNSET, route.name
+        assert route.scope in SCOPES | {"", None}, (route.name, route.scope)
+        if route.scope is None:
+            assert route.name in PUBLIC, route.name
+
+
+def test_the_first_key_closes_the_door(local: httpx.Client) -> None:
+    assert local.get("/v1/skus/s1/stock").status_code == 404  # open: no key yet
+    admin = make_key(local, scopes=["admin"])
+    listed = local.get("/v1/admin/keys", auth=admin).json()["keys"]
+    assert [k["key_id"] for k in listed] == [admin.key_id] and "secret" not in listed[0]
+    r = local.put("/v1/skus/s1/stock", json={"on_hand": 5}, headers=write_headers())
+    assert (r.status_code, r.json()["code"]) == (401, "unauthenticated")
+    signed = local.put(
+        "/v1/skus/s1/stock", json={"on_hand": 5}, headers=write_headers(), auth=admin
+    )
+    assert signed.status_code == 200
+    assert local.get("/healthz").status_code == 200  # public
+    assert local.get("/v1/skus/s1/stock", auth=admin).json()["on_hand"] == 5
+
+
+def test_stale_replayed_tampered_and_unknown_requests_change_nothing(local: httpx.Client) -> None:
+    admin = make_key(local, scopes=["admin"])
+    local.put("/v1/skus/s1/stock", json={"on_hand": 5}, headers=write_headers(), auth=admin)
+    body = b'{"delta": 1}'
+    target = "/v1/skus/s1/stock/adjustments"
+
+    def send(header: str, content: bytes = body) -> httpx.Response:
+        return local.post(
+            target, content=content, headers={**write_headers(), "Authorization": header}
+        )
+
+    stale = admin.header("POST", target, body, ts=int(time.time()) - 301)
+    assert send(stale).status_code == 401
+    fresh = admin.header("POST", target, body)
+    assert send(fresh).status_code == 200
+    replay = send(fresh)
+    assert (replay.status_code, replay.json()["code"]) == (401, "unauthenticated")
+    assert send(admin.header("POST", target, body), b'{"delta": 9}').status_code == 401
+    assert send(GridAuth("k_nobody", "x" * 20).header("POST", target, body)).status_code == 401
+    for bad in (
+        "Bearer x",
+        "OG1-HMAC-SHA256 key=a",
+        "OG1-HMAC-SHA256 key=a, ts=1, nonce=short, sig=00",
+    ):
+        assert send(bad).status_code == 401
+    assert local.get("/v1/skus/s1/stock", auth=admin).json()["on_hand"] == 6  # once
+
+
+def test_scopes_and_channels_bound_what_a_key_may_do(local: httpx.Client) -> None:
+    admin = make_key(local, scopes=["admin"])
+    local.put("/v1/skus/s1/stock", json={"on_hand": 5}, headers=write_headers(), auth=admin)
+    reader = make_key(local, admin, scopes=["carts:read", "stock:read"])
+    assert local.get("/v1/carts/u1", auth=reader).status_code == 200
+    assert local.get("/v1/skus/s1/stock", auth=reader).status_code == 200
+    add = {"sku": "s1", "qty": 1}
+    refused = local.post("/v1/carts/u1/lines", json=add, headers=write_headers(), auth=reader)
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    assert local.get("/v1/admin/keys", auth=reader).status_code == 403
+    assert local.get("/metrics", auth=reader).status_code == 403
+    till = make_key(local, admin, scopes=["carts:write", "carts:read"], channel="pos")
+    as_app = local.post("/v1/carts/u1/lines", json=add, headers=write_headers("app"), auth=till)
+    assert as_app.status_code == 403
+    as_pos = local.post("/v1/carts/u1/lines", json=add, headers=write_headers("pos"), auth=till)
+    assert as_pos.status_code == 200
+    assert local.get("/v1/carts/u1", auth=admin).json()["lines"][0]["qty"] == 1  # once
+
+
+def test_a_store_bound_key_sees_only_its_store(local: httpx.Client) -> None:
+    admin = make_key(local, scopes=["admin"])
+    for sku in ("a",):
+        local.put(
+            f"/v1/products/{sku}",
+            json={"title": sku, "price": 100},
+            headers=write_headers(),
+            auth=admin,
+        )
+        local.put(f"/v1/skus/{sku}/stock", json={"on_hand": 9}, headers=write_headers(), auth=admin)
+    orders = {}
+    for store in ("s1", "s2"):
+        body = {"uid": f"u-{store}", "lines": [{"sku": "a", "qty": 1}], "store": store}
+        r = local.post("/v1/checkouts", json=body, headers=write_headers(), auth=admin)
+        orders[store] = r.json()["order_id"]
+    shop = make_key(local, admin, scopes=["orders:read", "members:read"], store="s1")
+    assert local.get(f"/v1/orders/{orders['s1']}", auth=shop).status_code == 200
+    other = local.get(f"/v1/orders/{orders['s2']}", auth=shop)
+    assert other.status_code == 403  # and nothing of the order: its user, lines, store
+    assert not {"u-s2", "lines", "s2", "total"} & set(other.json()["detail"].split())
+    assert set(other.json()) == {"type", "title", "status", "detail", "code", "instance"}
+    missing = local.get("/v1/orders/nosuch", auth=shop)
+    assert missing.status_code == 403  # the same answer: nothing says whether it exists
+    assert local.get("/v1/stores/s1/orders", auth=shop).status_code == 200
+    assert local.get("/v1/stores/s2/orders", auth=shop).status_code == 403
+    assert local.get("/v1/members/u-s2", auth=shop).status_code == 403
+
+
+def test_rotation_overlaps_and_revocation_is_immediate(local: httpx.Client) -> None:
+    admin = make_key(local, scopes=["admin"])
+    key = make_key(local, admin, scopes=["stock:read"])
+    r = local.post(
+        f"/v1/admin/keys/{key.key_id}/rotate",
+        json={"overlap_s": 60},
+        headers=write_headers(),
+        auth=admin,
+    )
+    new = GridAuth(key.key_id, r.json()["secret"])
+    assert new.secret != key.secret
+    for auth in (key, new):  # both, for the overlap
+        assert local.get("/v1/skus/s1/stock", auth=auth).status_code == 404
+    r = local.post(
+        f"/v1/admin/keys/{key.key_id}/rotate",
+        json={"overlap_s": 0},
+        headers=write_headers(),
+        auth=admin,
+    )
+    newest = GridAuth(key.key_id, r.json()["secret"])
+    assert local.get("/v1/skus/s1/stock", auth=new).status_code == 401
+    assert local.get("/v1/skus/s1/stock", auth=newest).status_code == 404
+    gone = local.delete(f"/v1/admin/keys/{key.key_id}", headers=write_headers(), auth=admin)
+    assert gone.status_code == 200 and gone.json()["revoked_at"] is not None
+    assert local.get("/v1/skus/s1/stock", auth=newest).status_code == 401
+    bad = local.post(
+        "/v1/admin/keys",
+        json={"name": "x", "scopes": ["root"]},
+        headers=write_headers(),
+        auth=admin,
+    )
+    assert bad.status_code == 422
