@@ -10,13 +10,16 @@ events and logs only ever hold those two.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
+import os
 import re
 from dataclasses import dataclass
 
 import phonenumbers
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from stdnum.cn import ric
 
 from omnigrid.actors.declaration import Refusal
@@ -62,6 +65,28 @@ class Identifier:
     digest: str  # keyed hash of the normal form: the directory's key
     shown: str  # what answers show
     app_id: str | None = None
+    sealed: str | None = None  # a phone or email, encrypted: for X-Unmask (never in clear)
+
+
+SEALED = ("phone", "email")  # what a pii:read key may see unmasked
+
+
+def seal(normal: str) -> str:
+    """The normal form encrypted (AES-GCM, a key derived from the deployment's secret)."""
+    nonce = os.urandom(12)
+    token = AESGCM(_seal_key()).encrypt(nonce, normal.encode(), b"og1-seal")
+    return base64.urlsafe_b64encode(nonce + token).decode()
+
+
+def unseal(sealed: str) -> str:
+    raw = base64.urlsafe_b64decode(sealed.encode())
+    return AESGCM(_seal_key()).decrypt(raw[:12], raw[12:], b"og1-seal").decode()
+
+
+def _seal_key() -> bytes:
+    if not _secret:
+        raise RuntimeError("identifiers.configure() was not called: no identity secret")
+    return hmac.new(_secret, b"og1-seal-key", hashlib.sha256).digest()
 
 
 def parse(type_: str, value: object, app_id: object = None) -> Identifier:
@@ -80,7 +105,8 @@ def parse(type_: str, value: object, app_id: object = None) -> Identifier:
         raise InvalidRequest("only a wechat_openid takes an app_id")
     normal, shown = _normal(type_, text)
     scope = app_id if isinstance(app_id, str) else ""
-    return Identifier(type_, digest(type_, normal, scope), shown, scope or None)
+    sealed = seal(normal) if type_ in SEALED else None
+    return Identifier(type_, digest(type_, normal, scope), shown, scope or None, sealed)
 
 
 def digest(type_: str, normal: str, scope: str = "") -> str:

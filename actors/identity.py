@@ -85,6 +85,7 @@ class Bound(Input):
     digest: str
     shown: str
     app_id: str | None = None
+    sealed: str | None = None  # a phone or email, encrypted (actors/identifiers.py)
 
 
 class Record(Input):
@@ -148,10 +149,11 @@ class Held:
     bound_at: float
     channel: str
     from_merge: str | None = None  # the merge that brought it (an undo takes it back)
+    sealed: str | None = None  # a phone or email, encrypted: X-Unmask's
 
     def bound(self) -> dict[str, Any]:
         return {"type": self.type, "digest": self.digest, "shown": self.shown,
-                "app_id": self.app_id}  # fmt: skip
+                "app_id": self.app_id, "sealed": self.sealed}  # fmt: skip
 
     def view(self) -> dict[str, Any]:
         return {"type": self.type, "value": self.shown, "app_id": self.app_id,
@@ -196,14 +198,15 @@ class Identity(Entity):
 
     def kind_state(self) -> Any:
         rows = [[h.type, h.digest, h.shown, h.app_id, h.bound_at, h.channel, h.from_merge]
-                for h in self.held]  # fmt: skip
+                + ([h.sealed] if h.sealed is not None else []) for h in self.held]  # fmt: skip
         return [rows, self.history, self.merged_into, self.merged_from]
 
     def load_kind_state(self, data: Any) -> None:
         rows, self.history, self.merged_into, *merged_from = data
         self.merged_from = list(merged_from[0]) if merged_from else []
         self.held = [Held(intern(r[0]), r[1], r[2], r[3], r[4], intern(r[5]),
-                          r[6] if len(r) > 6 else None) for r in rows]  # fmt: skip
+                          r[6] if len(r) > 6 else None, r[7] if len(r) > 7 else None)
+                     for r in rows]  # fmt: skip
 
     def get(self, _: None, channel: str, now: float) -> Outcome:
         return Outcome(200, self.view(), changed=False)
@@ -226,7 +229,8 @@ class Identity(Entity):
             if count > limit_of(type_):
                 raise IDENTITY_LIMIT(f"a user has at most {limit_of(type_)} {type_}")
         for b in new:
-            held = Held(intern(b.type), b.digest, b.shown, b.app_id, now, intern(channel))
+            held = Held(intern(b.type), b.digest, b.shown, b.app_id, now, intern(channel),
+                        sealed=b.sealed)  # fmt: skip
             self.held.append(held)
             self._log(now, inp.op, held.view(), channel)
         return Outcome(200, None, changed=bool(new))
@@ -261,7 +265,7 @@ class Identity(Entity):
         for b in inp.items:
             if b.digest not in have:
                 held = Held(intern(b.type), b.digest, b.shown, b.app_id, now, intern(channel),
-                            inp.merge_id)  # fmt: skip
+                            inp.merge_id, b.sealed)  # fmt: skip
                 self.held.append(held)
         self.merged_from.append(inp.other_uid)
         self._log(now, "merge", None, channel, other=inp.other_uid, merge_id=inp.merge_id)
@@ -321,8 +325,8 @@ async def _release(grid: Grid, idents: list[identifiers.Identifier], uid: str, c
 
 
 def _bound(idents: list[identifiers.Identifier]) -> list[dict[str, Any]]:
-    return [{"type": i.type, "digest": i.digest, "shown": i.shown, "app_id": i.app_id}
-            for i in idents]  # fmt: skip
+    return [{"type": i.type, "digest": i.digest, "shown": i.shown, "app_id": i.app_id,
+             "sealed": i.sealed} for i in idents]  # fmt: skip
 
 
 async def _record(
@@ -487,6 +491,10 @@ KIND = Kind(
             scope="members:read",
         ),
     ),
-    queries={ALIAS: lambda identity: identity.merged_into},
+    queries={
+        ALIAS: lambda identity: identity.merged_into,
+        # each identifier's sealed value, in the view's order (X-Unmask, api/http/guard.py)
+        "identity.sealed": lambda identity: [h.sealed for h in identity.held],
+    },
     refusals=(IDENTITY_CONFLICT, IDENTITY_LIMIT, USER_MERGED, identifiers.BLOCKED_IDENTIFIER),
 )

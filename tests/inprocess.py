@@ -22,6 +22,7 @@ from omnigrid.api.http.behaviour import BehaviourEndpoints
 from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.openapi import docs_app
+from omnigrid.api.http.ops import OpsEndpoints
 from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
 from omnigrid.api.http.webhooks import WebhookEndpoints
@@ -68,13 +69,22 @@ def in_process_app() -> GridApp:
     async def reload() -> None:
         keyring.load(keys.all())
 
+    async def log_unmask(key_id: str, route: str, uid: str | None) -> None:
+        keys.log_pii_access(key_id, route, uid)
+
+    made: list[GridApp] = []
+
+    async def windows(window_s: int) -> list[dict[str, Any]]:
+        return [made[0].sync_stats.window(window_s)]
+
     routes = all_routes(
         WebhookEndpoints(WebhookStore(db)),
         BehaviourEndpoints(BehaviourLog(db), channels),
         KeyEndpoints(keys, keyring, reload),
+        OpsEndpoints(windows),
     )
     metrics = GridMetrics(0)
-    return GridApp(
+    app = GridApp(
         router,
         routes,
         Operations(),
@@ -82,8 +92,10 @@ def in_process_app() -> GridApp:
         channels,
         docs_app(routes),
         streams=streams,
-        guard=Guard(keyring),
+        guard=Guard(keyring, unmask_log=log_unmask),
     )
+    made.append(app)
+    return app
 
 
 class SyncASGITransport(httpx.BaseTransport):

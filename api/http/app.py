@@ -19,12 +19,15 @@ import orjson
 from omnigrid.actors.declaration import Grid
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded
 from omnigrid.api.http import validation as v
-from omnigrid.api.http.guard import Guard
+from omnigrid.api.http.auth import Principal
+from omnigrid.api.http.dashboard import PAGE
+from omnigrid.api.http.guard import Guard, unmask_asked
 from omnigrid.api.http.handlers import Call
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.problems import error_response, problem_response
 from omnigrid.api.http.routes import Route, RouteTable
 from omnigrid.api.http.streams import StreamServer
+from omnigrid.api.http.sync_stats import SyncStats
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,6 +42,7 @@ log = logging.getLogger("omnigrid.api")
 
 JSON = [(b"content-type", b"application/json")]
 TEXT = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+DASHBOARD = PAGE.encode()
 DOCS_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -85,6 +89,7 @@ class GridApp:
         self.table = RouteTable(routes)
         self.streams = streams  # long-lived: counted apart from max_inflight
         self.guard = guard  # signatures, scopes, channels and stores (None: an open grid)
+        self.sync_stats = SyncStats()  # each channel's requests per second (/v1/ops/sync)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,7 +126,9 @@ class GridApp:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.observe(channel, name, method, status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(channel, name, method, status, elapsed)
+        self.sync_stats.request(channel, status, elapsed, error_code)
 
     async def _dispatch(
         self,
@@ -166,7 +173,7 @@ class GridApp:
             if self.inflight > self.max_inflight:
                 raise Overloaded(f"{self.inflight - 1} requests are already in progress here")
             body = await _read_body(receive) if route.is_write else b""
-            await self._admit(scope, route, params, body, channel_text)
+            principal = await self._admit(scope, route, params, body, channel_text)
             if route.handler is None:
                 return await self._operations(route)
             if route.is_write and channel_text not in self.channels:
@@ -185,6 +192,8 @@ class GridApp:
                 v.clerk(clerk_raw, channel) if route.is_write else None,
             )
             status, answer = await route.handler(self.grid, call)
+            if self.guard is not None and unmask_asked(scope):
+                answer = await self.guard.unmask(principal, self.grid, route.name, answer)
             headers = list(JSON)
             if route.etag:
                 headers.append((b"etag", b'"%d"' % answer["version"]))
@@ -200,14 +209,19 @@ class GridApp:
 
     async def _admit(
         self, scope: Scope, route: Route, params: dict[str, str], body: bytes, channel: str
-    ) -> None:
+    ) -> Principal | None:
         """The caller's signature, scope, channel and store (an open grid: nothing)."""
         if self.guard is None or not self.guard.enabled:
-            return
+            return None
         principal = await self.guard.admit(scope, route.scope, body)
         await self.guard.check_place(principal, self.grid, params, channel, route.is_write)
+        return principal
 
     async def _operations(self, route: Route) -> Answer:
+        if route.name == "ops_dashboard":
+            headers = [(b"content-type", b"text/html; charset=utf-8"),
+                       (b"cache-control", b"no-store")]  # fmt: skip
+            return 200, DASHBOARD, headers, "none", None
         if route.name == "healthz":
             return 200, b'{"status":"ok"}', list(JSON), "none", None
         if route.name == "readyz":

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from omnigrid.actors import identifiers
 from omnigrid.actors.declaration import Grid
 from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden, unauthenticated
 
@@ -22,9 +23,20 @@ ORDER_STORES = "order.stores"  # the order's query: [store, pickup_store] (None:
 UNMASK = b"x-unmask"
 
 
+UNMASKABLE = frozenset({"get_identities"})  # the routes X-Unmask shows in clear
+# (key_id, route, uid): an unmasked read, for the pii-access log
+UnmaskLog = Callable[[str, str, str | None], Awaitable[None]]
+
+
 class Guard:
-    def __init__(self, keyring: Keyring, nonce_check: NonceCheck | None = None) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        nonce_check: NonceCheck | None = None,
+        unmask_log: UnmaskLog | None = None,
+    ) -> None:
         self.keyring = keyring
+        self.unmask_log = unmask_log
         book = NonceBook()
 
         async def local(key_id: str, nonce: str) -> bool:
@@ -87,6 +99,24 @@ class Guard:
             places = value if isinstance(value, list) else [value]
             if store not in places:
                 raise forbidden()  # never saying whether it exists
+
+    async def unmask(self, principal: Principal | None, grid: Grid, route: str, answer: Any) -> Any:
+        """``X-Unmask: true``: the clear phone and email, for a ``pii:read`` key only,
+        each such read in the pii-access log. Id numbers stay masked: never stored."""
+        if principal is None or not principal.allows("pii:read"):
+            raise forbidden("X-Unmask needs a key with pii:read")
+        if route not in UNMASKABLE or not isinstance(answer, dict):
+            return answer
+        uid = answer.get("uid")
+        key = f"identity:{uid}"
+        sealed = (await grid.query({key: "identity.sealed"}))[key] or []
+        shown = [
+            {**item, "value": identifiers.unseal(token)} if token else item
+            for item, token in zip(answer["identifiers"], sealed, strict=False)
+        ]
+        if self.unmask_log is not None:
+            await self.unmask_log(principal.key_id, route, uid)
+        return {**answer, "identifiers": shown}
 
 
 def unmask_asked(scope: Scope) -> bool:

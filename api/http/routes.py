@@ -23,6 +23,7 @@ from omnigrid.api.http import sync as sd
 from omnigrid.api.http import webhooks as w
 from omnigrid.api.http.admin import KeyCreate, KeyEndpoints, KeyRotate
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.ops import OpsEndpoints
 from omnigrid.api.http.suggestions import Suggestions
 from omnigrid.api.http.sync import sync as offline_sync
 from omnigrid.api.http.webhooks import WebhookEndpoints
@@ -103,7 +104,10 @@ def kind_routes(kind: Kind) -> list[Route]:
 
 
 def own_routes(
-    webhooks: WebhookEndpoints, behaviour: BehaviourEndpoints, keys: KeyEndpoints
+    webhooks: WebhookEndpoints,
+    behaviour: BehaviourEndpoints,
+    keys: KeyEndpoints,
+    ops: OpsEndpoints,
 ) -> tuple[Route, ...]:
     """The grid's routes beside the kinds': offline sync, behaviour, webhooks, keys,
     operations."""
@@ -148,6 +152,66 @@ def own_routes(
             answer=dict[str, Any],
             refusals=("not_found",),
             scope="admin",
+        ),
+        Route(
+            "GET",
+            "/v1/ops/sync",
+            "ops_sync",
+            ops.sync,
+            "Each channel's requests, success, latency and sync lag over window_s, and "
+            "the alerts firing",
+            answer=dict[str, Any],
+            scope="ops",
+            query=(("window_s", {"type": "integer", "minimum": 1, "maximum": 900}),),
+        ),
+        Route(
+            "GET",
+            "/v1/ops/series",
+            "ops_series",
+            ops.series,
+            "Per second and channel over window_s: the dashboard's points",
+            answer=dict[str, Any],
+            scope="ops",
+            query=(("window_s", {"type": "integer", "minimum": 1, "maximum": 900}),),
+        ),
+        Route(
+            "GET",
+            "/v1/ops/alert-rules",
+            "get_alert_rules",
+            ops.get_rules,
+            "The alert rules",
+            answer=dict[str, Any],
+            scope="ops",
+        ),
+        Route(
+            "PUT",
+            "/v1/ops/alert-rules",
+            "put_alert_rules",
+            ops.put_rules,
+            "Replace the alert rules (every process)",
+            body=dict[str, Any],
+            answer=dict[str, Any],
+            scope="ops",
+        ),
+        Route(
+            "GET",
+            "/v1/ops/alerts",
+            "ops_alerts",
+            ops.get_alerts,
+            "Alerts, newest first (?state=firing|resolved)",
+            answer=dict[str, Any],
+            scope="ops",
+            query=(("state", {"type": "string", "enum": ["firing", "resolved"]}),),
+        ),
+        Route(
+            "GET",
+            "/ops",
+            "ops_dashboard",
+            None,
+            "The sync dashboard: a page that signs its own requests with an ops key",
+            answer=str,
+            media_type="text/html",
+            scope=None,
         ),
         Route(
             "GET",
@@ -289,12 +353,15 @@ def all_routes(
     webhooks: WebhookEndpoints | None = None,
     behaviour: BehaviourEndpoints | None = None,
     keys: KeyEndpoints | None = None,
+    ops: OpsEndpoints | None = None,
 ) -> tuple[Route, ...]:
     """The registered kinds' routes, then the grid's own (over these stores; without
     them, those routes answer 503: enough for the document)."""
     webhooks = webhooks or WebhookEndpoints(None)
     behaviour = behaviour or BehaviourEndpoints(None, frozenset())
-    own = own_routes(webhooks, behaviour, keys or KeyEndpoints(None, None))
+    own = own_routes(
+        webhooks, behaviour, keys or KeyEndpoints(None, None), ops or OpsEndpoints(None)
+    )
     return tuple(r for kind in kinds() for r in kind_routes(kind)) + stream_routes() + own
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.parse
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 import orjson
@@ -104,6 +105,8 @@ class StreamServer:
         self.heartbeat_s = heartbeat_s
         self.open = 0
         self.sent = 0
+        # (channel, seconds since the change): a live event's sync lag (api/http/sync_stats.py)
+        self.on_delivered: Callable[[str, float], None] | None = None
 
     async def serve(
         self, scope: Scope, receive: Any, send: Any, kinds: tuple[Kind, ...], params: dict[str, str]
@@ -198,6 +201,8 @@ class StreamServer:
                 if sub.last >= 0 and event.version > sub.last + 1:
                     await self._catch_up(subs, sub, send, event.version)
                 await self._send_event(subs, sub, send, event)
+                if self.on_delivered is not None:  # live, not history a client caught up on
+                    self.on_delivered(event.channel, time.time() - event.at)
             if any(sub.overflowed for sub in subs):  # end cleanly: the client resumes
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

@@ -40,7 +40,8 @@ class WebhookCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         parsed = urllib.parse.urlsplit(self.url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError("url must be an absolute http or https URL")
-        names = [kind.name for kind in kinds()]  # every kind's changes are webhook events
+        # every kind's changes are webhook events; "alert": alerts firing and resolving
+        names = [kind.name for kind in kinds()] + ["alert"]
         if any(e not in names for e in self.events):
             raise ValueError(f"events must be a non-empty list of {', '.join(names)}")
 

@@ -36,8 +36,10 @@ from omnigrid.api.http.behaviour import BehaviourEndpoints
 from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.metrics import GridMetrics, merge_expositions
 from omnigrid.api.http.openapi import docs_app
+from omnigrid.api.http.ops import EVAL_EVERY_S, OpsEndpoints
 from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
+from omnigrid.api.http.sync_stats import KEEP_S
 from omnigrid.api.http.webhooks import WebhookEndpoints
 from omnigrid.api.runtime.hub import HUB_OPS, EventHub
 from omnigrid.api.runtime.node_gauges import add_node_gauges
@@ -50,6 +52,7 @@ from omnigrid.persistence.db import Database
 from omnigrid.persistence.hot_copy import HotCopy
 from omnigrid.persistence.journal import Journal, JournalUnavailable
 from omnigrid.persistence.keys import KeyStore
+from omnigrid.persistence.ops_store import OpsStore
 from omnigrid.persistence.store import Store
 from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
@@ -64,6 +67,7 @@ CONTROL_TIMEOUT_S = 3.0
 # reported missing, so health answers within a second during any outage.
 HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
+RECENT_S = 60  # what a process sends for short windows (alerts look at 10 s)
 KEYS_RELOAD_S = 2.0  # keys changed outside the grid (the CLI) are seen this fast
 NONCE_OP = "auth.nonce"  # "is this nonce new?", to the process that owns it
 SIDE_OPS = HUB_OPS | {NONCE_OP}
@@ -166,12 +170,16 @@ class GridNode:
         self.keyring = Keyring(server_secret or os.urandom(32), settings.bootstrap_key)
         self.keyring.load(self.keys.all())
         self.nonces = NonceBook()
-        self.guard = Guard(self.keyring, self._first_use)
+        self.guard = Guard(self.keyring, self._first_use, self._log_unmask)
+        self.ops_store = OpsStore(database)
+        self.ops = OpsEndpoints(self._sync_windows, save_rules=self._save_rules)
+        self.ops.load_rules(self.ops_store.rules())
         channels = frozenset(settings.channels)
         routes = all_routes(
             WebhookEndpoints(webhooks),
             BehaviourEndpoints(BehaviourLog(database), channels),
             KeyEndpoints(self.keys, self.keyring, self._keys_changed),
+            self.ops,
         )
         self.app = GridApp(
             self.router,
@@ -184,6 +192,8 @@ class GridNode:
             self.streams,
             self.guard,
         )
+        self.streams.on_delivered = self.app.sync_stats.delivered
+        self.webhook_sender.on_delivered = self.app.sync_stats.delivered
         add_node_gauges(self)
         self.unix_path = os.path.join(
             tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
@@ -212,6 +222,7 @@ class GridNode:
         self._tasks.append(loop.create_task(self.hub.refresh_forever()))
         self._tasks.append(loop.create_task(self.webhook_sender.run()))
         self._tasks.append(loop.create_task(self._reload_keys_forever()))
+        self._tasks.append(loop.create_task(self._evaluate_alerts_forever()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
@@ -291,6 +302,40 @@ class GridNode:
         except Exception:  # its owner is away: this process remembers it meanwhile
             return self.nonces.first_use(key_id, nonce)
         return bool(result.body)
+
+    # -- sync monitoring -----------------------------------------------------------
+
+    def sync_window(self, window_s: int) -> dict[str, Any]:
+        return self.app.sync_stats.window(window_s)
+
+    async def _sync_windows(self, window_s: int) -> list[dict[str, Any]]:
+        """Every process's seconds of sync statistics (the last minute, or all kept)."""
+        method = "sync_recent" if window_s <= RECENT_S else "sync_all"
+        answers = await self._ask_all(method, HEALTH_TIMEOUT_S)
+        mine = self.sync_window(RECENT_S if window_s <= RECENT_S else KEEP_S)
+        start = int(time.time()) - window_s
+        windows = [mine] + [a for a in answers.values() if isinstance(a, dict)]
+        return [{s: row for s, row in w.items() if int(s) > start} for w in windows]
+
+    async def _save_rules(self, rules: list[dict[str, Any]]) -> None:
+        await asyncio.to_thread(self.ops_store.put_rules, rules)
+
+    async def _evaluate_alerts_forever(self) -> None:
+        """Every process evaluates (any answers /v1/ops/alerts); shard 0 notifies."""
+        notify = self._notify_alert if self.shard_id == 0 else None
+        while True:
+            await asyncio.sleep(EVAL_EVERY_S)
+            try:
+                self.ops.load_rules(await asyncio.to_thread(self.ops_store.rules))
+                await self.ops.evaluate(notify)
+            except Exception as e:
+                log.warning("the alert rules cannot be evaluated: %r", e)
+
+    async def _notify_alert(self, alert: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.ops_store.queue_alert, self.shard_id, alert)
+
+    async def _log_unmask(self, key_id: str, route: str, uid: str | None) -> None:
+        await asyncio.to_thread(self.keys.log_pii_access, key_id, route, uid)
 
     async def reload_keys(self) -> None:
         self.keyring.load(await asyncio.to_thread(self.keys.all))

@@ -88,6 +88,18 @@ class ShardProcess:
 
         return self._on_loop(read())
 
+    def sync_recent(self) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            return self.node.sync_window(60)
+
+        return self._on_loop(read())
+
+    def sync_all(self) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            return self.node.sync_window(900)
+
+        return self._on_loop(read())
+
     def reload_keys(self) -> None:
         self._on_loop(self.node.reload_keys())
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
+import orjson
 
 from omnigrid.api.runtime.signing import HEADER, sign
+from omnigrid.persistence.events import parse_rfc3339
 from omnigrid.persistence.store import StoreUnavailable
 from omnigrid.persistence.webhooks import Delivery, Webhook, WebhookStore
 
@@ -40,6 +43,8 @@ class WebhookSender:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        # (channel, seconds since the change): a delivery's sync lag (api/http/sync_stats.py)
+        self.on_delivered: Callable[[str, float], None] | None = None
         self.registry: list[Webhook] = []
         self.sent = self.failed = self.dead = 0
 
@@ -105,5 +110,17 @@ class WebhookSender:
         except httpx.HTTPError as e:
             return f"{type(e).__name__}: {e}"[:500]
         if 200 <= response.status_code < 300:
+            if self.on_delivered is not None:
+                self._delivered(d.body)
             return None
         return f"HTTP {response.status_code}"
+
+    def _delivered(self, body: str) -> None:
+        """A change reached its receiver: its sync lag, for the change's channel."""
+        try:
+            sent = orjson.loads(body)
+            lag = time.time() - parse_rfc3339(sent["at"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if self.on_delivered is not None and sent.get("channel"):
+            self.on_delivered(str(sent["channel"]), lag)

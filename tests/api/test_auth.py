@@ -3,6 +3,9 @@ every request signed, within its scopes, as its channel, in its store."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,10 +16,10 @@ import pytest
 from omnigrid.api.client import GridAuth
 from omnigrid.api.http.auth import SCOPES
 from omnigrid.api.http.routes import UNSET, all_routes
-from tests.conftest import write_headers
+from tests.conftest import Grid, write_headers
 from tests.inprocess import in_process_client
 
-PUBLIC = {"healthz", "readyz"}
+PUBLIC = {"healthz", "readyz", "ops_dashboard"}  # the page: its data calls are signed
 
 
 @pytest.fixture
@@ -166,3 +169,107 @@ def test_rotation_overlaps_and_revocation_is_immediate(local: httpx.Client) -> N
         auth=admin,
     )
     assert bad.status_code == 422
+
+
+def test_keys_from_the_cli_on_a_real_grid_replays_to_any_process_and_revocation() -> None:
+    """Two processes serve one port: a key made with ``omnigrid keys`` on the host is
+    honoured by both, a signed request replayed is refused whichever process it
+    reaches, and a revoked key is refused by both at once."""
+    grid = Grid()
+    try:
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "omnigrid.api.runtime.cli",
+                "keys",
+                "--data-dir",
+                grid.data_dir,
+                "create",
+                "--scopes",
+                "admin",
+                "--name",
+                "ops",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=grid.env,
+        )
+        created = json.loads(made.stdout)
+        admin = GridAuth(created["key_id"], created["secret"])
+        deadline = time.monotonic() + 10
+        with httpx.Client(base_url=grid.url, timeout=10) as c:
+            while c.get("/v1/cluster").status_code != 401:  # reloaded within 2 s
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            c.put("/v1/skus/s1/stock", json={"on_hand": 5}, headers=write_headers(), auth=admin)
+            target, body = "/v1/skus/s1/stock/adjustments", b'{"delta": 1}'
+            header = admin.header("POST", target, body)
+            answers = []
+            for _ in range(12):  # fresh connections: SO_REUSEPORT spreads them
+                with httpx.Client(base_url=grid.url, timeout=10) as one:
+                    answers.append(
+                        one.post(
+                            target,
+                            content=body,
+                            headers={**write_headers(), "Authorization": header},
+                        ).status_code
+                    )
+            assert sorted(answers) == [200] + [401] * 11, answers
+            reader = make_key(c, admin, scopes=["stock:read"])
+            r = c.delete(f"/v1/admin/keys/{reader.key_id}", headers=write_headers(), auth=admin)
+            assert r.status_code == 200
+            for _ in range(12):  # at once, on every process
+                with httpx.Client(base_url=grid.url, timeout=10) as one:
+                    assert one.get("/v1/skus/s1/stock", auth=reader).status_code == 401
+            assert c.get("/v1/skus/s1/stock", auth=admin).json()["on_hand"] == 6
+    finally:
+        grid.stop()
+
+
+def test_a_grid_on_a_non_loopback_address_needs_a_key_or_insecure(tmp_path: Any) -> None:
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omnigrid.api.runtime.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "no API key" in refused.stderr
+
+
+def test_x_unmask_shows_phone_and_email_to_pii_read_only_and_logs_it(local: httpx.Client) -> None:
+    admin = make_key(local, scopes=["admin"])
+    ids = [
+        {"type": "phone", "value": "13812341234"},
+        {"type": "email", "value": "Ann@Example.com"},
+        {"type": "id_number", "value": "11010519491231002X"},
+    ]
+    r = local.post(
+        "/v1/identities/resolve", json={"identifiers": ids}, headers=write_headers(), auth=admin
+    )
+    uid = r.json()["uid"]
+    path = f"/v1/users/{uid}/identities"
+    masked = [i["value"] for i in local.get(path, auth=admin).json()["identifiers"]]
+    assert "13812341234" not in str(masked) and "ann@example.com" not in masked
+    reader = make_key(local, admin, scopes=["members:read"])
+    refused = local.get(path, auth=reader, headers={"X-Unmask": "true"})
+    assert refused.status_code == 403
+    pii = make_key(local, admin, scopes=["members:read", "pii:read"])
+    clear = local.get(path, auth=pii, headers={"X-Unmask": "true"}).json()["identifiers"]
+    values = {i["type"]: i["value"] for i in clear}
+    assert values["phone"] == "+8613812341234" and values["email"] == "ann@example.com"
+    assert values["id_number"].startswith("1101") and "*" in values["id_number"]
+    log = local.get("/v1/admin/pii-access", auth=admin).json()["reads"]
+    assert [(e["key_id"], e["route"], e["uid"]) for e in log] == [
+        (pii.key_id, "get_identities", uid)
+    ]

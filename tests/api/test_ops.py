@@ -1,0 +1,116 @@
+"""Sync monitoring in-process: each channel's figures from real requests, alert rules,
+alerts firing and resolving, the dashboard page."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from omnigrid.api.http import sync_stats as st
+from omnigrid.api.http.ops import AlertBook, OpsEndpoints, Rule
+from tests.conftest import write_headers
+from tests.inprocess import in_process_client
+
+
+@pytest.fixture
+def local() -> Iterator[httpx.Client]:
+    with in_process_client() as client:
+        yield client
+
+
+def test_each_channels_requests_refusals_and_latency_are_counted(local: httpx.Client) -> None:
+    local.put("/v1/skus/s1/stock", json={"on_hand": 1}, headers=write_headers("pos"))
+    for _ in range(3):
+        local.post("/v1/carts/u1/lines", json={"sku": "s1", "qty": 1}, headers=write_headers("app"))
+    figures = local.get("/v1/ops/sync", params={"window_s": 60}).json()
+    app, pos = figures["channels"]["app"], figures["channels"]["pos"]
+    assert (app["requests"], pos["requests"]) == (3, 1)
+    assert app["errors"] == {"insufficient_stock": 2}  # refused: an answer, not a failure
+    assert app["success_rate"] == 1.0 and app["p50_ms"] is not None and app["p99_ms"] > 0
+    assert figures["window_s"] == 60 and figures["alerts"] == []
+    series = local.get("/v1/ops/series", params={"window_s": 60}).json()["points"]
+    assert sum(p["requests"] for p in series if p["channel"] == "app") == 3
+    assert local.get("/v1/ops/sync", params={"window_s": 0}).status_code == 422
+
+
+def test_alert_rules_are_replaced_whole_and_checked(local: httpx.Client) -> None:
+    rules = local.get("/v1/ops/alert-rules").json()["rules"]
+    assert {(r["metric"], r["above"], r["for_s"]) for r in rules} == {
+        ("sync_lag_p99_ms", 500.0, 60),
+        ("failure_rate", 0.01, 60),
+    }
+    new = {
+        "rules": [{"name": "slow", "metric": "p99_ms", "channel": "pos", "above": 250, "for_s": 30}]
+    }
+    assert local.put("/v1/ops/alert-rules", json=new, headers=write_headers()).status_code == 200
+    assert local.get("/v1/ops/alert-rules").json()["rules"][0]["name"] == "slow"
+    for bad in (
+        {"rules": [{"name": "x", "metric": "cpu", "above": 1}]},
+        {"rules": [{"name": "x", "metric": "p99_ms", "above": -1}]},
+        {"rules": "all"},
+    ):
+        assert (
+            local.put("/v1/ops/alert-rules", json=bad, headers=write_headers()).status_code == 422
+        )
+    assert local.get("/v1/ops/alerts", params={"state": "sleeping"}).status_code == 422
+
+
+def test_an_alert_fires_after_for_s_and_resolves_when_the_failures_stop() -> None:
+    held = [st.SyncStats()]
+
+    async def windows(window_s: int) -> list[dict[str, Any]]:
+        return [held[0].window(window_s)]
+
+    rule = Rule(name="failures", metric="failure_rate", channel="*", above=0.01, for_s=0)
+    ops = OpsEndpoints(windows, AlertBook((rule,)))
+    sent: list[dict[str, Any]] = []
+
+    async def notify(alert: dict[str, Any]) -> None:
+        sent.append(alert)
+
+    for status in (200, 200, 503, 503):  # kiosk's writes fail half the time
+        held[0].request("kiosk", status, 0.002, None if status == 200 else "unavailable")
+    held[0].request("app", 200, 0.002, None)
+    fired = asyncio.run(ops.evaluate(notify))
+    assert [(a.rule, a.channel, a.state, a.value) for a in fired] == [
+        ("failures", "kiosk", "firing", 0.5)
+    ]
+    assert [a["state"] for a in sent] == ["firing"]
+    assert asyncio.run(ops.evaluate(notify)) == []  # still firing: no second notification
+    held[0] = st.SyncStats()  # the failing seconds have left the window
+    for _ in range(10):
+        held[0].request("kiosk", 200, 0.002, None)
+    resolved = asyncio.run(ops.evaluate(notify))
+    assert [(a.state, a.resolved_at is not None) for a in resolved] == [("resolved", True)]
+    assert [a["state"] for a in sent] == ["firing", "resolved"]
+
+
+def test_a_rule_waits_for_its_for_s() -> None:
+    book = AlertBook((Rule(name="lag", metric="sync_lag_p99_ms", above=500, for_s=60),))
+    slow = {"app": {"sync_lag_p99_ms": 900.0}}
+    assert book.evaluate(slow, 1000.0) == [] and book.evaluate(slow, 1059.0) == []
+    assert [a.state for a in book.evaluate(slow, 1060.0)] == ["firing"]
+    assert [a.state for a in book.evaluate({"app": {"sync_lag_p99_ms": 80.0}}, 1065.0)] == [
+        "resolved"
+    ]
+
+
+def test_percentiles_merge_across_processes() -> None:
+    a, b = st.SyncStats(), st.SyncStats()
+    for _ in range(99):
+        a.request("app", 200, 0.001, None)
+    b.request("app", 200, 2.0, None)
+    figures = st.summary(st.merge([a.window(60), b.window(60)]))["app"]
+    assert figures["requests"] == 100
+    assert figures["p50_ms"] < 2 and figures["p99_ms"] < 2  # 99 of 100 took about 1 ms
+
+
+def test_the_dashboard_is_a_page_of_its_own(local: httpx.Client) -> None:
+    page = local.get("/ops")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/ops/series" in page.text and "http" not in page.text.split("<script>")[1][:20]
+    assert "src=" not in page.text  # nothing fetched from anywhere
