@@ -65,6 +65,7 @@ def in_process_app() -> GridApp:
     hub = EventHub(shard, store, {}, lambda: router.slot_map)
     streams = StreamServer(hub, max_streams=100, heartbeat_s=15, grid=router)
     keys, keyring = KeyStore(db), Keyring(TEST_IDENTITY_SECRET)
+    keyring.load(keys.all())
 
     async def reload() -> None:
         keyring.load(keys.all())

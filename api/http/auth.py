@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from omnigrid.actors.errors import GridError
+from omnigrid.actors.errors import GridError, Unavailable
 from omnigrid.persistence.keys import ApiKey
 
 SCHEME = "OG1-HMAC-SHA256"
@@ -128,9 +128,12 @@ class Keyring:
                 raise ValueError("OMNIGRID_BOOTSTRAP_KEY must be <key_id>:<secret of 16+ chars>")
             self._bootstrap = (Principal(key_id, frozenset({"admin"}), None, None), secret)
 
+        self.loaded = False  # the store's keys were read at least once
+
     @property
     def enabled(self) -> bool:
-        return bool(self._keys) or self._bootstrap is not None
+        # not loaded yet: closed, not open (a grid that cannot read its keys lets nobody in)
+        return not self.loaded or bool(self._keys) or self._bootstrap is not None
 
     def load(self, keys: Iterable[ApiKey]) -> None:
         """The store's keys (revoked ones are dropped: refused from now on)."""
@@ -145,6 +148,7 @@ class Keyring:
                 secrets.append((old, k.previous_until))
             loaded[k.key_id] = (principal, secrets)
         self._keys = loaded
+        self.loaded = True
 
     def secret_of(self, key: ApiKey) -> str:
         return derive_secret(self.server_secret, key.key_id, key.generation)
@@ -163,6 +167,8 @@ class Keyring:
         else:
             known = self._keys.get(signed.key_id)
             if known is None:
+                if not self.loaded:
+                    raise Unavailable("the grid cannot read its API keys yet; retry later")
                 raise unauthenticated("unknown or revoked key")
             principal, secrets = known
         for secret, until in secrets:

@@ -90,6 +90,14 @@ class GridMetrics:
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )
+        self.sync_lag = Histogram(
+            "omnigrid_sync_lag_seconds",
+            "From a change's acknowledgement to its delivery on a stream or to a webhook, "
+            "by the channel that made it.",
+            ["shard", "channel"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         self._cache: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
         self._gc_started = 0.0
 
@@ -116,6 +124,9 @@ class GridMetrics:
             self._cache[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def delivered(self, channel: str, lag_s: float) -> None:
+        self.sync_lag.labels(self.shard, channel).observe(max(0.0, lag_s))
 
     def error(self, channel: str, route: str, code: str) -> None:
         self.errors.labels(self.shard, channel, route, code).inc()

@@ -53,7 +53,7 @@ from omnigrid.persistence.hot_copy import HotCopy
 from omnigrid.persistence.journal import Journal, JournalUnavailable
 from omnigrid.persistence.keys import KeyStore
 from omnigrid.persistence.ops_store import OpsStore
-from omnigrid.persistence.store import Store
+from omnigrid.persistence.store import Store, StoreUnavailable
 from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
 
@@ -168,12 +168,16 @@ class GridNode:
         # Keys: every process holds them all and checks signatures itself (api/http/auth.py).
         self.keys = KeyStore(database)
         self.keyring = Keyring(server_secret or os.urandom(32), settings.bootstrap_key)
-        self.keyring.load(self.keys.all())
+        try:
+            self.keyring.load(self.keys.all())
+        except StoreUnavailable as e:  # closed until the reload loop reads them
+            log.warning("the API keys cannot be read: %s", e)
         self.nonces = NonceBook()
         self.guard = Guard(self.keyring, self._first_use, self._log_unmask)
         self.ops_store = OpsStore(database)
         self.ops = OpsEndpoints(self._sync_windows, save_rules=self._save_rules)
-        self.ops.load_rules(self.ops_store.rules())
+        with contextlib.suppress(StoreUnavailable):  # the defaults until they can be read
+            self.ops.load_rules(self.ops_store.rules())
         channels = frozenset(settings.channels)
         routes = all_routes(
             WebhookEndpoints(webhooks),
@@ -192,8 +196,8 @@ class GridNode:
             self.streams,
             self.guard,
         )
-        self.streams.on_delivered = self.app.sync_stats.delivered
-        self.webhook_sender.on_delivered = self.app.sync_stats.delivered
+        self.streams.on_delivered = self._delivered
+        self.webhook_sender.on_delivered = self._delivered
         add_node_gauges(self)
         self.unix_path = os.path.join(
             tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
@@ -304,6 +308,11 @@ class GridNode:
         return bool(result.body)
 
     # -- sync monitoring -----------------------------------------------------------
+
+    def _delivered(self, channel: str, lag_s: float) -> None:
+        """A change reached a stream or a webhook: its sync lag, by its channel."""
+        self.app.sync_stats.delivered(channel, lag_s)
+        self.metrics.delivered(channel, lag_s)
 
     def sync_window(self, window_s: int) -> dict[str, Any]:
         return self.app.sync_stats.window(window_s)

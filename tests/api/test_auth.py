@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from omnigrid.api.client import GridAuth
-from omnigrid.api.http.auth import SCOPES
+from omnigrid.actors.errors import GridError
+from omnigrid.api.http.auth import SCOPES, Keyring
 from omnigrid.api.http.routes import UNSET, all_routes
 from tests.conftest import Grid, write_headers
 from tests.inprocess import in_process_client
@@ -273,3 +274,14 @@ def test_x_unmask_shows_phone_and_email_to_pii_read_only_and_logs_it(local: http
     assert [(e["key_id"], e["route"], e["uid"]) for e in log] == [
         (pii.key_id, "get_identities", uid)
     ]
+
+
+def test_a_grid_that_cannot_read_its_keys_lets_nobody_in() -> None:
+    ring = Keyring(b"a deployment secret of 32 bytes!")
+    assert ring.enabled  # not loaded: closed, not open
+    header = GridAuth("k_any", "x" * 20).header("GET", "/v1/carts/u1", b"")
+    with pytest.raises(GridError) as refused:
+        ring.verify("GET", "/v1/carts/u1", header, b"", time.time())
+    assert refused.value.code == "unavailable"
+    ring.load([])
+    assert not ring.enabled  # loaded, and no key: the open grid of a fresh install

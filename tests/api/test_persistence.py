@@ -158,6 +158,8 @@ def test_blocked_store_writes_queue_then_drain_and_audit_is_zero(
     PostgresStore(postgres.dsn).close()  # the schema, made by its owner
     postgres.execute(f"GRANT SELECT, INSERT, UPDATE ON {TABLES} TO {postgres.role}")
     postgres.execute(f"GRANT SELECT ON omnigrid_schema_migrations TO {postgres.role}")
+    # the keys every process must read before it lets anyone in (fail closed)
+    postgres.execute(f"GRANT SELECT ON omnigrid_keys, omnigrid_settings TO {postgres.role}")
     grid = redis_postgres_grid(postgres.role_dsn, namespace)
     try:
         with httpx.Client(base_url=grid.url, timeout=10) as c:

@@ -286,6 +286,7 @@ def test_order_moves_are_order_webhook_events_and_bookkeeping_is_not(hc: httpx.C
     receiver = Receiver()
     try:
         hook = register(hc, receiver.url, ["order"])
+        time.sleep(3.0)  # every process, busy or not, has reloaded the registrations
         sku, uid = new_id("sku"), new_id("u")
         hc.put(f"/v1/products/{sku}", json={"title": "t", "price": 500}, headers=write_headers())
         hc.put(f"/v1/skus/{sku}/stock", json={"on_hand": 5}, headers=write_headers("pos"))

@@ -37,6 +37,8 @@ def test_migrations_run_once(postgres: PostgresDatabase) -> None:
         (1, "0001_initial.sql"),
         (2, "0002_behaviour_webhooks.sql"),
         (3, "0003_evidence.sql"),
+        (4, "0004_keys.sql"),
+        (5, "0005_ops.sql"),
     ]
 
 
