@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from omnigrid.api.client import GridAuth
 from omnigrid.actors.errors import GridError
+from omnigrid.api.client import GridAuth
 from omnigrid.api.http.auth import SCOPES, Keyring
 from omnigrid.api.http.routes import UNSET, all_routes
 from tests.conftest import Grid, write_headers
