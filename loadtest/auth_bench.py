@@ -32,18 +32,26 @@ from omnigrid.api.client import GridAuth
 
 REPO = Path(__file__).resolve().parent.parent
 CARTS, SKUS = 500, 500
-SCENARIOS: dict[str, tuple[str, str, bytes]] = {  # method, path template, body
-    "cart_read": ("GET", "/v1/carts/c-{i}", b""),
-    "reserve": ("POST", "/v1/skus/s-{i}/reservations", b'{"qty": 1, "ttl_s": 60}'),
+# method, path template, body; {p}: the phase's own entities (unsigned u-, signed s-), so
+# neither phase finds the other's reservations in its stock
+SCENARIOS: dict[str, tuple[str, str, bytes]] = {
+    "cart_read": ("GET", "/v1/carts/{p}c-{i}", b""),
+    "reserve": ("POST", "/v1/skus/{p}s-{i}/reservations", b'{"qty": 1, "ttl_s": 60}'),
 }
 
 LUA = """
+-- each wrk thread takes every other row: a signed row (its nonce) is sent once only
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
 local lines = {}
 for line in io.lines("%(file)s") do lines[#lines + 1] = line end
 local n = 0
 request = function()
+  local row = lines[((n * 2 + tid) %% #lines) + 1]
   n = n + 1
-  local row = lines[((n - 1) %% #lines) + 1]
   local path, auth = row:match("([^\\t]*)\\t(.*)")
   local headers = {["X-Channel"] = "app", ["Content-Type"] = "application/json"}
   if auth ~= "" then headers["Authorization"] = auth end
@@ -52,11 +60,11 @@ end
 """
 
 
-def script(tmp: Path, name: str, rows: list[tuple[str, str]]) -> Path:
+def script(tmp: Path, name: str, tag: str, rows: list[tuple[str, str]]) -> Path:
     method, _, body = SCENARIOS[name]
-    data = tmp / f"{name}-{len(rows)}.tsv"
+    data = tmp / f"{name}-{tag}.tsv"
     data.write_text("".join(f"{path}\t{auth}\n" for path, auth in rows))
-    lua = tmp / f"{name}-{len(rows)}.lua"
+    lua = tmp / f"{name}-{tag}.lua"
     body_lua = "nil" if not body else json.dumps(body.decode())
     lua.write_text(LUA % {"file": data, "method": method, "body": body_lua})
     return lua
@@ -68,10 +76,11 @@ def measure(url: str, tmp: Path, auth: GridAuth | None, seconds: float) -> dict[
         count = 12_000 * max(1, round(seconds))  # more than wrk can send: each used once
         rows = []
         for n in range(count):
-            path = template.format(i=n % (CARTS if "carts" in template else SKUS))
+            prefix = "s-" if auth else "u-"
+            path = template.format(p=prefix, i=n % (CARTS if "carts" in template else SKUS))
             rows.append((path, auth.header(method, path, body) if auth else ""))
         result = run_wrk(
-            url, script(tmp, f"{name}-{'s' if auth else 'u'}", rows), duration_s=seconds
+            url, script(tmp, name, "signed" if auth else "unsigned", rows), duration_s=seconds
         )
         out[name] = {
             "ok_rps": result.ok_rps,
@@ -121,18 +130,19 @@ def main() -> int:
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            for i in range(SKUS):
-                c.put(
-                    f"/v1/skus/s-{i}/stock",
-                    json={"on_hand": 10_000_000},
-                    headers={"X-Channel": "pos"},
-                )
-            for i in range(CARTS):
-                c.post(
-                    f"/v1/carts/c-{i}/lines",
-                    json={"sku": f"s-{i}", "qty": 1},
-                    headers={"X-Channel": "app"},
-                )
+            for phase in ("u-", "s-"):
+                for i in range(SKUS):
+                    c.put(
+                        f"/v1/skus/{phase}s-{i}/stock",
+                        json={"on_hand": 10_000_000},
+                        headers={"X-Channel": "pos"},
+                    )
+                for i in range(CARTS):
+                    c.post(
+                        f"/v1/carts/{phase}c-{i}/lines",
+                        json={"sku": f"{phase}s-{i}", "qty": 1},
+                        headers={"X-Channel": "app"},
+                    )
             unsigned = measure(server.url, tmp, None, args.duration)
             made = c.post(
                 "/v1/admin/keys",
