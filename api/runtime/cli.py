@@ -56,6 +56,10 @@ configuration (flags override environment variables):
                            more than ~28,000 connections from one client address)
   OMNIGRID_MAX_STREAMS     open event streams per process before 429 (default 20000)
   OMNIGRID_STREAM_HEARTBEAT_S    seconds between heartbeats on idle streams (default 15)
+  OMNIGRID_HEADER_TIMEOUT_S  a request's headers not whole by then: cut (default 10)
+  OMNIGRID_MAX_CLIENT_CONNECTIONS  per client address and process (default 4096; 0: none)
+  OMNIGRID_TRUSTED_CLIENTS addresses not bounded (default 127.0.0.1,::1)
+  OMNIGRID_TLS_CERTFILE, OMNIGRID_TLS_KEYFILE  serve HTTPS with this PEM certificate and key
   OMNIGRID_BOOTSTRAP_KEY   an admin key before any is stored: <key_id>:<secret>
   OMNIGRID_INSECURE        1: serve a non-loopback address with no API key (--insecure)
   OMNIGRID_WEBHOOK_MAX_ATTEMPTS  tries before a delivery is a dead letter (default 8)
@@ -178,7 +182,8 @@ def serve_grid(settings: Settings) -> int:
     try:
         handles = start_shards(settings)
         print(
-            f"omnigrid serving http://{settings.host}:{settings.port} with {settings.shards} "
+            f"omnigrid serving {'https' if settings.tls_certfile else 'http'}://"
+            f"{settings.host}:{settings.port} with {settings.shards} "
             f"shards on Ray ({where}); journal: {settings.redis_url or settings.data_dir}; "
             f"store: {'PostgreSQL' if settings.postgres_dsn else settings.data_dir}",
             flush=True,

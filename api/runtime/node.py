@@ -41,6 +41,7 @@ from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
 from omnigrid.api.http.sync_stats import KEEP_S
 from omnigrid.api.http.webhooks import WebhookEndpoints
+from omnigrid.api.runtime.guarded_http import Bounds
 from omnigrid.api.runtime.hub import HUB_OPS, EventHub
 from omnigrid.api.runtime.node_gauges import add_node_gauges
 from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
@@ -202,6 +203,9 @@ class GridNode:
         self.unix_path = os.path.join(
             tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
         )
+        self.bounds = Bounds(
+            settings.header_timeout_s, settings.max_client_connections, settings.trusted_clients
+        )
         self.tcp_port = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._http: uvicorn.Server | None = None
@@ -232,13 +236,15 @@ class GridNode:
         config = uvicorn.Config(
             self.app,
             loop="none",
-            http="httptools",
+            http=self.bounds.protocol(),
             lifespan="off",
             access_log=False,
             log_level=self.settings.log_level,
             timeout_keep_alive=self.settings.keepalive_s,
             server_header=False,
             date_header=False,
+            ssl_certfile=self.settings.tls_certfile or None,
+            ssl_keyfile=self.settings.tls_keyfile or None,
         )
         self._http = uvicorn.Server(config)
         # More ports than one let a single client machine open more than the

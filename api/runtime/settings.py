@@ -52,6 +52,15 @@ class Settings:
     bootstrap_key: str = ""
     # serve a non-loopback address with no key (every caller may do anything)
     insecure: bool = False
+    # a request whose headers are not whole this long after its first byte is cut
+    header_timeout_s: float = 10.0
+    # connections one client address may hold per process (0: no bound), but for
+    # trusted addresses (loopback: the load harness, a proxy on the host)
+    max_client_connections: int = 4096
+    trusted_clients: tuple[str, ...] = ("127.0.0.1", "::1")
+    # HTTPS when both are set: a PEM certificate (chain) and its private key
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -61,7 +70,7 @@ class Settings:
             raw = os.environ.get("OMNIGRID_" + f.name.upper())
             if raw is None:
                 continue
-            if f.name in ("channels", "kind_modules"):
+            if f.name in ("channels", "kind_modules", "trusted_clients"):
                 values[f.name] = tuple(c.strip() for c in raw.split(",") if c.strip())
             elif f.type in ("int", int):
                 values[f.name] = int(raw)
@@ -99,6 +108,10 @@ class Settings:
             raise ValueError("durability must be 'sync', 'async' or 'none'")
         if self.writebehind_interval_s <= 0 or self.writebehind_batch < 1:
             raise ValueError("writebehind_interval_s must be > 0 and writebehind_batch >= 1")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        if self.header_timeout_s < 0 or self.max_client_connections < 0:
+            raise ValueError("header_timeout_s and max_client_connections must be >= 0")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
             raise ValueError("writebehind_max_queue and max_resident must be >= 0 (0: no limit)")
 
@@ -113,4 +126,5 @@ class Settings:
         data = dict(data)
         data["channels"] = tuple(data["channels"])
         data["kind_modules"] = tuple(data.get("kind_modules", ()))
+        data["trusted_clients"] = tuple(data.get("trusted_clients", ("127.0.0.1", "::1")))
         return cls(**data)
