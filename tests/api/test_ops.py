@@ -4,15 +4,21 @@ alerts firing and resolving, the dashboard page."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from loadtest.fault_makers import lock_journals
 from omnigrid.api.http import sync_stats as st
 from omnigrid.api.http.ops import AlertBook, OpsEndpoints, Rule
-from tests.conftest import write_headers
+from tests.api.test_webhooks import Receiver, register
+from tests.conftest import Grid, write_headers
 from tests.inprocess import in_process_client
 
 
@@ -114,3 +120,64 @@ def test_the_dashboard_is_a_page_of_its_own(local: httpx.Client) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/v1/ops/series" in page.text and "http" not in page.text.split("<script>")[1][:20]
     assert "src=" not in page.text  # nothing fetched from anywhere
+
+
+def test_an_alert_fires_on_a_real_failure_and_resolves_after_on_a_real_grid(
+    tmp_path: Path,
+) -> None:
+    """A channel's writes fail for real (every journal file locked by another writer):
+    the alert fires within a minute, reaches the webhook subscribed to ``alert``, and
+    resolves once the writes succeed again."""
+    grid = Grid(data_dir=str(tmp_path), OMNIGRID_WEBHOOK_BACKOFF_S="0.2")
+    receiver = Receiver()
+    try:
+        with httpx.Client(base_url=grid.url, timeout=10) as c:
+            register(c, receiver.url, ["alert"])
+            rule = {
+                "name": "failures",
+                "metric": "failure_rate",
+                "channel": "kiosk",
+                "above": 0.01,
+                "for_s": 2,
+            }
+            r = c.put("/v1/ops/alert-rules", json={"rules": [rule]}, headers=write_headers())
+            assert r.status_code == 200
+            c.put("/v1/skus/k1/stock", json={"on_hand": 10**6}, headers=write_headers("pos"))
+            locker = threading.Thread(target=lock_journals, args=(tmp_path, 8.0))
+            locker.start()
+
+            def state(wanted: str) -> list[dict[str, Any]]:
+                alerts = c.get("/v1/ops/alerts", params={"state": wanted}).json()["alerts"]
+                return [a for a in alerts if a["channel"] == "kiosk"]
+
+            deadline = time.monotonic() + 60
+            while not state("firing"):  # kiosk keeps writing; they fail while locked
+                assert time.monotonic() < deadline, "no alert within a minute"
+                c.post(
+                    "/v1/carts/kiosk-u/lines",
+                    json={"sku": "k1", "qty": 1},
+                    headers=write_headers("kiosk"),
+                )
+                time.sleep(0.05)
+            locker.join()
+            deadline = time.monotonic() + 60
+            while not state("resolved"):  # writes succeed again
+                assert time.monotonic() < deadline, "the alert never resolved"
+                c.post(
+                    "/v1/carts/kiosk-u/lines",
+                    json={"sku": "k1", "qty": 1},
+                    headers=write_headers("kiosk"),
+                )
+                time.sleep(0.05)
+            fired = state("resolved")[0]
+            assert fired["rule"] == "failures" and fired["threshold"] == 0.01
+            deadline = time.monotonic() + 30
+            while len(receiver.got) < 2:
+                assert time.monotonic() < deadline, receiver.got
+                time.sleep(0.1)
+            bodies = [orjson.loads(b) for _, b in receiver.got]
+            assert [b["data"]["state"] for b in bodies[:2]] == ["firing", "resolved"]
+            assert all(b["event"] == "alert" for b in bodies)
+    finally:
+        receiver.stop()
+        grid.stop()
