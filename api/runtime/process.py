@@ -18,6 +18,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from omnigrid.api.runtime import log_mask
 from omnigrid.api.runtime.compose import open_node
 from omnigrid.api.runtime.node import AUDIT_TIMEOUT_S, CONTROL_TIMEOUT_S
 from omnigrid.api.runtime.peers import PeerAddress
@@ -33,6 +34,7 @@ class ShardProcess:
         from omnigrid.api.runtime.cluster import RayDirectory, local_node_id
 
         logging.basicConfig(level=settings.get("log_level", "warning").upper())
+        log_mask.install()  # no phone, email or ID number in clear in any log line
         # Ray starts its workers at nice 15 (below the raylet); a shard answers
         # requests and must not lose the CPU to whatever else runs on the node.
         # Done before the serving thread starts, which inherits it (root only).
