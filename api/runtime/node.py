@@ -29,21 +29,18 @@ from omnigrid.actors.kinds import kinds, split_key
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
-from omnigrid.api.http.admin import KeyEndpoints
 from omnigrid.api.http.app import GridApp
-from omnigrid.api.http.auth import Keyring, NonceBook
 from omnigrid.api.http.behaviour import BehaviourEndpoints
-from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.metrics import GridMetrics, merge_expositions
 from omnigrid.api.http.openapi import docs_app
-from omnigrid.api.http.ops import EVAL_EVERY_S, OpsEndpoints
 from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
-from omnigrid.api.http.sync_stats import KEEP_S
 from omnigrid.api.http.webhooks import WebhookEndpoints
 from omnigrid.api.runtime.guarded_http import Bounds
 from omnigrid.api.runtime.hub import HUB_OPS, EventHub
 from omnigrid.api.runtime.node_gauges import add_node_gauges
+from omnigrid.api.runtime.node_keys import NONCE_OP, NodeKeys
+from omnigrid.api.runtime.node_watch import NodeWatch
 from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import Settings
@@ -52,9 +49,7 @@ from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.hot_copy import HotCopy
 from omnigrid.persistence.journal import Journal, JournalUnavailable
-from omnigrid.persistence.keys import KeyStore
-from omnigrid.persistence.ops_store import OpsStore
-from omnigrid.persistence.store import Store, StoreUnavailable
+from omnigrid.persistence.store import Store
 from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
 
@@ -68,9 +63,6 @@ CONTROL_TIMEOUT_S = 3.0
 # reported missing, so health answers within a second during any outage.
 HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
-RECENT_S = 60  # what a process sends for short windows (alerts look at 10 s)
-KEYS_RELOAD_S = 2.0  # keys changed outside the grid (the CLI) are seen this fast
-NONCE_OP = "auth.nonce"  # "is this nonce new?", to the process that owns it
 SIDE_OPS = HUB_OPS | {NONCE_OP}
 RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
 AUDIT_TIMEOUT_S = 600.0
@@ -167,24 +159,24 @@ class GridNode:
             self.hub, settings.max_streams, settings.stream_heartbeat_s, self.router
         )
         # Keys: every process holds them all and checks signatures itself (api/http/auth.py).
-        self.keys = KeyStore(database)
-        self.keyring = Keyring(server_secret or os.urandom(32), settings.bootstrap_key)
-        try:
-            self.keyring.load(self.keys.all())
-        except StoreUnavailable as e:  # closed until the reload loop reads them
-            log.warning("the API keys cannot be read: %s", e)
-        self.nonces = NonceBook()
-        self.guard = Guard(self.keyring, self._first_use, self._log_unmask)
-        self.ops_store = OpsStore(database)
-        self.ops = OpsEndpoints(self._sync_windows, save_rules=self._save_rules)
-        with contextlib.suppress(StoreUnavailable):  # the defaults until they can be read
-            self.ops.load_rules(self.ops_store.rules())
+        self.keys = NodeKeys(
+            database,
+            server_secret or os.urandom(32),
+            settings.bootstrap_key,
+            shard_id,
+            lambda key: self.router.slot_map.owner(key),
+            self.links,
+            self._ask_all,
+        )
+        self.watch = NodeWatch(
+            database, shard_id, self.metrics, lambda m: self._ask_all(m, HEALTH_TIMEOUT_S)
+        )
         channels = frozenset(settings.channels)
         routes = all_routes(
             WebhookEndpoints(webhooks),
             BehaviourEndpoints(BehaviourLog(database), channels),
-            KeyEndpoints(self.keys, self.keyring, self._keys_changed),
-            self.ops,
+            self.keys.endpoints,
+            self.watch.endpoints,
         )
         self.app = GridApp(
             self.router,
@@ -195,10 +187,11 @@ class GridNode:
             docs_app(routes),
             settings.max_inflight,
             self.streams,
-            self.guard,
+            self.keys.guard,
         )
-        self.streams.on_delivered = self._delivered
-        self.webhook_sender.on_delivered = self._delivered
+        self.app.sync_stats = self.watch.stats
+        self.streams.on_delivered = self.watch.delivered
+        self.webhook_sender.on_delivered = self.watch.delivered
         add_node_gauges(self)
         self.unix_path = os.path.join(
             tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
@@ -229,8 +222,8 @@ class GridNode:
             self._tasks.append(loop.create_task(self.hot_copy.run()))
         self._tasks.append(loop.create_task(self.hub.refresh_forever()))
         self._tasks.append(loop.create_task(self.webhook_sender.run()))
-        self._tasks.append(loop.create_task(self._reload_keys_forever()))
-        self._tasks.append(loop.create_task(self._evaluate_alerts_forever()))
+        self._tasks.append(loop.create_task(self.keys.reload_forever()))
+        self._tasks.append(loop.create_task(self.watch.evaluate_forever()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
@@ -295,78 +288,16 @@ class GridNode:
 
     def _serve_side(self, cmd: Command) -> Result:
         if cmd.op == NONCE_OP:
-            return Result(200, self.nonces.first_use(cmd.args["key"], cmd.args["nonce"]))
+            return self.keys.serve_nonce(cmd)
         return self.hub.serve(cmd)
 
-    # -- keys ------------------------------------------------------------------
-
-    async def _first_use(self, key_id: str, nonce: str) -> bool:
-        """Whether a nonce is new, asked of the process that owns it (its slot's), so a
-        request replayed to any process is caught."""
-        owner = self.router.slot_map.owner(f"nonce:{nonce}")
-        link = self.links.get(owner)
-        if owner == self.shard_id or link is None:
-            return self.nonces.first_use(key_id, nonce)
-        try:
-            result = await link.call(Command(NONCE_OP, "", {"key": key_id, "nonce": nonce}))
-        except Exception:  # its owner is away: this process remembers it meanwhile
-            return self.nonces.first_use(key_id, nonce)
-        return bool(result.body)
-
-    # -- sync monitoring -----------------------------------------------------------
-
-    def _delivered(self, channel: str, lag_s: float) -> None:
-        """A change reached a stream or a webhook: its sync lag, by its channel."""
-        self.app.sync_stats.delivered(channel, lag_s)
-        self.metrics.delivered(channel, lag_s)
-
-    def sync_window(self, window_s: int) -> dict[str, Any]:
-        return self.app.sync_stats.window(window_s)
-
-    async def _sync_windows(self, window_s: int) -> list[dict[str, Any]]:
-        """Every process's seconds of sync statistics (the last minute, or all kept)."""
-        method = "sync_recent" if window_s <= RECENT_S else "sync_all"
-        answers = await self._ask_all(method, HEALTH_TIMEOUT_S)
-        mine = self.sync_window(RECENT_S if window_s <= RECENT_S else KEEP_S)
-        start = int(time.time()) - window_s
-        windows = [mine] + [a for a in answers.values() if isinstance(a, dict)]
-        return [{s: row for s, row in w.items() if int(s) > start} for w in windows]
-
-    async def _save_rules(self, rules: list[dict[str, Any]]) -> None:
-        await asyncio.to_thread(self.ops_store.put_rules, rules)
-
-    async def _evaluate_alerts_forever(self) -> None:
-        """Every process evaluates (any answers /v1/ops/alerts); shard 0 notifies."""
-        notify = self._notify_alert if self.shard_id == 0 else None
-        while True:
-            await asyncio.sleep(EVAL_EVERY_S)
-            try:
-                self.ops.load_rules(await asyncio.to_thread(self.ops_store.rules))
-                await self.ops.evaluate(notify)
-            except Exception as e:
-                log.warning("the alert rules cannot be evaluated: %r", e)
-
-    async def _notify_alert(self, alert: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.ops_store.queue_alert, self.shard_id, alert)
-
-    async def _log_unmask(self, key_id: str, route: str, uid: str | None) -> None:
-        await asyncio.to_thread(self.keys.log_pii_access, key_id, route, uid)
+    # -- keys and sync monitoring (api/runtime/node_keys.py, node_watch.py) --------
 
     async def reload_keys(self) -> None:
-        self.keyring.load(await asyncio.to_thread(self.keys.all))
+        await self.keys.reload()
 
-    async def _keys_changed(self) -> None:
-        """A key was created, rotated or revoked: every process reloads at once."""
-        await self.reload_keys()
-        await self._ask_all("reload_keys")
-
-    async def _reload_keys_forever(self) -> None:
-        while True:  # keys changed by ``omnigrid keys`` on a host reach every process
-            await asyncio.sleep(KEYS_RELOAD_S)
-            try:
-                await self.reload_keys()
-            except Exception as e:
-                log.warning("the keys cannot be reloaded: %r", e)
+    def sync_window(self, window_s: int) -> dict[str, Any]:
+        return self.watch.window(window_s)
 
     async def _tick(self) -> None:
         while True:
