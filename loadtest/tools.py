@@ -40,13 +40,8 @@ def read_cart_uid(i: int) -> str:
 
 # --- wrk Lua scripts -----------------------------------------------------------
 
-_LUA_COMMON = """
-local channels = {%(channels)s}
-local counter = 1
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
+# each thread's own random sequence, and a request's headers (a random channel)
+_LUA_INIT_HEADERS = """
 function init(args)
   math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
   math.random(); math.random()
@@ -56,6 +51,18 @@ local function hdrs()
           ["X-Channel"] = channels[math.random(1, %(nch)d)]}
 end
 """
+
+_LUA_COMMON = (
+    """
+local channels = {%(channels)s}
+local counter = 1
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+"""
+    + _LUA_INIT_HEADERS
+)
 
 _LUA_REQUEST = {
     "cart_add": """
@@ -115,7 +122,8 @@ end
 # buckets, in microseconds) per request type; failed answers carry no echo and are
 # counted by status and problem code instead of timed.
 
-_LUA_FLOW = """
+_LUA_FLOW = (
+    """
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } og_timespec;
@@ -142,15 +150,9 @@ local queue, head, tail = {}, 1, 0
 local ck_sent, pay_sent = {}, {}
 local n = 0
 local LOG_STEP = math.log(1.01)
-function init(args)
-  math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
-  math.random(); math.random()
-end
-local function hdrs()
-  return {["Content-Type"] = "application/json",
-          ["X-Channel"] = channels[math.random(1, %(nch)d)]}
-end
-local function record(h, us)
+"""
+    + _LUA_INIT_HEADERS
+    + """local function record(h, us)
   local b = math.floor(math.log(us > 1 and us or 1) / LOG_STEP)
   h[b] = (h[b] or 0) + 1
 end
@@ -230,6 +232,7 @@ function done(summary, latency, requests)
            ",\\"pay_hist\\":", pairs_json(pay, '"%%d"'), "}\\n")
 end
 """
+)
 
 # lines(): the checkout's lines as JSON (no brackets)
 _LUA_FLOW_LINES = {
