@@ -314,11 +314,8 @@ async def live(grid: Grid, skus: list[str]) -> dict[str, Live]:
 
 
 def unit_price(price: Any, channel: str) -> int | None:
-    if price is None:
-        return None
-    base, by_channel = price
-    found: int | None = by_channel.get(channel, base)
-    return found
+    """The channel's price from a ``product.PRICE`` answer (``None``: no product)."""
+    return None if price is None else product.channel_price(price[0], price[1], channel)
 
 
 async def live_view(

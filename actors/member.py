@@ -207,10 +207,8 @@ class Member(Entity):
     def view(self) -> dict[str, Any]:
         now = self.updated_at or 0.0
         spend = max(0, self.spend_12m(now))
-        table = tiers.tiers()
-        reached = [t for t in table if t.min_spend_12m <= spend]
-        tier = reached[-1]
-        above = [t for t in table if t.min_spend_12m > spend]
+        tier = tiers.tier_for(spend)
+        above = [t for t in tiers.tiers() if t.min_spend_12m > spend]
         return {
             "uid": self.ident,
             "points": {

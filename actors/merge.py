@@ -165,6 +165,27 @@ async def _move(grid: Grid, items: list[Any], from_uid: str, to_uid: str, channe
         await _run(grid, "identifier.move", key, {"from_uid": from_uid, "to_uid": to_uid}, channel)
 
 
+async def _fold(
+    grid: Grid, kind: str, m: str, s: str, mid: str, channel: str, field: str, **extra: Any
+) -> Any:
+    """One kind's step forward: the merged user's entity hands over what it holds and
+    becomes an alias; the survivor's absorbs it (as ``field``). Returns what was given."""
+    given = await _run(
+        grid, f"{kind}.hand_over", f"{kind}:{m}", {"into": s, "merge_id": mid}, channel
+    )
+    absorb = {field: given, "merge_id": mid, "other_uid": m, **extra}
+    await _run(grid, f"{kind}.absorb", f"{kind}:{s}", absorb, channel)
+    return given
+
+
+async def _unfold(grid: Grid, kind: str, m: str, s: str, mid: str, channel: str) -> None:
+    """One kind's step back: the survivor gives back what is left of what the merge
+    brought; the merged user's entity takes it and is no alias any more."""
+    back = {"merge_id": mid, "other_uid": m}
+    left = await _run(grid, f"{kind}.give_back", f"{kind}:{s}", back, channel)
+    await _run(grid, f"{kind}.restore", f"{kind}:{m}", {"merge_id": mid, "given": left}, channel)
+
+
 async def drive(
     grid: Grid, merge_id: str, channel: str = "system", saga: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -199,39 +220,14 @@ async def drive(
             )
             saga = await _step(grid, mid, "identifiers", channel)
         elif status == "identifiers":
-            lines = await _run(
-                grid, "cart.hand_over", f"cart:{m}", {"into": s, "merge_id": mid}, channel
-            )
-            await _run(
-                grid,
-                "cart.absorb",
-                f"cart:{s}",
-                {"lines": lines, "merge_id": mid, "other_uid": m, "rule": saga["cart_rule"]},
-                channel,
-            )
+            rule = saga["cart_rule"]
+            lines = await _fold(grid, "cart", m, s, mid, channel, "lines", rule=rule)
             saga = await _step(grid, mid, "cart", channel, cart=lines)
         elif status == "cart":
-            lots = await _run(
-                grid, "member.hand_over", f"member:{m}", {"into": s, "merge_id": mid}, channel
-            )
-            await _run(
-                grid,
-                "member.absorb",
-                f"member:{s}",
-                {"lots": lots, "merge_id": mid, "other_uid": m},
-                channel,
-            )
+            lots = await _fold(grid, "member", m, s, mid, channel, "lots")
             saga = await _step(grid, mid, "points", channel, points=lots)
         elif status == "points":
-            given = await _run(
-                grid,
-                "user_orders.hand_over",
-                f"user_orders:{m}",
-                {"into": s, "merge_id": mid},
-                channel,
-            )
-            absorb = {"given": given, "merge_id": mid, "other_uid": m}
-            await _run(grid, "user_orders.absorb", f"user_orders:{s}", absorb, channel)
+            await _fold(grid, "user_orders", m, s, mid, channel, "given")
             saga = await _step(grid, mid, "done", channel)
         elif status == "undoing":
             items = saga["data"].get("identifiers", [])
@@ -258,16 +254,10 @@ async def drive(
             )
             saga = await _step(grid, mid, "cart_back", channel)
         elif status == "cart_back":
-            back = {"merge_id": mid, "other_uid": m}
-            left = await _run(grid, "member.give_back", f"member:{s}", back, channel)
-            given = {"merge_id": mid, "given": left}
-            await _run(grid, "member.restore", f"member:{m}", given, channel)
+            await _unfold(grid, "member", m, s, mid, channel)
             saga = await _step(grid, mid, "points_back", channel)
         elif status == "points_back":
-            back = {"merge_id": mid, "other_uid": m}
-            rows = await _run(grid, "user_orders.give_back", f"user_orders:{s}", back, channel)
-            given = {"merge_id": mid, "given": rows}
-            await _run(grid, "user_orders.restore", f"user_orders:{m}", given, channel)
+            await _unfold(grid, "user_orders", m, s, mid, channel)
             saga = await _step(grid, mid, "undone", channel)
         else:
             raise RuntimeError(f"merge {mid} is in an unknown state {status!r}")

@@ -23,7 +23,7 @@ import secrets
 import time
 from typing import Any
 
-from omnigrid.actors import coupon, pricing, stock
+from omnigrid.actors import cart, coupon, pricing, product, stock, tiers
 from omnigrid.actors import order_inputs as oi
 from omnigrid.actors.declaration import Grid, Kind, Op, Route, answer
 from omnigrid.actors.errors import CODES, GridError, InvalidRequest, Unavailable
@@ -165,11 +165,11 @@ async def _plan(grid: Grid, cmd: Command) -> dict[str, Any]:
     spend, balance, _ = standing
     if args["points"] > balance:
         raise INSUFFICIENT_POINTS(f"the order redeems {args['points']}, the balance is {balance}")
-    tier = pricing.tier_for_spend(spend)
+    tier = tiers.tier_for(spend)
     rows = []
     for sku, qty in lines:
         price, by_channel, category = info[f"product:{sku}"]
-        rows.append([sku, qty, by_channel.get(channel, price), category])
+        rows.append([sku, qty, product.channel_price(price, by_channel, channel), category])
     grosses = [price * qty for _, qty, price, _ in rows]
     offs = pricing.tier_discounts(grosses, pricing.discount_pct(tier, channel))
     seen = [
@@ -287,10 +287,12 @@ async def _refusal(
         if not r.ok or r.body.get("status") != "held"
     ]
     if short:
-        if any(r.status >= 500 or r.status == 429 for r in reserved):
+        if any(_transient(r) for r in reserved):
             return ["unavailable", "a SKU's stock could not be reached; nothing is held", None]
-        now = await stock_available(grid, [ln["sku"] for ln in short])
-        e = _short([[ln["sku"], ln["qty"]] for ln in short], now)
+        now = await cart.availability(grid, [ln["sku"] for ln in short])
+        e = _short(
+            [[ln["sku"], ln["qty"]] for ln in short], {s: max(0, n or 0) for s, n in now.items()}
+        )
         return [e.code, e.detail, e.extra]
     for r in held:
         if not r.ok:
@@ -304,12 +306,6 @@ def _short(lines: list[list[Any]], available: dict[str, int]) -> GridError:
         f"{r['sku']}: {r['requested']} asked, {r['available']} available" for r in rows
     )
     return stock.INSUFFICIENT_STOCK(detail, lines=rows)
-
-
-async def stock_available(grid: Grid, skus: list[str]) -> dict[str, int]:
-    keys = {stock.KIND.key(sku): sku for sku in skus}
-    got = await grid.query(dict.fromkeys(keys, stock.AVAILABLE))
-    return {sku: max(0, got[key] or 0) for key, sku in keys.items()}
 
 
 # -- the other moves: decide, then send what the decision owes ------------------------

@@ -36,15 +36,6 @@ def part(amount: int, qty: int, of: int) -> int:
     return amount * qty // of
 
 
-def tier_named(name: str | None) -> tiers.Tier:
-    table = tiers.tiers()
-    return next((t for t in table if t.tier == name), table[0])
-
-
-def tier_for_spend(spend: int) -> tiers.Tier:
-    return [t for t in tiers.tiers() if t.min_spend_12m <= max(0, spend)][-1]
-
-
 def discount_pct(tier: tiers.Tier, channel: str) -> float:
     """The tier's discount on this channel (a channel may have its own)."""
     own = tier.channels.get(channel, {})

@@ -113,6 +113,15 @@ class Review:
     verified: bool
 
 
+def channel_price(
+    price: int | None, channel_prices: dict[str, int], channel: str | None
+) -> int | None:
+    """What a channel pays: its own price if it has one, else the base price."""
+    if channel is not None and channel in channel_prices:
+        return channel_prices[channel]
+    return price
+
+
 class Product(Entity):
     __slots__ = ("category", "channel_prices", "details", "price", "reviews", "title")
 
@@ -128,9 +137,7 @@ class Product(Entity):
         self.reviews: dict[str, Review] = {}  # uid -> review, oldest first
 
     def effective_price(self, channel: str | None) -> int | None:
-        if channel is not None and channel in self.channel_prices:
-            return self.channel_prices[channel]
-        return self.price
+        return channel_price(self.price, self.channel_prices, channel)
 
     def view(self, channel: str | None = None) -> dict[str, Any]:
         return {

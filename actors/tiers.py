@@ -49,6 +49,11 @@ def tiers() -> tuple[Tier, ...]:
     return _tiers
 
 
+def tier_for(spend: int) -> Tier:
+    """The highest tier whose ``min_spend_12m`` the 12-month spend reaches."""
+    return [t for t in _tiers if t.min_spend_12m <= max(0, spend)][-1]
+
+
 def tiers_from_json(text: str) -> tuple[Tier, ...]:
     """``OMNIGRID_TIERS``: the table as the contract shows it, lowest first."""
     rows = msgspec.json.decode(text, type=list[TierView])
