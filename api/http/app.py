@@ -21,7 +21,7 @@ from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.auth import Principal
 from omnigrid.api.http.dashboard import PAGE
-from omnigrid.api.http.guard import Guard, unmask_asked
+from omnigrid.api.http.guard import UNMASK, Guard
 from omnigrid.api.http.handlers import Call
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.problems import error_response, problem_response
@@ -143,6 +143,7 @@ class GridApp:
         if_match_raw: bytes | None = None
         length_raw: bytes | None = None
         clerk_raw: bytes | None = None
+        unmask = False
         for name, value in scope["headers"]:
             if name == b"x-channel":
                 channel_raw = value
@@ -154,6 +155,8 @@ class GridApp:
                 length_raw = value
             elif name == b"x-clerk":
                 clerk_raw = value
+            elif name == UNMASK:
+                unmask = value.lower() == b"true"
         channel_text = channel_raw.decode("latin-1") if channel_raw is not None else ""
         channel = channel_text if channel_text in self.channels else "none"
         instance: str = scope["path"]
@@ -192,7 +195,7 @@ class GridApp:
                 v.clerk(clerk_raw, channel) if route.is_write else None,
             )
             status, answer = await route.handler(self.grid, call)
-            if self.guard is not None and unmask_asked(scope):
+            if self.guard is not None and unmask:
                 answer = await self.guard.unmask(principal, self.grid, route.name, answer)
             headers = list(JSON)
             if route.etag:

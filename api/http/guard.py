@@ -117,7 +117,3 @@ class Guard:
         if self.unmask_log is not None:
             await self.unmask_log(principal.key_id, route, uid)
         return {**answer, "identifiers": shown}
-
-
-def unmask_asked(scope: Scope) -> bool:
-    return any(name == UNMASK and value.lower() == b"true" for name, value in scope["headers"])
