@@ -25,6 +25,7 @@ from omnigrid.api.http.openapi import docs_app
 from omnigrid.api.http.ops import OpsEndpoints
 from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
+from omnigrid.api.http.sync_log import DeliveryBook, Figures, SyncLogEndpoints
 from omnigrid.api.http.webhooks import WebhookEndpoints
 from omnigrid.api.runtime.hub import EventHub
 from omnigrid.api.runtime.router import Router
@@ -33,6 +34,7 @@ from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.keys import KeyStore
 from omnigrid.persistence.store import SqliteStore
+from omnigrid.persistence.sync_log import SyncLogStore
 from omnigrid.persistence.webhooks import WebhookStore
 
 
@@ -78,11 +80,19 @@ def in_process_app() -> GridApp:
     async def windows(window_s: int) -> list[dict[str, Any]]:
         return [made[0].sync_stats.window(window_s)]
 
+    book = DeliveryBook()  # what this app's streams delivered (no webhook sender here)
+
+    async def deliveries(changes: list[tuple[str, int]]) -> Figures:
+        return book.figures(changes)
+
+    streams.on_delivered = lambda channel, lag, key, version, webhook: book.delivered(
+        key, version, webhook, lag
+    )
     routes = all_routes(
         WebhookEndpoints(WebhookStore(db)),
         BehaviourEndpoints(BehaviourLog(db), channels),
         KeyEndpoints(keys, keyring, reload),
-        OpsEndpoints(windows),
+        OpsEndpoints(windows, log=SyncLogEndpoints(SyncLogStore(db), deliveries)),
     )
     metrics = GridMetrics(0)
     app = GridApp(

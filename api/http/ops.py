@@ -24,6 +24,7 @@ from omnigrid.actors.errors import InvalidRequest
 from omnigrid.api.http import sync_stats as st
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.handlers import Call
+from omnigrid.api.http.sync_log import Figures, SyncLogEndpoints
 from omnigrid.persistence.events import rfc3339
 
 EVAL_EVERY_S = 5.0
@@ -105,6 +106,10 @@ class AlertBook:
         return [a.view() for a in self._firing.values()]
 
 
+async def _no_deliveries(changes: list[tuple[str, int]]) -> Figures:
+    return {}
+
+
 # the rules as PUT, for every process (the store); None: this process's alone
 SaveRules = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -115,10 +120,12 @@ class OpsEndpoints:
         windows: Windows | None,
         book: AlertBook | None = None,
         save_rules: SaveRules | None = None,
+        log: SyncLogEndpoints | None = None,
     ) -> None:
         self.windows = windows
         self.book = book or AlertBook()
         self.save_rules = save_rules
+        self.log = log or SyncLogEndpoints(None, _no_deliveries)
 
     async def figures(self, window_s: int) -> dict[str, dict[str, Any]]:
         if self.windows is None:

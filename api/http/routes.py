@@ -205,6 +205,26 @@ def own_routes(
         ),
         Route(
             "GET",
+            "/v1/ops/sync-log",
+            "ops_sync_log",
+            ops.log.get,
+            "Every change, newest first: its key, op, channel, version and time, and how "
+            "many streams and webhooks got it how late (?uid= ?sku= ?channel= ?since= "
+            "?until= ?limit= ?cursor=)",
+            answer=dict[str, Any],
+            scope="ops",
+            query=(
+                ("uid", {"type": "string"}),
+                ("sku", {"type": "string"}),
+                ("channel", {"type": "string"}),
+                ("since", {"type": "string"}),
+                ("until", {"type": "string"}),
+                ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ("cursor", {"type": "string"}),
+            ),
+        ),
+        Route(
+            "GET",
             "/ops",
             "ops_dashboard",
             None,

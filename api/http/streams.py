@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 import urllib.parse
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Protocol
 
 import orjson
@@ -31,6 +31,7 @@ from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded, Unav
 from omnigrid.actors.kinds import kind_named
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.problems import error_response
+from omnigrid.api.http.sync_log import OnDelivered
 from omnigrid.persistence.events import Event, rfc3339
 
 Scope = MutableMapping[str, Any]
@@ -105,8 +106,7 @@ class StreamServer:
         self.heartbeat_s = heartbeat_s
         self.open = 0
         self.sent = 0
-        # (channel, seconds since the change): a live event's sync lag (api/http/sync_stats.py)
-        self.on_delivered: Callable[[str, float], None] | None = None
+        self.on_delivered: OnDelivered | None = None
 
     async def serve(
         self, scope: Scope, receive: Any, send: Any, kinds: tuple[Kind, ...], params: dict[str, str]
@@ -202,7 +202,8 @@ class StreamServer:
                     await self._catch_up(subs, sub, send, event.version)
                 await self._send_event(subs, sub, send, event)
                 if self.on_delivered is not None:  # live, not history a client caught up on
-                    self.on_delivered(event.channel, time.time() - event.at)
+                    lag = time.time() - event.at
+                    self.on_delivered(event.channel, lag, event.key, event.version, False)
             if any(sub.overflowed for sub in subs):  # end cleanly: the client resumes
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

@@ -40,7 +40,7 @@ from omnigrid.api.runtime.guarded_http import Bounds
 from omnigrid.api.runtime.hub import HUB_OPS, EventHub
 from omnigrid.api.runtime.node_gauges import add_node_gauges
 from omnigrid.api.runtime.node_keys import NONCE_OP, NodeKeys
-from omnigrid.api.runtime.node_watch import NodeWatch
+from omnigrid.api.runtime.node_watch import DELIVERIES_OP, NodeWatch
 from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import Settings
@@ -63,7 +63,7 @@ CONTROL_TIMEOUT_S = 3.0
 # reported missing, so health answers within a second during any outage.
 HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
-SIDE_OPS = HUB_OPS | {NONCE_OP}
+SIDE_OPS = HUB_OPS | {NONCE_OP, DELIVERIES_OP}
 RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
 AUDIT_TIMEOUT_S = 600.0
 STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
@@ -169,7 +169,12 @@ class GridNode:
             self._ask_all,
         )
         self.watch = NodeWatch(
-            database, shard_id, self.metrics, lambda m: self._ask_all(m, HEALTH_TIMEOUT_S)
+            database,
+            shard_id,
+            self.metrics,
+            lambda m: self._ask_all(m, HEALTH_TIMEOUT_S),
+            self.links,
+            settings.sync_log_retention_s,
         )
         channels = frozenset(settings.channels)
         routes = all_routes(
@@ -224,6 +229,8 @@ class GridNode:
         self._tasks.append(loop.create_task(self.webhook_sender.run()))
         self._tasks.append(loop.create_task(self.keys.reload_forever()))
         self._tasks.append(loop.create_task(self.watch.evaluate_forever()))
+        if self.shard_id == 0:
+            self._tasks.append(loop.create_task(self.watch.prune_forever()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
@@ -289,6 +296,8 @@ class GridNode:
     def _serve_side(self, cmd: Command) -> Result:
         if cmd.op == NONCE_OP:
             return self.keys.serve_nonce(cmd)
+        if cmd.op == DELIVERIES_OP:
+            return self.watch.serve_deliveries(cmd)
         return self.hub.serve(cmd)
 
     # -- keys and sync monitoring (api/runtime/node_keys.py, node_watch.py) --------

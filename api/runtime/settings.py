@@ -61,6 +61,8 @@ class Settings:
     # HTTPS when both are set: a PEM certificate (chain) and its private key
     tls_certfile: str = ""
     tls_keyfile: str = ""
+    # changes kept in the event log (the sync log, stream resumes, timelines)
+    sync_log_retention_s: float = 7 * 24 * 3600.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -112,6 +114,8 @@ class Settings:
             raise ValueError("tls_certfile and tls_keyfile go together")
         if self.header_timeout_s < 0 or self.max_client_connections < 0:
             raise ValueError("header_timeout_s and max_client_connections must be >= 0")
+        if self.sync_log_retention_s < 60:
+            raise ValueError("sync_log_retention_s must be at least 60")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
             raise ValueError("writebehind_max_queue and max_resident must be >= 0 (0: no limit)")
 

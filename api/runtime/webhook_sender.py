@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import httpx
 import orjson
 
+from omnigrid.api.http.sync_log import OnDelivered
 from omnigrid.api.runtime.signing import HEADER, sign
 from omnigrid.persistence.events import parse_rfc3339
 from omnigrid.persistence.store import StoreUnavailable
@@ -43,8 +43,7 @@ class WebhookSender:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
-        # (channel, seconds since the change): a delivery's sync lag (api/http/sync_stats.py)
-        self.on_delivered: Callable[[str, float], None] | None = None
+        self.on_delivered: OnDelivered | None = None
         self.registry: list[Webhook] = []
         self.sent = self.failed = self.dead = 0
 
@@ -122,5 +121,7 @@ class WebhookSender:
             lag = time.time() - parse_rfc3339(sent["at"])
         except (ValueError, KeyError, TypeError):
             return
-        if self.on_delivered is not None and sent.get("channel"):
-            self.on_delivered(str(sent["channel"]), lag)
+        if self.on_delivered is not None and sent.get("channel") and sent.get("key"):
+            self.on_delivered(
+                str(sent["channel"]), lag, str(sent["key"]), int(sent["version"]), True
+            )
