@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
+
 from omnigrid.actors import identifiers
 from omnigrid.actors.declaration import Grid
 from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden, unauthenticated
@@ -75,9 +77,10 @@ class Guard:
         params: dict[str, str],
         channel: str,
         is_write: bool,
+        body: bytes = b"",
     ) -> None:
         """A channel-bound key writes only as its channel; a store-bound key reaches only
-        its store's orders and members."""
+        its store's orders and members, and writes only for its store."""
         if principal is None:
             return
         if is_write and principal.channel is not None and channel != principal.channel:
@@ -87,6 +90,8 @@ class Guard:
             return
         if "store" in params and params["store"] != store:
             raise forbidden()
+        if is_write and body:
+            _check_body_stores(body, store)
         asks: dict[str, str] = {}
         if "order_id" in params:
             asks[f"order:{params['order_id']}"] = ORDER_STORES
@@ -117,3 +122,21 @@ class Guard:
         if self.unmask_log is not None:
             await self.unmask_log(principal.key_id, route, uid)
         return {**answer, "identifiers": shown}
+
+
+BODY_STORES = ("store", "pickup_store", "home_store")  # a body's fields that name a store
+
+
+def _check_body_stores(body: bytes, store: str) -> None:
+    """A store-bound key's write names no other store: it neither sells for, hands
+    over at, nor gives a member to another store. (A body that is not a JSON object
+    is left to the route to refuse.)"""
+    try:
+        sent = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(sent, dict):
+        return
+    for name in BODY_STORES:
+        if name in sent and sent[name] is not None and sent[name] != store:
+            raise forbidden(f"this key acts only for store {store}")

@@ -136,6 +136,21 @@ def test_a_store_bound_key_sees_only_its_store(local: httpx.Client) -> None:
     assert local.get("/v1/stores/s1/orders", auth=shop).status_code == 200
     assert local.get("/v1/stores/s2/orders", auth=shop).status_code == 403
     assert local.get("/v1/members/u-s2", auth=shop).status_code == 403
+    # it writes only for its store: no sale for, nor hand-over at, another one
+    till = make_key(local, admin, scopes=["orders:write", "orders:read"], store="s1")
+    stock_before = local.get("/v1/skus/a/stock", auth=admin).json()
+    for elsewhere in (
+        {"store": "s2"},
+        {"store": "s1", "fulfilment": "pickup", "pickup_store": "s2"},
+    ):
+        body = {"uid": "u-x", "lines": [{"sku": "a", "qty": 1}], **elsewhere}
+        r = local.post("/v1/checkouts", json=body, headers=write_headers(), auth=till)
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden"), r.text
+    assert local.get("/v1/skus/a/stock", auth=admin).json() == stock_before  # nothing held
+    body = {"uid": "u-x", "lines": [{"sku": "a", "qty": 1}], "store": "s1"}
+    mine = local.post("/v1/checkouts", json=body, headers=write_headers(), auth=till)
+    assert mine.status_code == 201, mine.text
+    assert local.get(f"/v1/orders/{mine.json()['order_id']}", auth=till).status_code == 200
 
 
 def test_rotation_overlaps_and_revocation_is_immediate(local: httpx.Client) -> None:

@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import redis
 
 from omnigrid.actors import identifier, identifiers
 from omnigrid.actors.protocol import Command
+from tests.api.test_live import Stream
 from tests.api.test_persistence import redis_postgres_grid
+from tests.api.test_webhooks import Receiver, register
 from tests.conftest import CHANNELS, REDIS_URL, Grid, PostgresDatabase, new_id, write_headers
 from tests.inprocess import SyncASGITransport, in_process_app, in_process_client
 
@@ -205,17 +208,38 @@ def test_no_phone_or_id_number_in_clear_in_redis_or_postgresql(
     """The journal (a Redis stream), the hot copy and every table of the store."""
     grid = redis_postgres_grid(postgres.dsn, namespace)
     number, id_number = "13612345678", "11010519491231002X"
+    receiver = Receiver()
+    clear = [number, "+86" + number, id_number, id_number[:-1], "x@y.org"]
     try:
         with httpx.Client(base_url=grid.url, timeout=10) as c:
+            register(c, receiver.url, ["identity", "member", "cart"])
             uid = new_id("u")
-            body = {"identifiers": [phone(number), {"type": "id_number", "value": id_number}]}
-            r = c.post("/v1/identities/resolve", json=body, headers=write_headers())
-            assert r.status_code == 200, r.text
+            stream = Stream(f"{grid.url}/v1/streams/users/{uid}")
             c.post(f"/v1/users/{uid}/identities", json={"type": "email", "value": "x@y.org"},
                    headers=write_headers())  # fmt: skip
+            body = {"identifiers": [phone(number), {"type": "id_number", "value": id_number}]}
+            r = c.post(f"/v1/users/{uid}/identities", json=body["identifiers"][0],
+                       headers=write_headers())  # fmt: skip
+            assert r.status_code == 200, r.text
+            r = c.post("/v1/identities/resolve", json=body, headers=write_headers())
+            assert (r.status_code, r.json()["uid"]) == (200, uid), r.text
+            earn = {"points": 5, "reason": "visit", "external_id": new_id("e")}
+            c.post(f"/v1/members/{uid}/points/earn", json=earn, headers=write_headers())
+            c.put("/v1/skus/s-pii/stock", json={"on_hand": 5}, headers=write_headers())
+            c.post(f"/v1/carts/{uid}/lines", json={"sku": "s-pii", "qty": 1},
+                   headers=write_headers())  # fmt: skip
+            # what every channel gets pushed: the stream's events and the webhook bodies
+            streamed = [stream.next() for _ in range(2)]
+            stream.close()
+            delivered = receiver.wait_for(4)
+            pushed = [orjson.dumps(e).decode() for e in streamed]
+            pushed += [b.decode() for _, b in delivered]
+            assert any('"identity"' in text for text in pushed)  # the identity events came
+            for text in pushed:
+                for value in clear:
+                    assert value not in text, (value, text)
             assert c.post("/v1/cluster/audit").json()["mismatched"] == 0
         time.sleep(1.0)  # the hot copy follows the store
-        clear = [number, "+86" + number, id_number, id_number[:-1], "x@y.org"]
         store: Any = redis.Redis.from_url(REDIS_URL)  # bytes in, bytes out
         seen = 0
         for key in store.scan_iter(f"og:{namespace}:*"):
@@ -241,6 +265,7 @@ def test_no_phone_or_id_number_in_clear_in_redis_or_postgresql(
                     for text in clear:
                         assert text not in row, (table, text)
     finally:
+        receiver.stop()
         grid.stop()
 
 
