@@ -217,9 +217,7 @@ class GridApp:
         if self.guard is None or not self.guard.enabled:
             return None
         principal = await self.guard.admit(scope, route.scope, body)
-        await self.guard.check_place(
-            principal, self.grid, params, channel, route.is_write, body
-        )
+        await self.guard.check_place(principal, self.grid, params, channel, route.is_write, body)
         return principal
 
     async def _operations(self, route: Route) -> Answer:
