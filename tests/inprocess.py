@@ -85,9 +85,11 @@ def in_process_app() -> GridApp:
     async def deliveries(changes: list[tuple[str, int]]) -> Figures:
         return book.figures(changes)
 
-    streams.on_delivered = lambda channel, lag, key, version, webhook: book.delivered(
-        key, version, webhook, lag
-    )
+    def delivered(channel: str, lag: float, key: str, version: int, webhook: bool) -> None:
+        made[0].sync_stats.delivered(channel, lag)
+        book.delivered(key, version, webhook, lag)
+
+    streams.on_delivered = delivered
     routes = all_routes(
         WebhookEndpoints(WebhookStore(db)),
         BehaviourEndpoints(BehaviourLog(db), channels),

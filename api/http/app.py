@@ -62,6 +62,10 @@ class _Disconnected(Exception):
     pass
 
 
+# operators' calls (the dashboard's polls, key admin) are no channel's sync health
+OPERATOR_SCOPES = frozenset({"ops", "admin"})
+
+
 class GridApp:
     def __init__(
         self,
@@ -128,7 +132,8 @@ class GridApp:
         await send({"type": "http.response.body", "body": body})
         elapsed = time.perf_counter() - started
         self.metrics.observe(channel, name, method, status, elapsed)
-        self.sync_stats.request(channel, status, elapsed, error_code)
+        if route is None or route.scope not in OPERATOR_SCOPES:  # a channel's traffic
+            self.sync_stats.request(channel, status, elapsed, error_code)
 
     async def _dispatch(
         self,
