@@ -27,9 +27,12 @@ class Command:
     idempotency_key: str | None = None
     fingerprint: str | None = None
     if_match: int | None = None
+    # a signed request's "<key id>:<nonce>", checked by the owner before it applies
+    # the command (api/http/nonce_claim.py); never journaled
+    nonce: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [
+        wire = [
             self.op,
             self.key,
             self.args,
@@ -38,6 +41,9 @@ class Command:
             self.fingerprint,
             self.if_match,
         ]
+        if self.nonce is not None:  # most commands carry none: the wire stays as it was
+            wire.append(self.nonce)
+        return wire
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Command:

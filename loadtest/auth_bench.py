@@ -13,6 +13,7 @@ loadtest/results/auth-<stamp>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+import psutil
 
 from loadtest.procs import Server, free_port
 from loadtest.tools import run_wrk
@@ -70,6 +72,18 @@ def script(tmp: Path, name: str, tag: str, rows: list[tuple[str, str]]) -> Path:
     return lua
 
 
+def grid_cpu_s() -> float:
+    """CPU seconds the grid's shard processes have used so far: what one request costs
+    the grid itself, apart from the load generator on the same cores."""
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("ShardProcess" in part for part in proc.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 def measure(url: str, tmp: Path, auth: GridAuth | None, seconds: float) -> dict[str, Any]:
     out = {}
     for name, (method, template, body) in SCENARIOS.items():
@@ -79,10 +93,12 @@ def measure(url: str, tmp: Path, auth: GridAuth | None, seconds: float) -> dict[
             prefix = "s-" if auth else "u-"
             path = template.format(p=prefix, i=n % (CARTS if "carts" in template else SKUS))
             rows.append((path, auth.header(method, path, body) if auth else ""))
-        result = run_wrk(
-            url, script(tmp, name, "signed" if auth else "unsigned", rows), duration_s=seconds
-        )
+        lua = script(tmp, name, "signed" if auth else "unsigned", rows)
+        cpu_before = grid_cpu_s()
+        result = run_wrk(url, lua, duration_s=seconds)
+        cpu_us = (grid_cpu_s() - cpu_before) / max(1, result.requests) * 1e6
         out[name] = {
+            "grid_cpu_us_per_request": cpu_us,
             "ok_rps": result.ok_rps,
             "rps": result.rps,
             "non_2xx": result.non_2xx,
@@ -90,10 +106,47 @@ def measure(url: str, tmp: Path, auth: GridAuth | None, seconds: float) -> dict[
         }
         print(
             f"  {name:10s} {'signed' if auth else 'unsigned':8s} {result.ok_rps:8.0f} ok/s "
-            f"(non-2xx {result.non_2xx}) p99 {result.latency_ms.get('p99')}",
+            f"(non-2xx {result.non_2xx}) p99 {result.latency_ms.get('p99')} "
+            f"grid CPU {cpu_us:.0f} us/request",
             flush=True,
         )
     return out
+
+
+def grid_server(tmp: Path, shards: int, **env: str) -> Server:
+    """A grid of its own on a free port, its data under ``tmp`` (not started)."""
+    port = free_port()
+    cmd = ["omnigrid", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return Server(
+        "omnigrid",
+        [*cmd, "--shards", str(shards)],
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/readyz",
+        cwd=tmp,
+        env={
+            **os.environ,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "OMNIGRID_DATA_DIR": str(tmp / "data"),
+            **env,
+        },
+        log_path=tmp / "omnigrid.log",
+    )
+
+
+def seed(c: httpx.Client, phase: str) -> None:
+    """A phase's SKUs, stocked, and its carts, a line each."""
+    for i in range(SKUS):
+        c.put(
+            f"/v1/skus/{phase}s-{i}/stock",
+            json={"on_hand": 10_000_000},
+            headers={"X-Channel": "pos"},
+        )
+    for i in range(CARTS):
+        c.post(
+            f"/v1/carts/{phase}c-{i}/lines",
+            json={"sku": f"{phase}s-{i}", "qty": 1},
+            headers={"X-Channel": "app"},
+        )
 
 
 def main() -> int:
@@ -101,48 +154,13 @@ def main() -> int:
     p.add_argument("-d", "--duration", type=float, default=10)
     p.add_argument("--shards", type=int, default=2)
     args = p.parse_args()
-    port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="auth-bench-"))
-    env = {
-        **os.environ,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "OMNIGRID_DATA_DIR": str(tmp / "data"),
-    }
-    cmd = [
-        "omnigrid",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--shards",
-        str(args.shards),
-    ]
-    server = Server(
-        "omnigrid",
-        cmd,
-        url=f"http://127.0.0.1:{port}",
-        ready_path="/readyz",
-        cwd=tmp,
-        env=env,
-        log_path=tmp / "omnigrid.log",
-    )
+    server = grid_server(tmp, args.shards)
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             for phase in ("u-", "s-"):
-                for i in range(SKUS):
-                    c.put(
-                        f"/v1/skus/{phase}s-{i}/stock",
-                        json={"on_hand": 10_000_000},
-                        headers={"X-Channel": "pos"},
-                    )
-                for i in range(CARTS):
-                    c.post(
-                        f"/v1/carts/{phase}c-{i}/lines",
-                        json={"sku": f"{phase}s-{i}", "qty": 1},
-                        headers={"X-Channel": "app"},
-                    )
+                seed(c, phase)
             unsigned = measure(server.url, tmp, None, args.duration)
             made = c.post(
                 "/v1/admin/keys",
@@ -154,13 +172,24 @@ def main() -> int:
     finally:
         server.stop()
     ratios = {n: signed[n]["ok_rps"] / unsigned[n]["ok_rps"] for n in SCENARIOS}
+    cpu = "grid_cpu_us_per_request"
+    capacity = {n: unsigned[n][cpu] / signed[n][cpu] for n in SCENARIOS}
     for name, ratio in ratios.items():
-        print(f"{name}: signed/unsigned = {ratio:.2f}x (goal >= 0.85)")
+        print(
+            f"{name}: signed/unsigned = {ratio:.2f}x (goal >= 0.85); grid capacity "
+            f"(unsigned/signed CPU per request) {capacity[name]:.2f}x"
+        )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = REPO / "loadtest" / "results" / f"auth-{stamp}.json"
     out.write_text(
         json.dumps(
-            {"params": vars(args), "unsigned": unsigned, "signed": signed, "ratio": ratios},
+            {
+                "params": vars(args),
+                "unsigned": unsigned,
+                "signed": signed,
+                "ratio": ratios,
+                "capacity_ratio": capacity,
+            },
             indent=2,
         )
     )

@@ -97,6 +97,8 @@ def in_process_app() -> GridApp:
         OpsEndpoints(windows, log=SyncLogEndpoints(SyncLogStore(db), deliveries)),
     )
     metrics = GridMetrics(0)
+    guard = Guard(keyring, unmask_log=log_unmask)
+    router.first_use = guard.nonces.first_use_token  # one process: it owns every nonce
     app = GridApp(
         router,
         routes,
@@ -105,7 +107,7 @@ def in_process_app() -> GridApp:
         channels,
         docs_app(routes),
         streams=streams,
-        guard=Guard(keyring, unmask_log=log_unmask),
+        guard=guard,
     )
     made.append(app)
     return app

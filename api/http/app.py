@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from omnigrid.actors.declaration import Grid
+from omnigrid.actors.declaration import ID_RE, Grid
 from omnigrid.actors.errors import GridError, MalformedRequest, Overloaded
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.auth import Principal
@@ -200,6 +200,8 @@ class GridApp:
                 v.clerk(clerk_raw, channel) if route.is_write else None,
             )
             status, answer = await route.handler(self.grid, call)
+            if self.guard is not None:
+                await self.guard.settle_nonce()
             if self.guard is not None and unmask:
                 answer = await self.guard.unmask(principal, self.grid, route.name, answer)
             headers = list(JSON)
@@ -207,7 +209,8 @@ class GridApp:
                 headers.append((b"etag", b'"%d"' % answer["version"]))
             return status, orjson.dumps(answer), headers, channel, None
         except GridError as err:
-            return (*error_response(err, instance), channel, err.code)
+            refusal = await self._unless_replayed(err)
+            return (*error_response(refusal, instance), channel, refusal.code)
         except _Disconnected:
             raise
         except Exception:  # a bug, never the client's fault: log it, show no trace
@@ -215,13 +218,30 @@ class GridApp:
             code = "internal_error"
             return (*problem_response(500, code, "an internal error", instance), channel, code)
 
+    async def _unless_replayed(self, err: GridError) -> GridError:
+        """A refused request's nonce no command took is checked now: a replay's
+        refusal says so (401), whatever else it would have said."""
+        if self.guard is None:
+            return err
+        try:
+            await self.guard.settle_nonce()
+        except GridError as replay:
+            return replay
+        return err
+
     async def _admit(
         self, scope: Scope, route: Route, params: dict[str, str], body: bytes, channel: str
     ) -> Principal | None:
         """The caller's signature, scope, channel and store (an open grid: nothing)."""
         if self.guard is None or not self.guard.enabled:
             return None
-        principal = await self.guard.admit(scope, route.scope, body)
+        entity = None  # an entity route: its owner checks the nonce with the first command
+        kind = route.kind
+        if kind is not None and route.handler is not None:
+            ident = params.get(kind.ident)
+            if ident is not None and ID_RE.fullmatch(ident) is not None:
+                entity = kind.key(ident)
+        principal = await self.guard.admit(scope, route.scope, body, entity)
         await self.guard.check_place(principal, self.grid, params, channel, route.is_write, body)
         return principal
 

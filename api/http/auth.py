@@ -49,6 +49,10 @@ ANY_KEY = ""  # a route any valid key may call (a product's page, the tier table
 _FIELD = re.compile(r"\s*(key|ts|nonce|sig)=([^,\s]*)\s*")
 _NONCE = re.compile(r"[A-Za-z0-9]{16,64}")
 _SIG = re.compile(r"[0-9a-f]{64}")
+# the header as GridAuth and most clients write it: one match instead of a parse
+_CANONICAL = re.compile(
+    SCHEME + r" key=([^,\s]+), ts=(\d{1,12}), nonce=([A-Za-z0-9]{16,64}), sig=([0-9a-f]{64})"
+)
 
 
 def unauthenticated(detail: str) -> GridError:
@@ -65,10 +69,40 @@ def derive_secret(server_secret: bytes, key_id: str, generation: int) -> str:
     return "ogs_" + base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
+_EMPTY_BODY = hashlib.sha256(b"").hexdigest()  # every GET's
+
+
+def _signed_text(method: str, target: str, ts: str, nonce: str, body: bytes) -> bytes:
+    digest = hashlib.sha256(body).hexdigest() if body else _EMPTY_BODY
+    return f"{method}\n{target}\n{ts}\n{nonce}\n{digest}".encode()
+
+
 def signature(secret: str, method: str, target: str, ts: str, nonce: str, body: bytes) -> str:
-    digest = hashlib.sha256(body).hexdigest()
-    text = f"{method}\n{target}\n{ts}\n{nonce}\n{digest}".encode()
+    text = _signed_text(method, target, ts, nonce, body)
     return hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()
+
+
+class SecretMac:
+    """HMAC-SHA256 under one secret, its keyed inner and outer states computed once:
+    a request's MAC is then two hash copies (about 2 µs here, against 4.5 µs for
+    ``hmac.new`` each time, which keys both states again)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: str) -> None:
+        key = secret.encode()
+        if len(key) > 64:  # RFC 2104: a key longer than the block is hashed first
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def hexdigest(self, text: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(text)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +129,9 @@ class Signed:
 
 
 def parse(header: str) -> Signed:
+    m = _CANONICAL.fullmatch(header)
+    if m is not None:
+        return Signed(*m.groups())
     scheme, _, rest = header.strip().partition(" ")
     if scheme != SCHEME:
         raise unauthenticated(f"Authorization must use {SCHEME}")
@@ -120,14 +157,17 @@ class Keyring:
 
     def __init__(self, server_secret: bytes, bootstrap: str = "") -> None:
         self.server_secret = server_secret
-        self._keys: dict[str, tuple[Principal, list[tuple[str, float]]]] = {}
-        self._bootstrap: tuple[Principal, str] | None = None
+        # key id -> (its principal, [(a MAC under a secret it accepts, until when)])
+        self._keys: dict[str, tuple[Principal, list[tuple[SecretMac, float]]]] = {}
+        self._bootstrap: tuple[Principal, SecretMac] | None = None
         if bootstrap:
             key_id, sep, secret = bootstrap.partition(":")
             if not sep or not key_id or len(secret) < 16:
                 raise ValueError("OMNIGRID_BOOTSTRAP_KEY must be <key_id>:<secret of 16+ chars>")
-            self._bootstrap = (Principal(key_id, frozenset({"admin"}), None, None), secret)
+            admin = Principal(key_id, frozenset({"admin"}), None, None)
+            self._bootstrap = (admin, SecretMac(secret))
 
+        self._macs: dict[tuple[str, int], SecretMac] = {}  # (key id, generation) -> its MAC
         self.loaded = False  # the store's keys were read at least once
 
     @property
@@ -137,18 +177,28 @@ class Keyring:
 
     def load(self, keys: Iterable[ApiKey]) -> None:
         """The store's keys (revoked ones are dropped: refused from now on)."""
-        loaded: dict[str, tuple[Principal, list[tuple[str, float]]]] = {}
+        loaded: dict[str, tuple[Principal, list[tuple[SecretMac, float]]]] = {}
         for k in keys:
             if k.revoked_at is not None:
                 continue
             principal = Principal(k.key_id, frozenset(k.scopes), k.channel, k.store)
-            secrets = [(derive_secret(self.server_secret, k.key_id, k.generation), float("inf"))]
+            secrets = [(self._mac(k.key_id, k.generation), float("inf"))]
             if k.previous_generation is not None and k.previous_until is not None:
-                old = derive_secret(self.server_secret, k.key_id, k.previous_generation)
-                secrets.append((old, k.previous_until))
+                secrets.append((self._mac(k.key_id, k.previous_generation), k.previous_until))
             loaded[k.key_id] = (principal, secrets)
         self._keys = loaded
+        # a reload every 2 s rebuilds no MAC it already has (a key per store: thousands)
+        self._macs = {
+            (key_id, gen): m for (key_id, gen), m in self._macs.items() if key_id in loaded
+        }
         self.loaded = True
+
+    def _mac(self, key_id: str, generation: int) -> SecretMac:
+        mac = self._macs.get((key_id, generation))
+        if mac is None:
+            secret = derive_secret(self.server_secret, key_id, generation)
+            mac = self._macs[(key_id, generation)] = SecretMac(secret)
+        return mac
 
     def secret_of(self, key: ApiKey) -> str:
         return derive_secret(self.server_secret, key.key_id, key.generation)
@@ -171,10 +221,9 @@ class Keyring:
                     raise Unavailable("the grid cannot read its API keys yet; retry later")
                 raise unauthenticated("unknown or revoked key")
             principal, secrets = known
-        for secret, until in secrets:
-            if now <= until and hmac.compare_digest(
-                signature(secret, method, target, signed.ts, signed.nonce, body), signed.sig
-            ):
+        text = _signed_text(method, target, signed.ts, signed.nonce, body)
+        for mac, until in secrets:
+            if now <= until and hmac.compare_digest(mac.hexdigest(text), signed.sig):
                 return principal, signed
         raise unauthenticated("the signature does not match")
 
@@ -188,12 +237,15 @@ class NonceBook:
 
     def first_use(self, key_id: str, nonce: str, now: float | None = None) -> bool:
         """Whether this is the first use of the nonce (and remember it)."""
+        return self.first_use_token(f"{key_id}:{nonce}", now)
+
+    def first_use_token(self, token: str, now: float | None = None) -> bool:
+        """``first_use`` of a ``"<key id>:<nonce>"`` token."""
         now = time.time() if now is None else now
         horizon = now - 2 * TOLERANCE_S  # a ts may be 300 s early or late
         seen = self._seen
         while seen and (next(iter(seen.values())) < horizon or len(seen) > self.max_entries):
             seen.popitem(last=False)
-        token = f"{key_id}:{nonce}"
         if token in seen:
             return False
         seen[token] = now

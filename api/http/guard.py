@@ -15,11 +15,11 @@ import orjson
 
 from omnigrid.actors import identifiers
 from omnigrid.actors.declaration import Grid
-from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden, unauthenticated
+from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden
+from omnigrid.api.http.nonce_claim import PENDING, NonceCheck, PendingNonce, replayed, settle
 
 Scope = MutableMapping[str, Any]
 # (key_id, nonce) -> whether this is its first use, asked of the nonce's owner
-NonceCheck = Callable[[str, str], Awaitable[bool]]
 HOME_STORE = "member.home"  # the member's query: its home_store
 ORDER_STORES = "order.stores"  # the order's query: [store, pickup_store] (None: no order)
 UNMASK = b"x-unmask"
@@ -39,10 +39,10 @@ class Guard:
     ) -> None:
         self.keyring = keyring
         self.unmask_log = unmask_log
-        book = NonceBook()
+        self.nonces = NonceBook()  # this process's part (all of them, with no check given)
 
-        async def local(key_id: str, nonce: str) -> bool:
-            return book.first_use(key_id, nonce)
+        async def local(token: str, owner_key: str | None) -> bool:
+            return self.nonces.first_use_token(token)
 
         self.nonce_check = nonce_check or local
 
@@ -50,8 +50,13 @@ class Guard:
     def enabled(self) -> bool:
         return self.keyring.enabled
 
-    async def admit(self, scope: Scope, required: str | None, body: bytes) -> Principal | None:
-        """The verified caller of a route needing ``required`` (None: a public route)."""
+    async def admit(
+        self, scope: Scope, required: str | None, body: bytes, entity: str | None = None
+    ) -> Principal | None:
+        """The verified caller of a route needing ``required`` (None: a public route).
+
+        Its nonce is checked now, or, for a route to ``entity``, by that entity's
+        owner with the request's first command there (api/http/nonce_claim.py)."""
         if required is None or not self.keyring.enabled:
             return None
         header: str | None = None
@@ -64,11 +69,18 @@ class Guard:
         if query:
             target += "?" + query.decode("latin-1")
         principal, signed = self.keyring.verify(scope["method"], target, header, body, time.time())
-        if not await self.nonce_check(signed.key_id, signed.nonce):
-            raise unauthenticated("this nonce was used already")
+        token = f"{signed.key_id}:{signed.nonce}"
+        if entity is not None:
+            PENDING.set(PendingNonce(token, entity))
+        elif not await self.nonce_check(token, None):
+            raise replayed()
         if not principal.allows(required):
             raise forbidden()
         return principal
+
+    async def settle_nonce(self) -> None:
+        """The request is done with the grid: its nonce, if no command took it."""
+        await settle(self.nonce_check)
 
     async def check_place(
         self,

@@ -90,6 +90,17 @@ class SyncStats:
         }
 
 
+class SilentSyncStats(SyncStats):
+    """Sync monitoring off (``OMNIGRID_SYNC_MONITORING=0``): counts nothing, for
+    measuring what monitoring costs (loadtest/monitoring_bench.py)."""
+
+    def request(self, channel: str, status: int, seconds: float, code: str | None) -> None:
+        pass
+
+    def delivered(self, channel: str, lag_s: float) -> None:
+        pass
+
+
 def merge(windows: list[dict[str, Any]]) -> dict[int, dict[str, list[Any]]]:
     """Every process's window, summed per second and channel."""
     out: dict[int, dict[str, list[Any]]] = {}

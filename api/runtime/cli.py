@@ -58,6 +58,7 @@ configuration (flags override environment variables):
   OMNIGRID_STREAM_HEARTBEAT_S    seconds between heartbeats on idle streams (default 15)
   OMNIGRID_HEADER_TIMEOUT_S  a request's headers not whole by then: cut (default 10)
   OMNIGRID_SYNC_LOG_RETENTION_S  changes kept for the sync log (default 604800: 7 days)
+  OMNIGRID_SYNC_MONITORING  0: no per-channel figures, lag or alerts (to measure their cost)
   OMNIGRID_MAX_CLIENT_CONNECTIONS  per client address and process (default 4096; 0: none)
   OMNIGRID_TRUSTED_CLIENTS addresses not bounded (default 127.0.0.1,::1)
   OMNIGRID_TLS_CERTFILE, OMNIGRID_TLS_KEYFILE  serve HTTPS with this PEM certificate and key

@@ -32,9 +32,11 @@ from omnigrid.actors.shard import Shard
 from omnigrid.api.http.app import GridApp
 from omnigrid.api.http.behaviour import BehaviourEndpoints
 from omnigrid.api.http.metrics import GridMetrics, merge_expositions
+from omnigrid.api.http.nonce_claim import REPLAYED
 from omnigrid.api.http.openapi import docs_app
 from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
+from omnigrid.api.http.sync_stats import SilentSyncStats
 from omnigrid.api.http.webhooks import WebhookEndpoints
 from omnigrid.api.runtime.guarded_http import Bounds
 from omnigrid.api.runtime.hub import HUB_OPS, EventHub
@@ -63,7 +65,9 @@ CONTROL_TIMEOUT_S = 3.0
 # reported missing, so health answers within a second during any outage.
 HEALTH_TIMEOUT_S = 0.4
 HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
-SIDE_OPS = HUB_OPS | {NONCE_OP, DELIVERIES_OP}
+REPLAYED_OP = "auth.replayed"  # a command whose nonce was seen: refused, not applied
+NONCE_AT = 7  # the wire index of a command's nonce (actors/protocol.py)
+SIDE_OPS = HUB_OPS | {NONCE_OP, DELIVERIES_OP, REPLAYED_OP}
 RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
 AUDIT_TIMEOUT_S = 600.0
 STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
@@ -168,6 +172,8 @@ class GridNode:
             self.links,
             self._ask_all,
         )
+        self.router.first_use = self.keys.nonces.first_use_token
+        self.router.nonce_check = self.keys.first_use
         self.watch = NodeWatch(
             database,
             shard_id,
@@ -194,9 +200,12 @@ class GridNode:
             self.streams,
             self.keys.guard,
         )
-        self.app.sync_stats = self.watch.stats
-        self.streams.on_delivered = self.watch.delivered
-        self.webhook_sender.on_delivered = self.watch.delivered
+        if settings.sync_monitoring:
+            self.app.sync_stats = self.watch.stats
+            self.streams.on_delivered = self.watch.delivered
+            self.webhook_sender.on_delivered = self.watch.delivered
+        else:
+            self.app.sync_stats = SilentSyncStats()
         add_node_gauges(self)
         self.unix_path = os.path.join(
             tempfile.gettempdir(), f"omnigrid-{settings.port}-{os.getpid()}-shard{shard_id}.sock"
@@ -228,7 +237,8 @@ class GridNode:
         self._tasks.append(loop.create_task(self.hub.refresh_forever()))
         self._tasks.append(loop.create_task(self.webhook_sender.run()))
         self._tasks.append(loop.create_task(self.keys.reload_forever()))
-        self._tasks.append(loop.create_task(self.watch.evaluate_forever()))
+        if self.settings.sync_monitoring:
+            self._tasks.append(loop.create_task(self.watch.evaluate_forever()))
         if self.shard_id == 0:
             self._tasks.append(loop.create_task(self.watch.prune_forever()))
         if self.settings.durability == "async":
@@ -282,6 +292,8 @@ class GridNode:
     def _apply_wire_batch(self, batch: list[Any]) -> list[Any]:
         self.metrics.served_batch_size.labels(self.metrics.shard).observe(len(batch))
         commands = [Command.from_wire(w) for w in batch]
+        if any(len(w) > NONCE_AT for w in batch):
+            commands = self._check_nonces(commands)
         if not any(cmd.op in SIDE_OPS for cmd in commands):
             return [r.to_wire() for r in self.shard.apply_batch(commands)]
         # Stream traffic and nonce checks ride the same frames; the shard sees only its
@@ -293,7 +305,23 @@ class GridNode:
             for cmd in commands
         ]
 
+    def _check_nonces(self, commands: list[Command]) -> list[Command]:
+        """A command carrying a signed request's nonce runs only if the nonce is new
+        here (its entity's owner: api/http/nonce_claim.py); a replay's becomes a
+        refusal, and no nonce goes on to the shard (nor its journal)."""
+        checked = []
+        for cmd in commands:
+            if cmd.nonce is not None:  # just decoded: this process's own to change
+                fresh = self.keys.nonces.first_use_token(cmd.nonce)
+                cmd.nonce = None
+                if not fresh:
+                    cmd = Command(REPLAYED_OP, cmd.key)
+            checked.append(cmd)
+        return checked
+
     def _serve_side(self, cmd: Command) -> Result:
+        if cmd.op == REPLAYED_OP:
+            return Result(401, None, "unauthenticated", REPLAYED)
         if cmd.op == NONCE_OP:
             return self.keys.serve_nonce(cmd)
         if cmd.op == DELIVERIES_OP:

@@ -11,7 +11,7 @@ from typing import Any
 
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.api.http.admin import KeyEndpoints
-from omnigrid.api.http.auth import Keyring, NonceBook
+from omnigrid.api.http.auth import Keyring
 from omnigrid.api.http.guard import Guard
 from omnigrid.api.runtime.peers import PeerLink
 from omnigrid.persistence.db import Database
@@ -45,25 +45,26 @@ class NodeKeys:
             self.keyring.load(self.store.all())
         except StoreUnavailable as e:  # closed until the reload loop reads them
             log.warning("the API keys cannot be read: %s", e)
-        self.nonces = NonceBook()
         self.guard = Guard(self.keyring, self.first_use, self.log_unmask)
+        self.nonces = self.guard.nonces  # the nonces this process owns
         self.endpoints = KeyEndpoints(self.store, self.keyring, self.changed)
 
-    async def first_use(self, key_id: str, nonce: str) -> bool:
-        """Whether a nonce is new, asked of the process that owns it (its slot's), so a
+    async def first_use(self, token: str, owner_key: str | None) -> bool:
+        """Whether a nonce (``"<key id>:<nonce>"``) is new, asked of the process that
+        owns ``owner_key`` (the request's entity), else the nonce's own slot, so a
         request replayed to any process is caught."""
-        owner = self.owner_of(f"nonce:{nonce}")
+        owner = self.owner_of(owner_key or f"nonce:{token}")
         link = self.links.get(owner)
         if owner == self.shard_id or link is None:
-            return self.nonces.first_use(key_id, nonce)
+            return self.nonces.first_use_token(token)
         try:
-            result = await link.call(Command(NONCE_OP, "", {"key": key_id, "nonce": nonce}))
+            result = await link.call(Command(NONCE_OP, "", {"token": token}))
         except Exception:  # its owner is away: this process remembers it meanwhile
-            return self.nonces.first_use(key_id, nonce)
+            return self.nonces.first_use_token(token)
         return bool(result.body)
 
     def serve_nonce(self, cmd: Command) -> Result:
-        return Result(200, self.nonces.first_use(cmd.args["key"], cmd.args["nonce"]))
+        return Result(200, self.nonces.first_use_token(cmd.args["token"]))
 
     async def log_unmask(self, key_id: str, route: str, uid: str | None) -> None:
         await asyncio.to_thread(self.store.log_pii_access, key_id, route, uid)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from omnigrid.actors.errors import GridError, Unavailable
 from omnigrid.actors.protocol import ALIASED, MOVED, Command, Result
 from omnigrid.actors.shard import QUERY, Shard
 from omnigrid.actors.slots import SlotMap
+from omnigrid.api.http.nonce_claim import PENDING, NonceCheck, PendingNonce, replayed
 from omnigrid.api.runtime.peers import PeerLink
 
 MAX_REDIRECTS = 3
@@ -29,6 +30,10 @@ class Router:
         self.links = links
         self.slot_map = shard.slot_map
         self._local: list[tuple[Command, asyncio.Future[Result]]] = []
+        # a signed request's nonce (api/http/nonce_claim.py): this process's book, and
+        # the check on its own at the owner's; none wired: no nonce is ever pending
+        self.first_use: Callable[[str], bool] = lambda token: True
+        self.nonce_check: NonceCheck | None = None
 
     def _run_local(self, cmd: Command) -> asyncio.Future[Result]:
         """Queue a command for this process's shard; the queue runs as one batch.
@@ -54,12 +59,44 @@ class Router:
             self.slot_map = slot_map
 
     async def _send(self, owner: int, cmd: Command) -> Result:
+        pending = PENDING.get()
+        if pending is not None and not pending.claimed:
+            cmd = await self._claim(pending, owner, cmd)
         if owner == self.shard.shard_id:
             return await self._run_local(cmd)
         link = self.links.get(owner)
         if link is None:
             raise Unavailable(f"shard {owner} is not known to this process")
         return await link.call(cmd)
+
+    async def _claim(self, pending: PendingNonce, owner: int, cmd: Command) -> Command:
+        """The request's nonce goes with its first command to its entity's owner
+        (checked here when that is this process); a write elsewhere first waits for
+        a check on its own. Reads elsewhere go ahead: they apply nothing."""
+        nonce_owner = self.slot_map.owner(pending.key)
+        if owner == nonce_owner:
+            pending.claimed = True  # before any await: a gathered sibling sees it taken
+            if owner != self.shard.shard_id:  # a copy: a redirect resends it without
+                c = cmd  # (dataclasses.replace costs several times this)
+                return Command(
+                    c.op,
+                    c.key,
+                    c.args,
+                    c.channel,
+                    c.idempotency_key,
+                    c.fingerprint,
+                    c.if_match,
+                    pending.token,
+                )
+            if not self.first_use(pending.token):
+                raise replayed()
+            return cmd
+        if cmd.op == QUERY:
+            return cmd
+        pending.claimed = True
+        if self.nonce_check is not None and not await self.nonce_check(pending.token, pending.key):
+            raise replayed()
+        return cmd
 
     def is_local(self, key: str) -> bool:
         return self.slot_map.owner(key) == self.shard.shard_id

@@ -61,6 +61,9 @@ class Settings:
     # HTTPS when both are set: a PEM certificate (chain) and its private key
     tls_certfile: str = ""
     tls_keyfile: str = ""
+    # each channel's figures, sync lag, deliveries per change and alerts (off: to measure
+    # what they cost; /v1/ops/sync then shows nothing)
+    sync_monitoring: bool = True
     # changes kept in the event log (the sync log, stream resumes, timelines)
     sync_log_retention_s: float = 7 * 24 * 3600.0
 

@@ -3,6 +3,8 @@ every request signed, within its scopes, as its channel, in its store."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -12,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from omnigrid.actors.errors import GridError
 from omnigrid.api.client import GridAuth
-from omnigrid.api.http.auth import SCOPES, Keyring
+from omnigrid.api.http.auth import SCOPES, Keyring, SecretMac, parse
 from omnigrid.api.http.routes import UNSET, all_routes
 from tests.conftest import Grid, write_headers
 from tests.inprocess import in_process_client
@@ -38,6 +42,23 @@ def make_key(c: httpx.Client, auth: httpx.Auth | None = None, **body: Any) -> Gr
     )
     assert r.status_code == 201, r.text
     return GridAuth(r.json()["key_id"], r.json()["secret"])
+
+
+@given(st.text(min_size=1, max_size=200), st.binary(max_size=500))
+def test_the_grids_mac_is_hmac_sha256(secret: str, text: bytes) -> None:
+    """The precomputed-state MAC the grid verifies with is RFC 2104's, short keys and
+    keys longer than the block alike."""
+    expected = hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()
+    assert SecretMac(secret).hexdigest(text) == expected
+
+
+def test_an_authorization_header_parses_the_same_written_either_way() -> None:
+    canonical = f"OG1-HMAC-SHA256 key=k_1, ts=1700000000, nonce={'n' * 16}, sig={'a' * 64}"
+    loose = f"OG1-HMAC-SHA256 sig={'a' * 64},nonce={'n' * 16} , ts=1700000000,key=k_1"
+    assert parse(canonical) == parse(loose)
+    for bad in (canonical.replace("ts=1", "ts=x"), canonical + ", key=k_2", canonical[:-1]):
+        with pytest.raises(GridError):
+            parse(bad)
 
 
 def test_every_route_has_a_scope() -> None:
@@ -89,6 +110,26 @@ def test_stale_replayed_tampered_and_unknown_requests_change_nothing(local: http
     ):
         assert send(bad).status_code == 401
     assert local.get("/v1/skus/s1/stock", auth=admin).json()["on_hand"] == 6  # once
+
+
+def test_a_refused_request_replayed_is_refused_as_a_replay(local: httpx.Client) -> None:
+    """The nonce of an entity route is checked by its owner with the request's first
+    command; a request refused before it reached the owner has its nonce checked
+    after, so its replay is a replay (401), not the refusal again."""
+    admin = make_key(local, scopes=["admin"])
+    local.put("/v1/skus/r1/stock", json={"on_hand": 1}, headers=write_headers(), auth=admin)
+    for target, body in (
+        ("/v1/skus/r1/reservations", b'{"qty": 5, "ttl_s": 60}'),  # 409: the owner refused
+        ("/v1/skus/r1/reservations", b'{"qty": -1}'),  # 422: refused before any command
+    ):
+        header = admin.header("POST", target, body)
+        sent = {**write_headers(), "Authorization": header}
+        first = local.post(target, content=body, headers=sent)
+        assert first.status_code in (409, 422), first.text
+        again = local.post(target, content=body, headers=sent)
+        assert (again.status_code, again.json()["code"]) == (401, "unauthenticated")
+    stock = local.get("/v1/skus/r1/stock", auth=admin).json()
+    assert (stock["on_hand"], stock["reserved"]) == (1, 0)
 
 
 def test_scopes_and_channels_bound_what_a_key_may_do(local: httpx.Client) -> None:
@@ -233,6 +274,23 @@ def test_keys_from_the_cli_on_a_real_grid_replays_to_any_process_and_revocation(
                         ).status_code
                     )
             assert sorted(answers) == [200] + [401] * 11, answers
+            # a cart line: its nonce rides the first command to the cart's owner, whose
+            # SKU may live on the other process; a replay anywhere adds nothing
+            target, body = "/v1/carts/u-replay/lines", b'{"sku": "s1", "qty": 1}'
+            header = admin.header("POST", target, body)
+            answers = []
+            for _ in range(12):
+                with httpx.Client(base_url=grid.url, timeout=10) as one:
+                    answers.append(
+                        one.post(
+                            target,
+                            content=body,
+                            headers={**write_headers(), "Authorization": header},
+                        ).status_code
+                    )
+            assert sorted(answers) == [200] + [401] * 11, answers
+            cart = c.get("/v1/carts/u-replay", auth=admin).json()
+            assert [line["qty"] for line in cart["lines"]] == [1]
             reader = make_key(c, admin, scopes=["stock:read"])
             r = c.delete(f"/v1/admin/keys/{reader.key_id}", headers=write_headers(), auth=admin)
             assert r.status_code == 200
