@@ -86,14 +86,23 @@ def encode(event: Event, cursor: str) -> bytes:
         "at": rfc3339(event.at),
     }
     if kind is not None and kind.event_view is not None:  # it carries another view, whole
-        data = {**kind.event_view(event.view), "channel": event.channel, "op": event.op,
-                "at": rfc3339(event.at)}  # fmt: skip
+        data = {
+            **kind.event_view(event.view),
+            "channel": event.channel,
+            "op": event.op,
+            "at": rfc3339(event.at),
+        }
     name = kind.stream_events.get(event.op, event.kind) if kind is not None else event.kind
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         cursor.encode(),
         name.encode(),
         orjson.dumps(data),
     )
+
+
+# A stream's last words when its process stops: reconnect in half a second (with
+# Last-Event-ID, to any process: nothing is missed)
+CLOSING = b"retry: 500\n: this grid process is stopping; reconnect\n\n"
 
 
 class StreamServer:
@@ -107,6 +116,7 @@ class StreamServer:
         self.open = 0
         self.sent = 0
         self.on_delivered: OnDelivered | None = None
+        self.closing = asyncio.Event()  # set: every stream ends (close_all)
 
     async def serve(
         self, scope: Scope, receive: Any, send: Any, kinds: tuple[Kind, ...], params: dict[str, str]
@@ -120,6 +130,8 @@ class StreamServer:
                 first = kinds[0].key(ident)
                 ident = (await self.grid.query({first: ALIAS_QUERY}))[first] or ident
             cursor = self._cursor(scope, names)
+            if self.closing.is_set():
+                raise Unavailable("this grid process is stopping; reconnect")
             if self.open >= self.max_streams:
                 raise Overloaded(f"{self.open} streams are already open on this process")
             inbox: asyncio.Queue[Event] = asyncio.Queue()
@@ -182,17 +194,29 @@ class StreamServer:
             if sub.last >= 0:
                 await self._catch_up(subs, sub, send, None)
         gone = asyncio.ensure_future(_disconnected(receive))
+        closing = asyncio.ensure_future(self.closing.wait())
         try:
             while not gone.done() and not any(sub.overflowed for sub in subs):
                 getter = asyncio.ensure_future(inbox.get())
                 done, _ = await asyncio.wait(
-                    {getter, gone}, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
+                    {getter, gone, closing},
+                    timeout=self.heartbeat_s,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                if closing in done:  # this process stops: the client comes back elsewhere
+                    getter.cancel()
+                    await send({"type": "http.response.body", "body": CLOSING, "more_body": False})
+                    return
                 if getter not in done:
                     getter.cancel()
                     if not gone.done():
-                        await send({"type": "http.response.body", "body": b": heartbeat\n\n",
-                                    "more_body": True})  # fmt: skip
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": b": heartbeat\n\n",
+                                "more_body": True,
+                            }
+                        )
                     continue
                 event = getter.result()
                 sub = by_key[event.key]
@@ -208,6 +232,12 @@ class StreamServer:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
+            closing.cancel()
+
+    def close_all(self) -> int:
+        """End every open stream with a retry hint (the process is stopping); how many."""
+        self.closing.set()
+        return self.open
 
     async def _catch_up(
         self, subs: list[Subscription], sub: Subscription, send: Any, before: int | None

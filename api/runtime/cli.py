@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import replace
+from typing import Any
 
 import msgspec
 
@@ -59,6 +61,7 @@ configuration (flags override environment variables):
   OMNIGRID_HEADER_TIMEOUT_S  a request's headers not whole by then: cut (default 10)
   OMNIGRID_SYNC_LOG_RETENTION_S  changes kept for the sync log (default 604800: 7 days)
   OMNIGRID_SYNC_MONITORING  0: no per-channel figures, lag or alerts (to measure their cost)
+  OMNIGRID_STOP_TIMEOUT_S  a SIGTERM's clean stop takes at most this (default 30)
   OMNIGRID_MAX_CLIENT_CONNECTIONS  per client address and process (default 4096; 0: none)
   OMNIGRID_TRUSTED_CLIENTS addresses not bounded (default 127.0.0.1,::1)
   OMNIGRID_TLS_CERTFILE, OMNIGRID_TLS_KEYFILE  serve HTTPS with this PEM certificate and key
@@ -178,9 +181,25 @@ def serve_grid(settings: Settings) -> int:
     from omnigrid.api.runtime.cluster import init_ray, start_shards, stop_shards
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            print(
+                f"omnigrid: {signal.Signals(signum).name}: stopping cleanly within "
+                f"{settings.stop_timeout_s:g} s (a second signal forces it)",
+                flush=True,
+            )
+            stop.set()
+            return
+        print(
+            "omnigrid: forced to stop: journaled changes are replayed on the next start", flush=True
+        )
+        os._exit(1)  # Ray's processes follow their driver out
+
     where = init_ray(settings)
+    # after ray.init: Ray puts a handler of its own on SIGTERM that exits at once
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     try:
         handles = start_shards(settings)
         print(
@@ -191,10 +210,35 @@ def serve_grid(settings: Settings) -> int:
             flush=True,
         )
         stop.wait()
-        stop_shards(handles)
+        started = time.monotonic()
+        reports = stop_shards(handles, settings.stop_timeout_s)
+        clean = say_stopped(reports, time.monotonic() - started)
     finally:
         ray.shutdown()
-    return 0
+    return 0 if clean else 1
+
+
+def say_stopped(reports: list[dict[str, Any]], seconds: float) -> bool:
+    """What a stop did, shard by shard; whether every shard stopped cleanly."""
+    clean = True
+    for r in reports:
+        if "error" in r:
+            clean = False
+            print(
+                f"  shard {r['shard']}: did not stop in time ({r['error']}); its journal "
+                "is replayed on the next start",
+                flush=True,
+            )
+            continue
+        clean = clean and bool(r["store_complete"])
+        print(
+            f"  shard {r['shard']}: {r['streams_closed']} streams ended, "
+            f"{r['changes_stored']} changes stored, {r['left_in_journal']} left in the "
+            "journal",
+            flush=True,
+        )
+    print(f"omnigrid: stopped {'cleanly ' if clean else ''}in {seconds:.1f} s", flush=True)
+    return clean
 
 
 if __name__ == "__main__":

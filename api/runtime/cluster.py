@@ -8,6 +8,7 @@ kept off the per-request path: requests travel over api/runtime/peers.py streams
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
@@ -65,7 +66,9 @@ def init_ray(settings: Settings) -> str:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray; say which."""
     address = os.environ.get("RAY_ADDRESS")
     ray.init(
-        address=address or None,
+        # "local": a Ray of its own, never a cluster /tmp/ray/ray_current_cluster names
+        # (address=None follows that file, even to a head that died long ago)
+        address=address or "local",
         namespace=settings.namespace,
         include_dashboard=False,
         logging_level=logging.WARNING,
@@ -91,10 +94,17 @@ def start_shards(settings: Settings) -> list[Any]:
     return handles
 
 
-def stop_shards(handles: list[Any]) -> None:
-    for handle in handles:
+def stop_shards(handles: list[Any], budget_s: float) -> list[dict[str, Any]]:
+    """Every shard stops cleanly at once, within ``budget_s``; what each did (a shard
+    that did not answer in time: its error). Then the actors go."""
+    stops = [handle.stop.remote(budget_s) for handle in handles]
+    reports: list[dict[str, Any]] = []
+    for shard_id, ref in enumerate(stops):
         try:
-            ray.get(handle.stop.remote(), timeout=5)
-        except Exception as e:  # it may be dead already
-            log.debug("stopping a shard: %r", e)
-        ray.kill(handle, no_restart=True)
+            reports.append(ray.get(ref, timeout=budget_s + 3))
+        except Exception as e:  # it may be dead already, or too slow
+            reports.append({"shard": shard_id, "error": repr(e)[:200]})
+    for handle in handles:
+        with contextlib.suppress(Exception):
+            ray.kill(handle, no_restart=True)
+    return reports

@@ -216,6 +216,7 @@ class GridNode:
         self.tcp_port = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- life cycle ----------------------------------------------------------
@@ -255,22 +256,46 @@ class GridNode:
             date_header=False,
             ssl_certfile=self.settings.tls_certfile or None,
             ssl_keyfile=self.settings.tls_keyfile or None,
+            # a stop lets the requests in flight finish, for half its time at most
+            timeout_graceful_shutdown=max(1, round(self.settings.stop_timeout_s / 2)),
         )
         self._http = uvicorn.Server(config)
         # More ports than one let a single client machine open more than the
         # ~28,000 connections one source address can hold to one address and port.
         ports = [self.settings.port, *self.settings.extra_port_list()]
         socks = [http_socket(self.settings.host, port) for port in ports]
-        self._tasks.append(asyncio.get_running_loop().create_task(self._http.serve(socks)))
+        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(socks))
+        self._tasks.append(self._http_task)
         while not self._http.started:
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
-        if self._http is not None:
+    async def stop(self, budget_s: float = STOP_DRAIN_TIMEOUT_S) -> dict[str, Any]:
+        """Stop cleanly within ``budget_s``: end the streams (with a retry hint), take
+        no new connection, let the requests in flight finish, store every journaled
+        change, close what this process opened. What it did, for the operator."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        streams = self.streams.close_all()
+        if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
+            with contextlib.suppress(Exception):  # in-flight requests finish first
+                await asyncio.wait_for(
+                    asyncio.shield(self._http_task), max(0.1, (deadline - loop.time()) / 2)
+                )
         # A clean stop leaves the store complete and the journal trimmed.
+        unstored = self.shard.unstored_count()
+        stored = False
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writebehind.drain_all(force=True), STOP_DRAIN_TIMEOUT_S)
+            stored = await asyncio.wait_for(
+                self.writebehind.drain_all(force=True), max(0.1, deadline - loop.time() - 0.5)
+            )
+        report = {
+            "shard": self.shard_id,
+            "streams_closed": streams,
+            "changes_stored": unstored - self.shard.unstored_count(),
+            "left_in_journal": self.shard.unstored_count(),  # replayed on the next start
+            "store_complete": stored,
+        }
         if self.hot_copy is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.hot_copy.copy(), 1.0)
@@ -282,6 +307,7 @@ class GridNode:
             task.cancel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.unix_path)
+        return report
 
     def address(self) -> PeerAddress:
         return PeerAddress(self.node_id, self.unix_path, self.settings.host, self.tcp_port)

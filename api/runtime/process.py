@@ -105,8 +105,10 @@ class ShardProcess:
     def reload_keys(self) -> None:
         self._on_loop(self.node.reload_keys())
 
-    def stop(self) -> None:
-        self._on_loop(self.node.stop())
+    def stop(self, budget_s: float) -> dict[str, Any]:
+        """A clean stop within ``budget_s``; what it did."""
+        done = asyncio.run_coroutine_threadsafe(self.node.stop(budget_s), self.loop)
+        return done.result(budget_s + 2)
 
 
 def tune_gc() -> None:

@@ -64,6 +64,9 @@ class Settings:
     # each channel's figures, sync lag, deliveries per change and alerts (off: to measure
     # what they cost; /v1/ops/sync then shows nothing)
     sync_monitoring: bool = True
+    # a SIGTERM's clean stop (streams ended, requests finished, changes stored) takes
+    # at most this; a second signal forces it
+    stop_timeout_s: float = 30.0
     # changes kept in the event log (the sync log, stream resumes, timelines)
     sync_log_retention_s: float = 7 * 24 * 3600.0
 
@@ -117,6 +120,8 @@ class Settings:
             raise ValueError("tls_certfile and tls_keyfile go together")
         if self.header_timeout_s < 0 or self.max_client_connections < 0:
             raise ValueError("header_timeout_s and max_client_connections must be >= 0")
+        if not 1 <= self.stop_timeout_s <= 3600:
+            raise ValueError("stop_timeout_s must be between 1 and 3600")
         if self.sync_log_retention_s < 60:
             raise ValueError("sync_log_retention_s must be at least 60")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
