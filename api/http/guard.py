@@ -19,7 +19,6 @@ from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden
 from omnigrid.api.http.nonce_claim import PENDING, NonceCheck, PendingNonce, replayed, settle
 
 Scope = MutableMapping[str, Any]
-# (key_id, nonce) -> whether this is its first use, asked of the nonce's owner
 HOME_STORE = "member.home"  # the member's query: its home_store
 ORDER_STORES = "order.stores"  # the order's query: [store, pickup_store] (None: no order)
 UNMASK = b"x-unmask"

@@ -5,7 +5,9 @@ webhooks.py): signed, at least once (``id`` is the event's, for receivers to
 deduplicate), retried with exponential backoff, and after ``max_attempts``
 moved to the dead letters that ``GET /v1/webhooks/{id}/dead-letters`` shows.
 Every process reloads the registrations every ``REGISTRY_REFRESH_S``, so
-deliveries start within that long of a registration.
+deliveries start within that long of a registration. Each send is a task of its
+own, recorded in the store at the next round: a slow receiver holds up only its
+own deliveries (at most ``MAX_IN_FLIGHT_PER_HOOK`` at once), never another's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from omnigrid.persistence.webhooks import Delivery, Webhook, WebhookStore
 log = logging.getLogger("omnigrid.webhooks")
 REGISTRY_REFRESH_S = 2.0
 POLL_S = 0.25
-SEND_BATCH = 100
+SEND_BATCH = 100  # sends started per round at most
+MAX_IN_FLIGHT_PER_HOOK = 32  # a slow receiver's sends waiting at once
 
 
 class WebhookSender:
@@ -46,6 +49,9 @@ class WebhookSender:
         self.on_delivered: OnDelivered | None = None
         self.registry: list[Webhook] = []
         self.sent = self.failed = self.dead = 0
+        self._in_flight: dict[int, Delivery] = {}  # being sent or not yet recorded
+        self._finished: list[tuple[Delivery, str | None, float]] = []  # (it, error, when)
+        self._tasks: set[asyncio.Future[None]] = set()  # the sends: held until done
 
     def webhooks(self) -> list[Webhook]:
         return self.registry
@@ -67,28 +73,61 @@ class WebhookSender:
                 await asyncio.sleep(POLL_S)
 
     async def send_due(self, client: httpx.AsyncClient) -> int:
+        """Record the sends that finished, then start the due ones not in flight; how
+        many started. A send is a task of its own, so a slow receiver holds up only
+        its own deliveries (at most ``MAX_IN_FLIGHT_PER_HOOK`` of them), never a
+        round, nor another receiver's."""
+        await self._settle_finished()
         now = time.time()
-        due = await asyncio.to_thread(self.store.due, self.shard_id, now, SEND_BATCH)
-        if not due:
-            return 0
+        limit = SEND_BATCH + len(self._in_flight)  # the in-flight ones are still due
+        due = await asyncio.to_thread(self.store.due, self.shard_id, now, limit)
         hooks = {hook.id: hook for hook in self.registry}
-        outcomes = await asyncio.gather(
-            *(self._send(client, hooks.get(d.webhook_id), d) for d in due)
-        )
+        per_hook: dict[str, int] = {}
+        for d in self._in_flight.values():
+            per_hook[d.webhook_id] = per_hook.get(d.webhook_id, 0) + 1
+        started = 0
+        for d in due:
+            taken = per_hook.get(d.webhook_id, 0)
+            if d.id in self._in_flight or taken >= MAX_IN_FLIGHT_PER_HOOK:
+                continue
+            per_hook[d.webhook_id] = taken + 1
+            self._in_flight[d.id] = d
+            task = asyncio.ensure_future(self._send_one(client, hooks.get(d.webhook_id), d))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
+
+    async def _send_one(self, client: httpx.AsyncClient, hook: Webhook | None, d: Delivery) -> None:
+        try:
+            error = await self._send(client, hook, d)
+        except Exception as e:  # a bug: tried again later, like a refusal
+            error = f"{type(e).__name__}: {e}"[:500]
+        self._finished.append((d, error, time.time()))
+
+    async def _settle_finished(self) -> None:
+        finished, self._finished = self._finished, []
+        if not finished:
+            return
         delivered, retry, dead = [], [], []
-        for delivery, error in zip(due, outcomes, strict=True):
+        for delivery, error, at in finished:
             if error is None:
                 delivered.append(delivery.id)
             elif delivery.attempts + 1 >= self.max_attempts:
                 dead.append((delivery, error))
             else:
                 wait = min(self.backoff_s * 2**delivery.attempts, 3600.0)
-                retry.append((delivery.id, delivery.attempts + 1, now + wait, error))
-        await asyncio.to_thread(self.store.settle, delivered, retry, dead, time.time())
+                retry.append((delivery.id, delivery.attempts + 1, at + wait, error))
+        try:
+            await asyncio.to_thread(self.store.settle, delivered, retry, dead, time.time())
+        except StoreUnavailable:
+            self._finished = finished + self._finished  # recorded at the next round
+            raise
+        for delivery, _, _ in finished:
+            self._in_flight.pop(delivery.id, None)
         self.sent += len(delivered)
         self.failed += len(retry)
         self.dead += len(dead)
-        return len(due)
 
     async def _send(
         self, client: httpx.AsyncClient, hook: Webhook | None, d: Delivery

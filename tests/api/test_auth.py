@@ -228,6 +228,18 @@ def test_rotation_overlaps_and_revocation_is_immediate(local: httpx.Client) -> N
     assert bad.status_code == 422
 
 
+def send_twelve_times(url: str, auth: GridAuth, target: str, body: bytes) -> list[int]:
+    """One signed POST sent twelve times, each on a fresh connection (SO_REUSEPORT
+    spreads them over the processes): the answers' statuses."""
+    header = auth.header("POST", target, body)
+    answers = []
+    for _ in range(12):
+        with httpx.Client(base_url=url, timeout=10) as one:
+            sent = {**write_headers(), "Authorization": header}
+            answers.append(one.post(target, content=body, headers=sent).status_code)
+    return answers
+
+
 def test_keys_from_the_cli_on_a_real_grid_replays_to_any_process_and_revocation() -> None:
     """Two processes serve one port: a key made with ``omnigrid keys`` on the host is
     honoured by both, a signed request replayed is refused whichever process it
@@ -261,33 +273,15 @@ def test_keys_from_the_cli_on_a_real_grid_replays_to_any_process_and_revocation(
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             c.put("/v1/skus/s1/stock", json={"on_hand": 5}, headers=write_headers(), auth=admin)
-            target, body = "/v1/skus/s1/stock/adjustments", b'{"delta": 1}'
-            header = admin.header("POST", target, body)
-            answers = []
-            for _ in range(12):  # fresh connections: SO_REUSEPORT spreads them
-                with httpx.Client(base_url=grid.url, timeout=10) as one:
-                    answers.append(
-                        one.post(
-                            target,
-                            content=body,
-                            headers={**write_headers(), "Authorization": header},
-                        ).status_code
-                    )
+            answers = send_twelve_times(
+                grid.url, admin, "/v1/skus/s1/stock/adjustments", b'{"delta": 1}'
+            )
             assert sorted(answers) == [200] + [401] * 11, answers
             # a cart line: its nonce rides the first command to the cart's owner, whose
             # SKU may live on the other process; a replay anywhere adds nothing
-            target, body = "/v1/carts/u-replay/lines", b'{"sku": "s1", "qty": 1}'
-            header = admin.header("POST", target, body)
-            answers = []
-            for _ in range(12):
-                with httpx.Client(base_url=grid.url, timeout=10) as one:
-                    answers.append(
-                        one.post(
-                            target,
-                            content=body,
-                            headers={**write_headers(), "Authorization": header},
-                        ).status_code
-                    )
+            answers = send_twelve_times(
+                grid.url, admin, "/v1/carts/u-replay/lines", b'{"sku": "s1", "qty": 1}'
+            )
             assert sorted(answers) == [200] + [401] * 11, answers
             cart = c.get("/v1/carts/u-replay", auth=admin).json()
             assert [line["qty"] for line in cart["lines"]] == [1]

@@ -311,3 +311,41 @@ def test_order_moves_are_order_webhook_events_and_bookkeeping_is_not(hc: httpx.C
         assert hc.delete(f"/v1/webhooks/{hook['id']}", headers=write_headers()).status_code == 200
     finally:
         receiver.stop()
+
+
+def test_a_slow_receiver_does_not_hold_up_another(hc: httpx.Client) -> None:
+    """Each send is a task of its own: a receiver taking 4 s per delivery delays its
+    own deliveries, not a fast receiver's of the same changes."""
+    slow, fast = Receiver(hang_s=4.0), Receiver()
+    hooks = []
+    try:
+        hooks = [register(hc, slow.url, ["cart"]), register(hc, fast.url, ["cart"])]
+        sku, uid = new_id("sku"), new_id("u")
+        hc.put(f"/v1/skus/{sku}/stock", json={"on_hand": 50}, headers=write_headers())
+        started = time.monotonic()
+        for _ in range(3):
+            r = hc.post(
+                f"/v1/carts/{uid}/lines", json={"sku": sku, "qty": 1}, headers=write_headers("app")
+            )
+            assert r.status_code == 200, r.text
+            time.sleep(0.3)  # three rounds of the sender: the slow sends stay in flight
+        mine = [b for _, b in fast.wait_for(3) if orjson.loads(b)["key"] == f"cart:{uid}"]
+        took = time.monotonic() - started
+        assert len(mine) == 3 and took < 3.5, took  # before the slow one answered once
+        # and every change reaches the slow one too, none waiting for another to finish
+        deadline = time.monotonic() + 15
+        while True:
+            got = {
+                orjson.loads(b)["version"]
+                for _, b in slow.got
+                if orjson.loads(b)["key"] == f"cart:{uid}"
+            }
+            if got == {1, 2, 3}:
+                break
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+    finally:
+        for hook in hooks:
+            hc.delete(f"/v1/webhooks/{hook['id']}", headers=write_headers())
+        slow.stop()
+        fast.stop()
