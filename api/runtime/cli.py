@@ -17,7 +17,7 @@ import msgspec
 
 from omnigrid.actors import tiers
 from omnigrid.actors.kinds import load as load_kinds
-from omnigrid.api.runtime import keys_cli
+from omnigrid.api.runtime import cluster_cli, keys_cli
 from omnigrid.api.runtime.compose import identity_secret
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
 
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         help="serve a non-loopback address with no API key (say so loudly)",
     )
     keys_cli.add_parser(commands)
+    cluster_cli.add_parser(commands)
     audit = commands.add_parser(
         "audit",
         help="drain the write-behind, compare live entities with the store, print mismatches",
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_audit(args.url, args.json)
     if args.command == "keys":
         return keys_cli.run(args)
+    if args.command == "cluster":
+        return cluster_cli.run(args)
     if args.command != "serve":
         parser.print_help()
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -77,3 +78,18 @@ def test_cli_help_lists_serve_and_settings() -> None:
         text=True,
     )
     assert bad.returncode == 2 and "shards must be at least 1" in bad.stderr
+
+
+def test_cluster_status_shows_every_shard(client: httpx.Client) -> None:
+    url = str(client.base_url)
+    run = [sys.executable, "-m", "omnigrid.api.runtime.cli", "cluster", "status", "--url", url]
+    shown = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("slot map version") and lines[0].endswith("2 shards")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["shard 0", "shard 1"]
+    assert all("8192 slots" in line and "journal ok" in line for line in lines[1:])
+    as_json = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60)
+    assert len(json.loads(as_json.stdout)["shards"]) == 2
+    away = subprocess.run([*run[:-1], "http://127.0.0.1:1"], capture_output=True, text=True)
+    assert away.returncode == 2 and "cannot reach" in away.stderr
