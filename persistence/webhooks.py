@@ -138,13 +138,18 @@ class WebhookStore:
 
     # -- the delivery queue -------------------------------------------------------
 
-    def due(self, shard: int, now: float, limit: int) -> list[Delivery]:
-        rows = self.db.query(
-            "SELECT id, webhook_id, event_id, body, attempts FROM omnigrid_deliveries "
-            "WHERE shard = ? AND next_at <= ? ORDER BY id LIMIT ?",
-            (shard, now, limit),
-        )
-        return [Delivery(*row) for row in rows]
+    def due(self, shard: int, now: float, limits: dict[str, int]) -> list[Delivery]:
+        """The oldest deliveries due now, up to ``limits[webhook id]`` per webhook: one
+        receiver's backlog never hides another's."""
+        out: list[Delivery] = []
+        for webhook_id, limit in limits.items():
+            rows = self.db.query(
+                "SELECT id, webhook_id, event_id, body, attempts FROM omnigrid_deliveries "
+                "WHERE shard = ? AND webhook_id = ? AND next_at <= ? ORDER BY id LIMIT ?",
+                (shard, webhook_id, now, limit),
+            )
+            out += [Delivery(*row) for row in rows]
+        return out
 
     def settle(
         self,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -98,10 +99,11 @@ def stop_shards(handles: list[Any], budget_s: float) -> list[dict[str, Any]]:
     """Every shard stops cleanly at once, within ``budget_s``; what each did (a shard
     that did not answer in time: its error). Then the actors go."""
     stops = [handle.stop.remote(budget_s) for handle in handles]
+    deadline = time.monotonic() + budget_s + 3  # one bound for all: they stop at once
     reports: list[dict[str, Any]] = []
     for shard_id, ref in enumerate(stops):
         try:
-            reports.append(ray.get(ref, timeout=budget_s + 3))
+            reports.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
         except Exception as e:  # it may be dead already, or too slow
             reports.append({"shard": shard_id, "error": repr(e)[:200]})
     for handle in handles:

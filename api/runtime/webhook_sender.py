@@ -28,8 +28,10 @@ from omnigrid.persistence.webhooks import Delivery, Webhook, WebhookStore
 log = logging.getLogger("omnigrid.webhooks")
 REGISTRY_REFRESH_S = 2.0
 POLL_S = 0.25
-SEND_BATCH = 100  # sends started per round at most
-MAX_IN_FLIGHT_PER_HOOK = 32  # a slow receiver's sends waiting at once
+# one receiver's sends at once (so at most this many started per round, four rounds
+# a second); the client's pool is far larger, so a slow receiver cannot take it all
+MAX_IN_FLIGHT_PER_HOOK = 64
+MAX_CONNECTIONS = 1024
 
 
 class WebhookSender:
@@ -57,7 +59,8 @@ class WebhookSender:
         return self.registry
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=128)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
             refreshed = 0.0
             while True:
                 try:
@@ -78,16 +81,16 @@ class WebhookSender:
         its own deliveries (at most ``MAX_IN_FLIGHT_PER_HOOK`` of them), never a
         round, nor another receiver's."""
         await self._settle_finished()
-        now = time.time()
-        limit = SEND_BATCH + len(self._in_flight)  # the in-flight ones are still due
-        due = await asyncio.to_thread(self.store.due, self.shard_id, now, limit)
         hooks = {hook.id: hook for hook in self.registry}
-        per_hook: dict[str, int] = {}
+        per_hook = dict.fromkeys(hooks, 0)
         for d in self._in_flight.values():
             per_hook[d.webhook_id] = per_hook.get(d.webhook_id, 0) + 1
+        # each webhook's oldest due, its in-flight ones among them (still due in the store)
+        limits = {h: n + MAX_IN_FLIGHT_PER_HOOK for h, n in per_hook.items() if h in hooks}
+        due = await asyncio.to_thread(self.store.due, self.shard_id, time.time(), limits)
         started = 0
         for d in due:
-            taken = per_hook.get(d.webhook_id, 0)
+            taken = per_hook[d.webhook_id]
             if d.id in self._in_flight or taken >= MAX_IN_FLIGHT_PER_HOOK:
                 continue
             per_hook[d.webhook_id] = taken + 1
