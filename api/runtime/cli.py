@@ -197,7 +197,7 @@ def serve_grid(settings: Settings) -> int:
         print(
             "omnigrid: forced to stop: journaled changes are replayed on the next start", flush=True
         )
-        os._exit(1)  # Ray's processes follow their driver out
+        os._exit(1)  # no drain: the journal has every acknowledged change
 
     where = init_ray(settings)
     # after ray.init: Ray puts a handler of its own on SIGTERM that exits at once
