@@ -70,7 +70,6 @@ NONCE_AT = 7  # the wire index of a command's nonce (actors/protocol.py)
 SIDE_OPS = HUB_OPS | {NONCE_OP, DELIVERIES_OP, REPLAYED_OP}
 RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
 AUDIT_TIMEOUT_S = 600.0
-STOP_DRAIN_TIMEOUT_S = 2.5  # within ShardProcess's control timeout
 AUDIT_CHUNK = 2_000
 
 
@@ -269,7 +268,7 @@ class GridNode:
         while not self._http.started:
             await asyncio.sleep(0.01)
 
-    async def stop(self, budget_s: float = STOP_DRAIN_TIMEOUT_S) -> dict[str, Any]:
+    async def stop(self, budget_s: float) -> dict[str, Any]:
         """Stop cleanly within ``budget_s``: end the streams (with a retry hint), take
         no new connection, let the requests in flight finish, store every journaled
         change, close what this process opened. What it did, for the operator."""
