@@ -35,7 +35,10 @@ def free_port() -> int:
 class Grid:
     """A running ``omnigrid serve`` process and how to reach it."""
 
-    def __init__(self, shards: int = 2, data_dir: str | None = None, **env: str) -> None:
+    def __init__(
+        self, shards: int = 2, data_dir: str | None = None, capture: bool = False, **env: str
+    ) -> None:
+        self.capture = capture  # its output in ``proc.stdout``, else the test's
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.shards = shards
@@ -54,6 +57,9 @@ class Grid:
             ],
             env=self.env,
             start_new_session=True,
+            text=True,
+            stdout=subprocess.PIPE if self.capture else None,
+            stderr=subprocess.STDOUT if self.capture else None,
         )
         self.wait_ready()
 

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,59 +21,35 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import START_TIMEOUT_S, free_port, new_id, write_headers
+from tests.conftest import Grid, free_port, new_id, write_headers
 
 STOP_TIMEOUT_S = 20
 
 
-def serve(data_dir: str, port: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    env["OMNIGRID_STOP_TIMEOUT_S"] = str(STOP_TIMEOUT_S)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "omnigrid.api.runtime.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            data_dir,
-            "--log-level",
-            "error",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        assert proc.poll() is None, f"omnigrid serve exited with {proc.returncode}"
-        assert time.monotonic() < deadline, "the grid did not start"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.25)
+def serve() -> Grid:
+    """A grid of its own whose output the test reads, with a short stop bound."""
+    return Grid(capture=True, OMNIGRID_STOP_TIMEOUT_S=str(STOP_TIMEOUT_S))
 
 
-def kill_all(proc: subprocess.Popen[str], pids: list[int]) -> None:
+def shard_pids(grid: Grid) -> list[int]:
+    return [s["pid"] for s in httpx.get(f"{grid.url}/v1/cluster").json()["shards"]]
+
+
+def kill_all(grid: Grid, pids: list[int]) -> None:
+    """Whatever is left of a grid that may no longer answer (``Grid.kill`` asks it for
+    its shards): its process group and the shard processes it had."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(grid.proc.pid, signal.SIGKILL)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
+        grid.proc.wait(10)
 
 
 def test_sigterm_under_load_stops_cleanly_with_nothing_lost_or_left_behind() -> None:
-    data_dir, port = tempfile.mkdtemp(prefix="omnigrid-stop-"), free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = serve(data_dir, port)
-    shard_pids = [s["pid"] for s in httpx.get(f"{url}/v1/cluster").json()["shards"]]
+    grid = serve()
+    url, pids = grid.url, shard_pids(grid)
     uid, sku = new_id("u"), new_id("sku")
     acked = 0
     stop_load = threading.Event()
@@ -113,13 +88,13 @@ def test_sigterm_under_load_stops_cleanly_with_nothing_lost_or_left_behind() -> 
         time.sleep(2.0)
         assert acked > 0
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=STOP_TIMEOUT_S + 15)
+        grid.proc.send_signal(signal.SIGTERM)
+        out, _ = grid.proc.communicate(timeout=STOP_TIMEOUT_S + 15)
         took = time.monotonic() - started
         stop_load.set()
         loader.join(10)
         watcher.join(10)
-        assert proc.returncode == 0, out
+        assert grid.proc.returncode == 0, out
         assert took < STOP_TIMEOUT_S + 10, took  # the bound, and Ray's own exit
         assert "SIGTERM: stopping cleanly" in out and "stopped cleanly" in out, out
         assert "changes stored" in out and "streams ended" in out, out
@@ -127,36 +102,33 @@ def test_sigterm_under_load_stops_cleanly_with_nothing_lost_or_left_behind() -> 
         # nothing left behind: no shard process, no peer socket
         assert not [
             pid
-            for pid in shard_pids
+            for pid in pids
             if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         ]
-        assert not list(Path(tempfile.gettempdir()).glob(f"omnigrid-{port}-*.sock"))
+        assert not list(Path(tempfile.gettempdir()).glob(f"omnigrid-{grid.port}-*.sock"))
         # every acknowledged add is there after a restart
-        proc = serve(data_dir, port)
-        shard_pids = [s["pid"] for s in httpx.get(f"{url}/v1/cluster").json()["shards"]]
+        grid.start()
+        pids = shard_pids(grid)
         cart = httpx.get(f"{url}/v1/carts/{uid}").json()
         assert cart["lines"][0]["qty"] >= acked  # a write cut mid-answer may be in too
         assert cart["lines"][0]["qty"] <= acked + 1
     finally:
         stop_load.set()
-        kill_all(proc, shard_pids)
+        kill_all(grid, pids)
 
 
 def test_a_second_signal_forces_the_stop() -> None:
-    data_dir, port = tempfile.mkdtemp(prefix="omnigrid-force-"), free_port()
-    proc = serve(data_dir, port)
-    shard_pids = [
-        s["pid"] for s in httpx.get(f"http://127.0.0.1:{port}/v1/cluster").json()["shards"]
-    ]
+    grid = serve()
+    pids = shard_pids(grid)
     try:
-        proc.send_signal(signal.SIGTERM)
+        grid.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 1  # Ray's processes may hold stdout a while longer
+        grid.proc.send_signal(signal.SIGINT)
+        assert grid.proc.wait(timeout=15) == 1  # Ray's processes may hold stdout a while longer
     finally:
-        kill_all(proc, shard_pids)
-    assert proc.stdout is not None
-    assert "forced to stop" in proc.stdout.read()
+        kill_all(grid, pids)
+    assert grid.proc.stdout is not None
+    assert "forced to stop" in grid.proc.stdout.read()
 
 
 def test_a_dead_ray_cluster_on_record_does_not_capture_a_plain_serve() -> None:
@@ -166,17 +138,11 @@ def test_a_dead_ray_cluster_on_record_does_not_capture_a_plain_serve() -> None:
     before = record.read_text() if record.exists() else None
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(f"127.0.0.1:{free_port()}")  # nobody listens there
-    proc, shard_pids = None, []
     try:
-        port = free_port()
-        proc = serve(tempfile.mkdtemp(prefix="omnigrid-stale-"), port)
-        shard_pids = [
-            s["pid"] for s in httpx.get(f"http://127.0.0.1:{port}/v1/cluster").json()["shards"]
-        ]
+        grid = serve()  # ready: it did not follow the record to the dead head
+        kill_all(grid, shard_pids(grid))
     finally:
         if before is None:
             record.unlink(missing_ok=True)
         else:
             record.write_text(before)
-        if proc is not None:
-            kill_all(proc, shard_pids)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,14 @@ def test_the_dashboard_is_a_page_of_its_own(local: httpx.Client) -> None:
     assert "src=" not in page.text  # nothing fetched from anywhere
 
 
+def keep_writing_until(done: Callable[[], bool], write: Callable[[], None], why: str) -> None:
+    """Write until ``done`` holds; fail with ``why`` after a minute."""
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, why
+        write()
+
+
 def test_an_alert_fires_on_a_real_failure_and_resolves_after_on_a_real_grid(
     tmp_path: Path,
 ) -> None:
@@ -150,25 +158,17 @@ def test_an_alert_fires_on_a_real_failure_and_resolves_after_on_a_real_grid(
                 alerts = c.get("/v1/ops/alerts", params={"state": wanted}).json()["alerts"]
                 return [a for a in alerts if a["channel"] == "kiosk"]
 
-            deadline = time.monotonic() + 60
-            while not state("firing"):  # kiosk keeps writing; they fail while locked
-                assert time.monotonic() < deadline, "no alert within a minute"
+            def write() -> None:  # kiosk keeps writing: they fail while the journals are locked
                 c.post(
                     "/v1/carts/kiosk-u/lines",
                     json={"sku": "k1", "qty": 1},
                     headers=write_headers("kiosk"),
                 )
                 time.sleep(0.05)
+
+            keep_writing_until(lambda: bool(state("firing")), write, "no alert within a minute")
             locker.join()
-            deadline = time.monotonic() + 60
-            while not state("resolved"):  # writes succeed again
-                assert time.monotonic() < deadline, "the alert never resolved"
-                c.post(
-                    "/v1/carts/kiosk-u/lines",
-                    json={"sku": "k1", "qty": 1},
-                    headers=write_headers("kiosk"),
-                )
-                time.sleep(0.05)
+            keep_writing_until(lambda: bool(state("resolved")), write, "the alert never resolved")
             fired = state("resolved")[0]
             assert fired["rule"] == "failures" and fired["threshold"] == 0.01
             deadline = time.monotonic() + 30
@@ -213,17 +213,13 @@ def test_a_sync_lag_alert_fires_on_a_slow_webhook_receiver_and_resolves_after(
                 assert r.status_code == 200, r.text
                 time.sleep(0.25)
 
-            deadline = time.monotonic() + 60
-            while not alerts("firing"):
-                assert time.monotonic() < deadline, "no sync lag alert within a minute"
-                change()
+            firing = "no sync lag alert within a minute"
+            keep_writing_until(lambda: bool(alerts("firing")), change, firing)
             fired = alerts("firing")[0]
             assert fired["channel"] == "wechat_oa" and fired["value"] > 1000
             receiver.hang_s = 0.0
-            deadline = time.monotonic() + 60
-            while not alerts("resolved"):
-                assert time.monotonic() < deadline, "the sync lag alert never resolved"
-                change()
+            resolved = "the sync lag alert never resolved"
+            keep_writing_until(lambda: bool(alerts("resolved")), change, resolved)
         finally:
             receiver.hang_s = 0.0
             c.put("/v1/ops/alert-rules", json={"rules": rules_before}, headers=write_headers())
