@@ -78,8 +78,7 @@ def _signed_text(method: str, target: str, ts: str, nonce: str, body: bytes) -> 
 
 
 def signature(secret: str, method: str, target: str, ts: str, nonce: str, body: bytes) -> str:
-    text = _signed_text(method, target, ts, nonce, body)
-    return hmac.new(secret.encode(), text, hashlib.sha256).hexdigest()
+    return SecretMac(secret).hexdigest(_signed_text(method, target, ts, nonce, body))
 
 
 class SecretMac:
@@ -235,12 +234,9 @@ class NonceBook:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self.max_entries = max_entries
 
-    def first_use(self, key_id: str, nonce: str, now: float | None = None) -> bool:
-        """Whether this is the first use of the nonce (and remember it)."""
-        return self.first_use_token(f"{key_id}:{nonce}", now)
-
     def first_use_token(self, token: str, now: float | None = None) -> bool:
-        """``first_use`` of a ``"<key id>:<nonce>"`` token."""
+        """Whether this is the first use of a ``"<key id>:<nonce>"`` token (and remember
+        it)."""
         now = time.time() if now is None else now
         horizon = now - 2 * TOLERANCE_S  # a ts may be 300 s early or late
         seen = self._seen
