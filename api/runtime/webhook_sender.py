@@ -84,9 +84,10 @@ class WebhookSender:
         hooks = {hook.id: hook for hook in self.registry}
         per_hook = dict.fromkeys(hooks, 0)
         for d in self._in_flight.values():
-            per_hook[d.webhook_id] = per_hook.get(d.webhook_id, 0) + 1
+            if d.webhook_id in per_hook:
+                per_hook[d.webhook_id] += 1
         # each webhook's oldest due, its in-flight ones among them (still due in the store)
-        limits = {h: n + MAX_IN_FLIGHT_PER_HOOK for h, n in per_hook.items() if h in hooks}
+        limits = {h: n + MAX_IN_FLIGHT_PER_HOOK for h, n in per_hook.items()}
         due = await asyncio.to_thread(self.store.due, self.shard_id, time.time(), limits)
         started = 0
         for d in due:
@@ -95,13 +96,13 @@ class WebhookSender:
                 continue
             per_hook[d.webhook_id] = taken + 1
             self._in_flight[d.id] = d
-            task = asyncio.ensure_future(self._send_one(client, hooks.get(d.webhook_id), d))
+            task = asyncio.ensure_future(self._send_one(client, hooks[d.webhook_id], d))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += 1
         return started
 
-    async def _send_one(self, client: httpx.AsyncClient, hook: Webhook | None, d: Delivery) -> None:
+    async def _send_one(self, client: httpx.AsyncClient, hook: Webhook, d: Delivery) -> None:
         try:
             error = await self._send(client, hook, d)
         except Exception as e:  # a bug: tried again later, like a refusal
@@ -132,12 +133,9 @@ class WebhookSender:
         self.failed += len(retry)
         self.dead += len(dead)
 
-    async def _send(
-        self, client: httpx.AsyncClient, hook: Webhook | None, d: Delivery
-    ) -> str | None:
-        """None when the receiver took it (2xx), else why not."""
-        if hook is None:
-            return "the webhook was deleted"
+    async def _send(self, client: httpx.AsyncClient, hook: Webhook, d: Delivery) -> str | None:
+        """None when the receiver took it (2xx), else why not. (A deleted webhook's
+        deliveries go with it: WebhookStore.delete.)"""
         body = d.body.encode()
         headers = {
             "content-type": "application/json",
