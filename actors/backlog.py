@@ -38,6 +38,9 @@ class Backlog:
         # the journal may be trimmed only below the smallest of them.
         self.since: dict[str, int] = {}
         self.big: dict[str, float] = {}  # big entities -> when last snapshotted
+        # entities whose slot is being handed over (actors/handover.py): snapshotted
+        # first, big or not
+        self.urgent: set[str] = set()
 
     def journaled(self, seq: int, event: Event) -> None:
         self.unstored.append((seq, event))
@@ -70,7 +73,7 @@ class Backlog:
             if key not in self.draining and key in entities:
                 self.dirty.add(key)
         now = time.monotonic()
-        keys: set[str] = set()
+        keys = self.urgent & self.dirty
         for key in self.dirty:
             if len(keys) >= max_keys:
                 break

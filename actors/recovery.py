@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from omnigrid.actors.protocol import Command
+from omnigrid.actors.residency import unpack_entity
 from omnigrid.persistence.events import Event
 
 if TYPE_CHECKING:
@@ -33,14 +34,20 @@ def recover(
             if entity is not None:
                 shard.timers.schedule(entity)
     count = 0
+    stored: dict[str, int] = {}  # key of another shard -> the version the store has
     for seq, event in events:
         if not shard.owns(event.key):
-            # The journal is per shard: a grid restarted after a crash with
-            # another shard count would drop these changes. Refuse instead.
+            # A slot handed over (actors/handover.py) was stored whole first: its
+            # changes still in this journal (not trimmed yet) are the store's.
+            if event.key not in stored:
+                stored[event.key] = _stored_version(shard, event.key)
+            if event.version <= stored[event.key]:
+                continue
+            # Anything else would be dropped: refuse to start instead.
             raise RuntimeError(
-                f"shard {shard.shard_id}'s journal holds a change to {event.key!r}, which "
-                "another shard owns now: restart with the shard count it had, and stop "
-                "it cleanly (that drains the journal) before changing it"
+                f"shard {shard.shard_id}'s journal holds a change to {event.key!r} that "
+                "the store does not have, and another shard owns it now: restart with "
+                "the slot map it had"
             )
         if replay(shard, (event,)):
             shard.backlog.since.setdefault(event.key, seq)  # not in the store yet
@@ -48,6 +55,12 @@ def recover(
         shard.commit.seq = max(shard.commit.seq, seq)
         count += 1
     return count
+
+
+def _stored_version(shard: Shard, key: str) -> int:
+    data = shard.residency.loader(key) if shard.residency.loader is not None else None
+    entity = unpack_entity(key, data) if data is not None else None
+    return entity.version if entity is not None else 0
 
 
 def replay(shard: Shard, events: Iterable[Event]) -> int:

@@ -27,7 +27,7 @@ from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.recovery import recover, replay
 from omnigrid.actors.residency import Loader, Residency
 from omnigrid.actors.runner import run_command
-from omnigrid.actors.slots import SlotMap
+from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.actors.timers import Timers
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
@@ -44,6 +44,9 @@ STORE_LOG_EVERY_S = 10.0  # a store outage is one log line per shard this often,
 log = logging.getLogger("omnigrid.shard")
 PASSIVATE_SCAN = 2_000  # entities looked at per tick when over the memory budget
 RESUME_AGAIN_S = 5.0  # a woken entity whose resumed work did not move it is woken again
+# A command to a slot being handed to another shard (actors/handover.py): refused,
+# nothing applied; the client retries after the hand-over.
+MOVING = Result(503, None, "unavailable", "this key's slot is moving to another shard; retry")
 
 
 def _alias(entity: Entity) -> str | None:
@@ -87,6 +90,8 @@ class Shard:
         # Entities whose memory held a change the journal refused: reloaded from
         # the store plus the unstored events on their next use.
         self.tainted: set[str] = set()
+        # Slots being handed over (actors/handover.py): their commands and timed work wait.
+        self.frozen: set[int] = set()
         self._store_logged = -STORE_LOG_EVERY_S
         # The turn's changes to the journal (actors/commit.py).
         self.commit = Commit(
@@ -204,6 +209,8 @@ class Shard:
             return self._query(cmd.args.get("asks"))
         if not self.owns(cmd.key):
             return self._moved()
+        if self.frozen and slot_of(cmd.key) in self.frozen:
+            return MOVING
         kind, ident = split_key(cmd.key)
         op = kind.ops_by_name.get(cmd.op) if kind is not None else None
         if kind is None or op is None:
@@ -280,6 +287,8 @@ class Shard:
         for key, name in asks.items():
             if not self.owns(key):
                 return self._moved()
+            if self.frozen and slot_of(key) in self.frozen:
+                return MOVING
             kind, _ = split_key(key)
             query: Callable[[Any], Any] | None
             if name == ALIAS_QUERY and kind is not None:
@@ -316,6 +325,9 @@ class Shard:
         for key in self.timers.pop_due(now):
             entity = self.entities.get(key)
             if entity is None:
+                continue
+            if self.frozen and slot_of(key) in self.frozen:  # its new owner does it
+                self.timers.schedule_at(key, now + 1.0)
                 continue
             before = entity.version
             self.expire(entity, now)

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import orjson
+
 Row = tuple[Any, ...]
 
 
@@ -116,6 +118,16 @@ class Database:
                 where = "PostgreSQL" if self.postgres_dsn else "SQLite"
                 raise StoreUnavailable(f"{where}: {e}") from e
         raise AssertionError("unreachable")
+
+    def setting(self, name: str) -> Any:
+        """A row of ``omnigrid_settings`` (JSON), or None."""
+        rows = self.query("SELECT value FROM omnigrid_settings WHERE name = ?", (name,))
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def put_setting(self, name: str, value: Any) -> None:
+        text = orjson.dumps(value).decode()
+        if not self.execute("UPDATE omnigrid_settings SET value = ? WHERE name = ?", (text, name)):
+            self.execute("INSERT INTO omnigrid_settings (name, value) VALUES (?, ?)", (name, text))
 
     def close(self) -> None:
         """Close this thread's connection."""

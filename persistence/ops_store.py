@@ -19,17 +19,11 @@ class OpsStore:
         self.db = db
 
     def rules(self) -> list[dict[str, Any]] | None:
-        rows = self.db.query("SELECT value FROM omnigrid_settings WHERE name = ?", (RULES,))
-        return orjson.loads(rows[0][0]) if rows else None  # type: ignore[no-any-return]
+        rules: list[dict[str, Any]] | None = self.db.setting(RULES)
+        return rules
 
     def put_rules(self, rules: list[dict[str, Any]]) -> None:
-        value = orjson.dumps(rules).decode()
-        if not self.db.execute(
-            "UPDATE omnigrid_settings SET value = ? WHERE name = ?", (value, RULES)
-        ):
-            self.db.execute(
-                "INSERT INTO omnigrid_settings (name, value) VALUES (?, ?)", (RULES, value)
-            )
+        self.db.put_setting(RULES, rules)
 
     def queue_alert(self, shard: int, alert: dict[str, Any]) -> int:
         """A delivery of this alert's firing or resolution to every ``alert`` webhook."""

@@ -23,6 +23,7 @@ from omnigrid.api.http import sync as sd
 from omnigrid.api.http import webhooks as w
 from omnigrid.api.http.admin import KeyCreate, KeyEndpoints, KeyRotate
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.cluster_jobs import BUSY, ClusterEndpoints, Scale
 from omnigrid.api.http.ops import OpsEndpoints
 from omnigrid.api.http.suggestions import Suggestions
 from omnigrid.api.http.sync import sync as offline_sync
@@ -108,6 +109,7 @@ def own_routes(
     behaviour: BehaviourEndpoints,
     keys: KeyEndpoints,
     ops: OpsEndpoints,
+    cluster: ClusterEndpoints,
 ) -> tuple[Route, ...]:
     """The grid's routes beside the kinds': offline sync, behaviour, webhooks, keys,
     operations."""
@@ -359,6 +361,38 @@ def own_routes(
         ),
         Route(
             "POST",
+            "/v1/cluster/scale",
+            "cluster_scale",
+            cluster.scale,
+            "Scale to this many shards: slots move online; a job to follow",
+            status=202,
+            body=Scale,
+            answer=dict[str, str],
+            refusals=(BUSY,),
+            scope="ops",
+        ),
+        Route(
+            "POST",
+            "/v1/cluster/rebalance",
+            "cluster_rebalance",
+            cluster.rebalance,
+            "Even the slots over the shards, online: a job to follow",
+            status=202,
+            answer=dict[str, str],
+            refusals=(BUSY,),
+            scope="ops",
+        ),
+        Route(
+            "GET",
+            "/v1/cluster/jobs/{job_id}",
+            "cluster_job",
+            cluster.job,
+            "A scale or rebalance job: its state and slots moved so far",
+            answer=dict[str, Any],
+            scope="ops",
+        ),
+        Route(
+            "POST",
             "/v1/cluster/audit",
             "audit",
             None,
@@ -374,13 +408,18 @@ def all_routes(
     behaviour: BehaviourEndpoints | None = None,
     keys: KeyEndpoints | None = None,
     ops: OpsEndpoints | None = None,
+    cluster: ClusterEndpoints | None = None,
 ) -> tuple[Route, ...]:
     """The registered kinds' routes, then the grid's own (over these stores; without
     them, those routes answer 503: enough for the document)."""
     webhooks = webhooks or WebhookEndpoints(None)
     behaviour = behaviour or BehaviourEndpoints(None, frozenset())
     own = own_routes(
-        webhooks, behaviour, keys or KeyEndpoints(None, None), ops or OpsEndpoints(None)
+        webhooks,
+        behaviour,
+        keys or KeyEndpoints(None, None),
+        ops or OpsEndpoints(None),
+        cluster or ClusterEndpoints(None, None),
     )
     return tuple(r for kind in kinds() for r in kind_routes(kind)) + stream_routes() + own
 

@@ -17,9 +17,13 @@ import msgspec
 
 from omnigrid.actors import tiers
 from omnigrid.actors.kinds import load as load_kinds
+from omnigrid.actors.slots import SlotMap
 from omnigrid.api.runtime import cluster_cli, keys_cli
 from omnigrid.api.runtime.compose import identity_secret
+from omnigrid.api.runtime.node import database_for
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
+from omnigrid.persistence.cluster_state import ClusterState
+from omnigrid.persistence.db import StoreUnavailable
 
 VERSION = "0.1.0"
 
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"omnigrid: {refused}", file=sys.stderr)
         return 2
     # Shard processes run in Ray's working directories: the path is absolute.
-    return serve_grid(settings)
+    asked = args.shards is not None or "OMNIGRID_SHARDS" in os.environ
+    return serve_grid(settings, asked)
 
 
 def run_audit(url: str, as_json: bool) -> int:
@@ -174,14 +179,25 @@ def run_audit(url: str, as_json: bool) -> int:
     return 0 if report["mismatched"] == 0 and report["complete"] else 1
 
 
-def serve_grid(settings: Settings) -> int:
+def stored_shard_count(settings: Settings) -> int:
+    """How many shards the grid's stored slot map has (0: a grid's first start)."""
+    try:
+        wire = ClusterState(database_for(settings), settings.namespace).slot_map()
+    except StoreUnavailable:  # no store yet (its tables come with the first shard)
+        return 0
+    return SlotMap.from_wire(wire).shard_count if wire is not None else 0
+
+
+def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
+    """Serve until a signal; ``shards_asked``: the shard count was given (``--shards``,
+    ``OMNIGRID_SHARDS``), so a grid stored with another count is scaled to it."""
     if not os.environ.get("RAY_ADDRESS"):
         # A local Ray stays wholly on loopback with this; Ray reads it when it
         # is imported, and the processes it starts inherit it.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from omnigrid.api.runtime.cluster import init_ray, start_shards, stop_shards
+    from omnigrid.api.runtime.cluster import init_ray, running_shards, start_shards, stop_shards
 
     stop = threading.Event()
 
@@ -204,6 +220,8 @@ def serve_grid(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
+        asked = settings.shards
+        settings = replace(settings, shards=stored_shard_count(settings) or asked)
         handles = start_shards(settings)
         print(
             f"omnigrid serving {'https' if settings.tls_certfile else 'http'}://"
@@ -212,9 +230,16 @@ def serve_grid(settings: Settings) -> int:
             f"store: {'PostgreSQL' if settings.postgres_dsn else settings.data_dir}",
             flush=True,
         )
+        if shards_asked and asked != settings.shards:
+            job = ray.get(handles[0].start_job.remote("scale", asked))
+            print(
+                f"omnigrid: the grid was stored with {settings.shards} shards; scaling to "
+                f"{asked} online: {job.get('job_id') or job}",
+                flush=True,
+            )
         stop.wait()
         started = time.monotonic()
-        reports = stop_shards(handles, settings.stop_timeout_s)
+        reports = stop_shards(running_shards(settings.namespace), settings.stop_timeout_s)
         clean = say_stopped(reports, time.monotonic() - started)
     finally:
         ray.shutdown()

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from omnigrid.api.http.cluster_jobs import MAX_SHARDS
 from omnigrid.api.runtime.peers import PeerAddress
 from omnigrid.api.runtime.process import ShardProcess
 from omnigrid.api.runtime.settings import Settings
@@ -35,21 +36,27 @@ def local_node_id() -> str:
 
 
 class RayDirectory:
-    """Finds shard actors by name and asks them things, from any event loop."""
+    """Finds shard actors by name, asks them things and starts or stops them, from any
+    event loop."""
 
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.namespace = settings.namespace
         self._handles: dict[int, Any] = {}
 
-    async def _call(self, shard_id: int, method: str) -> Any:
+    async def _handle(self, shard_id: int) -> Any:
         handle = self._handles.get(shard_id)
         if handle is None:
             handle = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: ray.get_actor(actor_name(shard_id), namespace=self.namespace)
             )
             self._handles[shard_id] = handle
+        return handle
+
+    async def _call(self, shard_id: int, method: str, *args: Any) -> Any:
+        handle = await self._handle(shard_id)
         try:
-            ref = getattr(handle, method).remote()
+            ref = getattr(handle, method).remote(*args)
             return await asyncio.wrap_future(ref.future())
         except Exception:
             self._handles.pop(shard_id, None)  # look it up afresh next time
@@ -59,8 +66,24 @@ class RayDirectory:
         address: PeerAddress = await self._call(shard_id, "peer_address")
         return address
 
-    async def control(self, shard_id: int, method: str) -> Any:
-        return await self._call(shard_id, method)
+    async def control(self, shard_id: int, method: str, *args: Any) -> Any:
+        return await self._call(shard_id, method, *args)
+
+    async def start_shard(self, shard_id: int) -> None:
+        """A new shard process (a scale-up), serving once this returns."""
+        handle = spawn(shard_id, self.settings)
+        ref = handle.info.remote()
+        await asyncio.wait_for(asyncio.wrap_future(ref.future()), START_TIMEOUT_S)
+        self._handles[shard_id] = handle
+
+    async def stop_shard(self, shard_id: int, budget_s: float) -> None:
+        """A shard left without slots (a scale-down) stops cleanly, then goes for good."""
+        handle = await self._handle(shard_id)
+        ref = handle.stop.remote(budget_s)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.wrap_future(ref.future()), budget_s + 3)
+        ray.kill(handle, no_restart=True)
+        self._handles.pop(shard_id, None)
 
 
 def init_ray(settings: Settings) -> str:
@@ -78,20 +101,34 @@ def init_ray(settings: Settings) -> str:
     return address or "local"
 
 
+def spawn(shard_id: int, settings: Settings) -> Any:
+    """One shard process, spread over the Ray nodes, restarted by Ray when it dies."""
+    actor: Any = ray.remote(ShardProcess)
+    return actor.options(
+        name=actor_name(shard_id),
+        namespace=settings.namespace,
+        max_restarts=-1,
+        max_concurrency=8,
+        num_cpus=0,
+        scheduling_strategy="SPREAD",
+    ).remote(shard_id, settings.to_dict())
+
+
 def start_shards(settings: Settings) -> list[Any]:
     """Create the shard actors and wait until every one serves."""
-    actor: Any = ray.remote(ShardProcess)
-    handles = [
-        actor.options(
-            name=actor_name(i),
-            namespace=settings.namespace,
-            max_restarts=-1,
-            max_concurrency=8,
-            num_cpus=0,
-        ).remote(i, settings.to_dict())
-        for i in range(settings.shards)
-    ]
+    handles = [spawn(i, settings) for i in range(settings.shards)]
     ray.get([h.info.remote() for h in handles], timeout=START_TIMEOUT_S)
+    return handles
+
+
+def running_shards(namespace: str) -> list[Any]:
+    """The shard actors there are now (a scale job may have added or removed some)."""
+    handles = []
+    for shard_id in range(MAX_SHARDS + 1):
+        try:
+            handles.append(ray.get_actor(actor_name(shard_id), namespace=namespace))
+        except ValueError:
+            break
     return handles
 
 

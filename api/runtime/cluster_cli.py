@@ -1,9 +1,11 @@
-"""``omnigrid cluster status``: the grid's shards as any process sees them.
+"""``omnigrid cluster status|scale N|rebalance``: the grid's shards, and moving slots.
 
-Reads ``GET /v1/cluster`` from any grid process (signed with ``--key`` or
-``OMNIGRID_KEY``, ``<key_id>:<secret>``, when the grid has keys) and prints, per
-shard: its process, node, slots, entities, journal and write-behind. Scaling and
-rebalancing online (``scale N``, ``rebalance``) come with slot migration.
+``status`` reads ``GET /v1/cluster`` from any grid process and prints, per shard:
+its process, node, slots, entities, journal and write-behind. ``scale N`` and
+``rebalance`` start a job (``POST /v1/cluster/scale|rebalance``) and follow it
+(``GET /v1/cluster/jobs/{id}``) with its progress until it ends. Every call is
+signed with ``--key`` or ``OMNIGRID_KEY`` (``<key_id>:<secret>``) when the grid
+has keys.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -28,24 +31,62 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     status.add_argument("--key", help="<key_id>:<secret> with the ops scope (or OMNIGRID_KEY)")
     status.add_argument("--json", action="store_true", help="print the answer as JSON")
+    scale = verbs.add_parser("scale", help="move slots online to N shards, then follow the job")
+    scale.add_argument("shards", type=int, help="the shard count to reach")
+    rebalance = verbs.add_parser("rebalance", help="even the slots over the shards, online")
+    for verb in (scale, rebalance):
+        verb.add_argument("--url", default="http://127.0.0.1:8000", help="any grid process")
+        verb.add_argument("--key", help="<key_id>:<secret> with the ops scope (or OMNIGRID_KEY)")
+        verb.add_argument("--no-wait", action="store_true", help="print the job id and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every shard answers and its journal takes writes, 1 if not, 2 if the
-    grid cannot be reached (or refuses the key)."""
+    """Exit 0 when every shard answers and its journal takes writes (a job: it is done),
+    1 if not, 2 if the grid cannot be reached (or refuses the call)."""
     key = args.key or os.environ.get("OMNIGRID_KEY", "")
     key_id, _, secret = key.partition(":")
     auth = GridAuth(key_id, secret) if key else None
-    try:
-        answer = httpx.get(args.url.rstrip("/") + "/v1/cluster", auth=auth, timeout=10)
-    except httpx.HTTPError as e:
-        print(f"omnigrid cluster: cannot reach the grid at {args.url}: {e}", file=sys.stderr)
-        return 2
+    with httpx.Client(base_url=args.url.rstrip("/"), auth=auth, timeout=30) as grid:
+        try:
+            if args.verb == "status":
+                return status(grid.get("/v1/cluster"), args.json)
+            body = {"shards": args.shards} if args.verb == "scale" else {}
+            started = grid.post(f"/v1/cluster/{args.verb}", json=body)
+            if started.status_code != 202:
+                return refused(started)
+            job_id = started.json()["job_id"]
+            print(f"job {job_id} started", flush=True)
+            return 0 if args.no_wait else follow(grid, job_id)
+        except httpx.HTTPError as e:
+            print(f"omnigrid cluster: cannot reach the grid at {args.url}: {e}", file=sys.stderr)
+            return 2
+
+
+def refused(answer: httpx.Response) -> int:
+    print(f"omnigrid cluster: {answer.status_code} {answer.text[:300]}", file=sys.stderr)
+    return 2
+
+
+def follow(grid: httpx.Client, job_id: str) -> int:
+    """The job's progress, a line a second while slots move, until it ends."""
+    while True:
+        answer = grid.get(f"/v1/cluster/jobs/{job_id}")
+        if answer.status_code != 200:
+            return refused(answer)
+        job = answer.json()
+        print(f"  {job['state']}: {job['slots_moved']}/{job['slots_total']} slots", flush=True)
+        if job["state"] != "running":
+            if job["error"]:
+                print(f"  failed: {job['error']}", flush=True)
+            return 0 if job["state"] == "done" else 1
+        time.sleep(1.0)
+
+
+def status(answer: httpx.Response, as_json: bool) -> int:
     if answer.status_code != 200:
-        print(f"omnigrid cluster: {answer.status_code} {answer.text[:300]}", file=sys.stderr)
-        return 2
+        return refused(answer)
     view: dict[str, Any] = answer.json()
-    if args.json:
+    if as_json:
         print(json.dumps(view, indent=2))
     else:
         print(f"slot map version {view['slot_map_version']}, {len(view['shards'])} shards")

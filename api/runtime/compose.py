@@ -18,8 +18,9 @@ from omnigrid.actors import identifiers, tiers
 from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
-from omnigrid.api.runtime.node import Directory, GridNode
+from omnigrid.api.runtime.node import Directory, GridNode, database_for
 from omnigrid.api.runtime.settings import Settings
+from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.journal import Journal, NullJournal, SqliteJournal
 from omnigrid.persistence.redis_journal import RedisJournal
 from omnigrid.persistence.store import PostgresStore, SqliteStore, Store
@@ -36,7 +37,7 @@ def open_node(shard_id: int, settings: Settings, directory: Directory, node_id: 
         tiers.configure(tiers.tiers_from_json(settings.tiers))
     journal = open_journal(settings, shard_id)
     store = open_store(settings)
-    slot_map = SlotMap.even(settings.shards)
+    slot_map = stored_slot_map(settings, shard_id)
     shard = Shard(
         shard_id,
         slot_map,
@@ -63,6 +64,19 @@ def open_node(shard_id: int, settings: Settings, directory: Directory, node_id: 
     )
     secret = identity_secret(settings)  # identifiers' hashes and API keys' secrets
     return GridNode(settings, directory, node_id, journal, store, shard, recovery_s, secret)
+
+
+def stored_slot_map(settings: Settings, shard_id: int) -> SlotMap:
+    """The map the grid's last scale or rebalance stored (api/runtime/rebalance.py);
+    on a grid's first start, even ranges over ``settings.shards``, stored by shard 0."""
+    state = ClusterState(database_for(settings), settings.namespace)
+    wire = state.slot_map()
+    if wire is not None:
+        return SlotMap.from_wire(wire)
+    slot_map = SlotMap.even(settings.shards)
+    if shard_id == 0:
+        state.save_slot_map(slot_map.to_wire())
+    return slot_map
 
 
 def identity_secret(settings: Settings) -> bytes:

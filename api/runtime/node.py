@@ -25,12 +25,15 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
+from omnigrid.actors.errors import GridError
 from omnigrid.actors.kinds import kinds, split_key
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
+from omnigrid.actors.slots import SlotMap
 from omnigrid.api.http.app import GridApp
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.cluster_jobs import ClusterEndpoints
 from omnigrid.api.http.metrics import GridMetrics, merge_expositions
 from omnigrid.api.http.nonce_claim import REPLAYED
 from omnigrid.api.http.openapi import docs_app
@@ -44,10 +47,12 @@ from omnigrid.api.runtime.node_gauges import add_node_gauges
 from omnigrid.api.runtime.node_keys import NONCE_OP, NodeKeys
 from omnigrid.api.runtime.node_watch import DELIVERIES_OP, NodeWatch
 from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
+from omnigrid.api.runtime.rebalance import Handover, Rebalancer
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import Settings
 from omnigrid.api.runtime.webhook_sender import WebhookSender
 from omnigrid.persistence.behaviour import BehaviourLog
+from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.hot_copy import HotCopy
 from omnigrid.persistence.journal import Journal, JournalUnavailable
@@ -78,7 +83,11 @@ class Directory(Protocol):
 
     async def address(self, shard_id: int) -> PeerAddress: ...
 
-    async def control(self, shard_id: int, method: str) -> Any: ...
+    async def control(self, shard_id: int, method: str, *args: Any) -> Any: ...
+
+    async def start_shard(self, shard_id: int) -> None: ...
+
+    async def stop_shard(self, shard_id: int, budget_s: float) -> None: ...
 
 
 class GridNode:
@@ -125,23 +134,10 @@ class GridNode:
         )
         if self.hot_copy is not None:
             self.writebehind.on_stored = self.hot_copy.offer
-        self.links = {
-            peer: PeerLink(
-                peer,
-                lambda peer=peer: directory.address(peer),  # type: ignore[misc]
-                node_id,
-                settings.max_pending,
-                settings.peer_timeout_s,
-                self.metrics.forwarded,
-            )
-            for peer in range(settings.shards)
-            if peer != shard_id
-        }
-        database = (
-            Database(postgres_dsn=settings.postgres_dsn)
-            if settings.postgres_dsn
-            else Database(sqlite_path=os.path.join(settings.data_dir, "store.sqlite3"))
-        )
+        # every other shard of the map; grows and shrinks with it (_map_seen)
+        self.links: dict[int, PeerLink] = {}
+        self._link_to(shard.slot_map.shard_count)
+        database = database_for(settings)
         webhooks = WebhookStore(database)
         self.webhook_sender = WebhookSender(
             shard_id,
@@ -156,6 +152,16 @@ class GridNode:
         )
         self.writebehind.shard_id = shard_id
         self.router = Router(self.shard, self.links)
+        self.router.on_new_map = self._map_seen
+        self.cluster_state = ClusterState(database, settings.namespace)
+        self.handover = Handover(shard, self.writebehind, store, self.router, self.cluster_state)
+        self.rebalancer = (
+            Rebalancer(
+                shard_id, self.handover, directory, self.cluster_state, settings.stop_timeout_s
+            )
+            if shard_id == 0
+            else None
+        )
         self.hub = EventHub(self.shard, self.store, self.links, lambda: self.router.slot_map)
         self.shard.commit.on_journaled = self.hub.on_journaled
         self.streams = StreamServer(
@@ -187,6 +193,7 @@ class GridNode:
             BehaviourEndpoints(BehaviourLog(database), channels),
             self.keys.endpoints,
             self.watch.endpoints,
+            ClusterEndpoints(self.start_job, self.read_job),
         )
         self.app = GridApp(
             self.router,
@@ -241,6 +248,8 @@ class GridNode:
             self._tasks.append(loop.create_task(self.watch.evaluate_forever()))
         if self.shard_id == 0:
             self._tasks.append(loop.create_task(self.watch.prune_forever()))
+        if self.rebalancer is not None:
+            self._tasks.append(loop.create_task(self.rebalancer.fail_stale_jobs()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
         config = uvicorn.Config(
@@ -310,6 +319,44 @@ class GridNode:
 
     def address(self) -> PeerAddress:
         return PeerAddress(self.node_id, self.unix_path, self.settings.host, self.tcp_port)
+
+    # -- the slot map: links to every shard it names (api/runtime/rebalance.py) --
+
+    def _link_to(self, shard_count: int) -> None:
+        """A link to each other shard below ``shard_count``; those past it closed."""
+        for peer in range(shard_count):
+            if peer != self.shard_id and peer not in self.links:
+                self.links[peer] = PeerLink(
+                    peer,
+                    lambda peer=peer: self.directory.address(peer),  # type: ignore[misc]
+                    self.node_id,
+                    self.settings.max_pending,
+                    self.settings.peer_timeout_s,
+                    self.metrics.forwarded,
+                )
+        for peer in [p for p in self.links if p >= shard_count]:
+            link = self.links.pop(peer)
+            asyncio.get_running_loop().create_task(link.close())
+
+    def _map_seen(self, slot_map: SlotMap) -> None:
+        """The router adopted a newer map: link to its shards; the shard takes it too
+        unless it gives the shard slots, which only a hand-over's take_in loads."""
+        self._link_to(slot_map.shard_count)
+        me, old = self.shard_id, self.shard.slot_map.owners
+        if not any(o == me and old[s] != me for s, o in enumerate(slot_map.owners)):
+            self.shard.assign(slot_map)
+
+    async def start_job(self, what: str, shards: int | None) -> dict[str, Any]:
+        """A scale or rebalance job, run by shard 0's process wherever it was asked."""
+        if self.rebalancer is not None:
+            return await self.rebalancer.start(what, shards)
+        answer: dict[str, Any] = await self.directory.control(0, "start_job", what, shards)
+        if "refused" in answer:
+            raise GridError(answer["refused"], answer["detail"])
+        return answer
+
+    async def read_job(self, job_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.cluster_state.job, job_id)
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, self._apply_wire_batch)
@@ -423,6 +470,7 @@ class GridNode:
             "node_id": self.node_id,
             "slot_map_version": self.shard.slot_map.version,
             "slot_ranges": self.shard.slot_map.ranges(self.shard_id),
+            "frozen_slots": len(self.shard.frozen),
             "entities": self.shard.entity_counts(),
             "passivated": len(self.shard.residency.cold),
             "inflight_requests": self.app.inflight,
@@ -520,7 +568,7 @@ class GridNode:
                     f"shard {shard}: the store has refused writes for "
                     f"{answer['store_failing_s']} s ({answer['writebehind_queue']} queued)"
                 )
-        return not missing, {"shards": self.settings.shards, "missing": missing}
+        return not missing, {"shards": self.router.slot_map.shard_count, "missing": missing}
 
     async def exposition(self) -> str:
         answers = await self._ask_all("metrics_text", HEALTH_TIMEOUT_S)
@@ -536,6 +584,13 @@ class GridNode:
         ]
         shards.sort(key=lambda s: s["shard"])
         return {"slot_map_version": self.router.slot_map.version, "shards": shards}
+
+
+def database_for(settings: Settings) -> Database:
+    """The store's database, for the tables beside the entities."""
+    if settings.postgres_dsn:
+        return Database(postgres_dsn=settings.postgres_dsn)
+    return Database(sqlite_path=os.path.join(settings.data_dir, "store.sqlite3"))
 
 
 def http_socket(host: str, port: int) -> socket.socket:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from omnigrid.actors.errors import GridError
 from omnigrid.api.runtime import log_mask
 from omnigrid.api.runtime.compose import open_node
 from omnigrid.api.runtime.node import AUDIT_TIMEOUT_S, CONTROL_TIMEOUT_S
@@ -25,6 +26,7 @@ from omnigrid.api.runtime.peers import PeerAddress
 from omnigrid.api.runtime.settings import Settings
 
 T = TypeVar("T")
+HANDOVER_TIMEOUT_S = 120.0  # a source's drain waits up to DRAIN_WAIT_S; a big slot's load more
 
 
 class ShardProcess:
@@ -42,9 +44,7 @@ class ShardProcess:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
         self.settings = Settings.from_dict(settings)
         self.loop = _new_loop()
-        self.node = open_node(
-            shard_id, self.settings, RayDirectory(self.settings.namespace), local_node_id()
-        )
+        self.node = open_node(shard_id, self.settings, RayDirectory(self.settings), local_node_id())
         started = threading.Event()
         failure: list[BaseException] = []
 
@@ -101,6 +101,18 @@ class ShardProcess:
             return self.node.sync_window(900)
 
         return self._on_loop(read())
+
+    def handover(self, step: str, args: list[Any]) -> Any:
+        """A step of moving slots (api/runtime/rebalance.py), asked by the coordinator."""
+        work = getattr(self.node.handover, step)(*args)
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(HANDOVER_TIMEOUT_S)
+
+    def start_job(self, what: str, shards: int | None) -> dict[str, Any]:
+        """A new job, or its refusal as plain data (it crosses Ray to the asking process)."""
+        try:
+            return self._on_loop(self.node.start_job(what, shards))
+        except GridError as e:
+            return {"refused": e.code, "detail": e.detail}
 
     def reload_keys(self) -> None:
         self._on_loop(self.node.reload_keys())

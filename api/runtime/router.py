@@ -34,6 +34,8 @@ class Router:
         # the check on its own at the owner's; none wired: no nonce is ever pending
         self.first_use: Callable[[str], bool] = lambda token: True
         self.nonce_check: NonceCheck | None = None
+        # told of every newer map it adopts (the node links to new shards)
+        self.on_new_map: Callable[[SlotMap], None] = lambda slot_map: None
 
     def _run_local(self, cmd: Command) -> asyncio.Future[Result]:
         """Queue a command for this process's shard; the queue runs as one batch.
@@ -57,6 +59,7 @@ class Router:
     def adopt(self, slot_map: SlotMap) -> None:
         if slot_map.version > self.slot_map.version:
             self.slot_map = slot_map
+            self.on_new_map(slot_map)
 
     async def _send(self, owner: int, cmd: Command) -> Result:
         pending = PENDING.get()

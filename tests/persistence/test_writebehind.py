@@ -293,5 +293,5 @@ def test_a_journal_from_another_shard_count_is_refused(tmp_path: Path, clock: Cl
     for i in range(20):
         node.ok("stock.set", f"stock:s{i}", channel="pos", on_hand=1)
     smaller = Shard(0, SlotMap.even(2), node.journal, clock=clock)  # owns half the slots now
-    with pytest.raises(RuntimeError, match="restart with the shard count it had"):
+    with pytest.raises(RuntimeError, match="restart with the slot map it had"):
         smaller.recover(node.journal.replay())
