@@ -136,3 +136,27 @@ def test_wire_round_trip() -> None:
     packed = msgpack.unpackb(msgpack.packb(wire))
     assert SlotMap.from_wire(packed) == m
     assert SlotMap.from_wire(packed).owner("foo") == m.owner("foo")
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 4), (4, 2), (2, 3), (3, 6), (6, 1)])
+def test_evening_moves_only_what_it_must_and_leaves_equal_counts(before: int, after: int) -> None:
+    start = SlotMap.even(before)
+    plan = start.evened(after)
+    moved = start.moved(plan).resized(after)
+    counts = [moved.owners.count(s) for s in range(after)]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == SLOT_COUNT
+    assert all(owner < after for owner in moved.owners)
+    # the fewest moves: every slot a shard keeps up to its quota stays put
+    kept = sum(min(start.owners.count(s), SLOT_COUNT // after) for s in range(min(before, after)))
+    assert len(plan) <= SLOT_COUNT - kept
+    assert all(start.owners[slot] != shard for slot, shard in plan.items())
+    assert moved.evened(after) == {}  # even already: nothing more to move
+
+
+def test_a_map_counts_shards_that_own_no_slot_yet_and_travels_with_them() -> None:
+    grown = SlotMap.even(2).resized(4)
+    assert grown.shard_count == 4 and grown.ranges(3) == [] and grown.version == 2
+    assert SlotMap.from_wire(grown.to_wire()) == grown
+    assert SlotMap.from_wire([7, list(grown.owners)]).shard_count == 2  # an older peer's wire
+    with pytest.raises(ValueError):
+        grown.evened(0)
