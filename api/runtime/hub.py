@@ -185,21 +185,25 @@ class EventHub:
             self.deliver([from_stream_wire(w) for w in result.body])
 
     async def refresh_forever(self) -> None:
-        """Renew this process's interest with every owner, and pick up what was missed."""
         while True:
             await asyncio.sleep(WATCH_REFRESH_S)
-            per_owner: dict[int, dict[str, int]] = {}
-            slot_map = self.slot_map()
-            for key, subs in self.local.items():
-                owner = slot_map.owner(key)
-                if owner != self.shard.shard_id:
-                    seen = [sub.last for sub in subs if sub.last >= 0]
-                    per_owner.setdefault(owner, {})[key] = min(seen, default=-1)
-            for owner, keys in per_owner.items():
-                try:
-                    await self._watch(owner, keys)
-                except Exception as e:
-                    log.debug("renewing stream interest with shard %d: %r", owner, e)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Renew this process's interest with every owner, and pick up what was missed
+        (also at once when slots moved: their streams go on from their new owner)."""
+        per_owner: dict[int, dict[str, int]] = {}
+        slot_map = self.slot_map()
+        for key, subs in self.local.items():
+            owner = slot_map.owner(key)
+            if owner != self.shard.shard_id:
+                seen = [sub.last for sub in subs if sub.last >= 0]
+                per_owner.setdefault(owner, {})[key] = min(seen, default=-1)
+        for owner, keys in per_owner.items():
+            try:
+                await self._watch(owner, keys)
+            except Exception as e:
+                log.debug("renewing stream interest with shard %d: %r", owner, e)
 
 
 def _ignore(fut: asyncio.Future[Result]) -> None:

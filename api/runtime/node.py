@@ -224,6 +224,7 @@ class GridNode:
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -345,6 +346,9 @@ class GridNode:
         me, old = self.shard_id, self.shard.slot_map.owners
         if not any(o == me and old[s] != me for s, o in enumerate(slot_map.owners)):
             self.shard.assign(slot_map)
+        refresh = asyncio.get_running_loop().create_task(self.hub.refresh())
+        self._refreshes.add(refresh)  # held until done: the loop keeps only a weak one
+        refresh.add_done_callback(self._refreshes.discard)
 
     async def start_job(self, what: str, shards: int | None) -> dict[str, Any]:
         """A scale or rebalance job, run by shard 0's process wherever it was asked."""

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.test_live import Stream
 from tests.conftest import Grid, write_headers
 from tests.inprocess import in_process_client
 
@@ -119,6 +120,8 @@ def test_scale_2_to_4_to_2_under_writes_loses_nothing_and_applies_nothing_twice(
                 "/v1/skus/held/reservations", json={"qty": 5, "ttl_s": 6}, headers=write_headers()
             )
             assert held.status_code == 201
+            # a stream opened now is on shard 0 or 1, which stay; its SKU's owner changes
+            stream = Stream(f"{grid.url}/v1/streams/skus/{SKUS[0]}")
             writers = Writers(grid.url)
             time.sleep(1)
             up = run_job(c, "/v1/cluster/scale", {"shards": 4})
@@ -139,6 +142,12 @@ def test_scale_2_to_4_to_2_under_writes_loses_nothing_and_applies_nothing_twice(
             assert c.get("/readyz").status_code == 200
             assert sum(writers.adds.values()) > 50, writers.adds
             check_everything_acknowledged_is_there(c, writers)
+            final = c.get(f"/v1/skus/{SKUS[0]}/stock").json()["version"]
+            seen = [stream.next()["data"]["version"]]
+            while seen[-1] < final:
+                seen.append(stream.next()["data"]["version"])
+            assert seen == list(range(seen[0], final + 1)), "a gap or a repeat in the stream"
+            stream.close()
 
             deadline = time.monotonic() + 30  # the reservation expired wherever it lives
             while c.get("/v1/skus/held/stock").json()["available"] != 5:
