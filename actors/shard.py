@@ -92,6 +92,7 @@ class Shard:
         self.tainted: set[str] = set()
         # Slots being handed over (actors/handover.py): their commands and timed work wait.
         self.frozen: set[int] = set()
+        self._moved_answer: Result | None = None
         self._store_logged = -STORE_LOG_EVERY_S
         # The turn's changes to the journal (actors/commit.py).
         self.commit = Commit(
@@ -108,10 +109,15 @@ class Shard:
         if slot_map.version <= self.slot_map.version:
             return False
         self.slot_map = slot_map
+        self._moved_answer = None
         return True
 
     def _moved(self) -> Result:
-        return Result(MOVED, self.slot_map.to_wire(), "moved", "slot owned by another shard")
+        # one answer per map: right after slots move, stale routers ask many times
+        if self._moved_answer is None:
+            wire = self.slot_map.to_wire()
+            self._moved_answer = Result(MOVED, wire, "moved", "slot owned by another shard")
+        return self._moved_answer
 
     # -- commands ---------------------------------------------------------------
 

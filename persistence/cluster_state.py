@@ -44,6 +44,8 @@ class ClusterState:
             "state": "running",
             "slots_moved": 0,
             "slots_total": slots_total,
+            "entities_moved": 0,
+            "longest_freeze_ms": 0.0,  # the longest any slot's commands waited
             "started_at": time.time(),
             "finished_at": None,
             "error": None,

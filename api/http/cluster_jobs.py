@@ -40,6 +40,8 @@ def shown(job: dict[str, Any]) -> dict[str, Any]:
         "state": job["state"],
         "slots_moved": job["slots_moved"],
         "slots_total": job["slots_total"],
+        "entities_moved": job.get("entities_moved", 0),
+        "longest_freeze_ms": job.get("longest_freeze_ms", 0.0),
         "started_at": rfc3339(job["started_at"]),
         "finished_at": rfc3339(job["finished_at"]),
         "error": job.get("error"),

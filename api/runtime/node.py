@@ -157,7 +157,12 @@ class GridNode:
         self.handover = Handover(shard, self.writebehind, store, self.router, self.cluster_state)
         self.rebalancer = (
             Rebalancer(
-                shard_id, self.handover, directory, self.cluster_state, settings.stop_timeout_s
+                shard_id,
+                self.handover,
+                directory,
+                self.cluster_state,
+                settings.stop_timeout_s,
+                settings.migration_chunk_slots,
             )
             if shard_id == 0
             else None

@@ -42,7 +42,6 @@ from omnigrid.persistence.writebehind import WriteBehind
 
 log = logging.getLogger("omnigrid.rebalance")
 
-CHUNK_SLOTS = 512  # slots one hand-over moves: 1/32 of the grid waits at most this once
 DRAIN_WAIT_S = 30.0  # a source that cannot store its slots' changes by then gives up
 FREEZE_LEASE_S = 60.0  # a frozen source with no word from the coordinator looks itself
 ATTEMPTS = 5  # a chunk is tried this often (a source restarting meanwhile) before failing
@@ -158,8 +157,10 @@ class Rebalancer:
         shards: Shards,
         state: ClusterState,
         stop_budget_s: float,
+        chunk_slots: int = 1024,
     ) -> None:
         self.shard_id = shard_id
+        self.chunk_slots = chunk_slots
         self.handover = handover
         self.shards = shards
         self.state = state
@@ -199,8 +200,11 @@ class Rebalancer:
                 await self._publish(self.slot_map.resized(target))
             plan = self.slot_map.evened(target)
             job["slots_total"] = len(plan)
-            for (source, dest), slots in chunks(plan, self.slot_map.owners):
-                await self._move(source, dest, slots)
+            for (source, dest), slots in chunks(plan, self.slot_map.owners, self.chunk_slots):
+                started = time.monotonic()
+                job["entities_moved"] += await self._move(source, dest, slots)
+                frozen_ms = round((time.monotonic() - started) * 1000, 1)
+                job["longest_freeze_ms"] = max(job["longest_freeze_ms"], frozen_ms)
                 job["slots_moved"] += len(slots)
                 await asyncio.to_thread(self.state.save_job, job)
             if target < before:
@@ -237,10 +241,12 @@ class Rebalancer:
                     "shard %d did not adopt slot map %d: %r", shard_id, slot_map.version, answer
                 )
 
-    async def _move(self, source: int, dest: int, slots: list[int]) -> None:
+    async def _move(self, source: int, dest: int, slots: list[int]) -> int:
+        """One chunk's hand-over; how many entities it moved."""
+        entities = 0
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                await self._ask(source, "prepare", slots)
+                entities = await self._ask(source, "prepare", slots)
             except Exception as e:
                 if attempt == ATTEMPTS:
                     raise
@@ -269,17 +275,18 @@ class Rebalancer:
         with contextlib.suppress(Exception):  # a source away reads the stored map on start
             await self._ask(source, "release", new.to_wire())
         await self._tell_all(new, (source, dest))
+        return entities
 
 
 def chunks(
-    plan: dict[int, int], owners: tuple[int, ...]
+    plan: dict[int, int], owners: tuple[int, ...], size: int
 ) -> list[tuple[tuple[int, int], list[int]]]:
-    """The plan's moves grouped by (source, target), in chunks of CHUNK_SLOTS slots."""
+    """The plan's moves grouped by (source, target), in chunks of ``size`` slots."""
     by_pair: dict[tuple[int, int], list[int]] = {}
     for slot in sorted(plan):
         by_pair.setdefault((owners[slot], plan[slot]), []).append(slot)
     return [
-        (pair, slots[i : i + CHUNK_SLOTS])
+        (pair, slots[i : i + size])
         for pair, slots in by_pair.items()
-        for i in range(0, len(slots), CHUNK_SLOTS)
+        for i in range(0, len(slots), size)
     ]

@@ -69,6 +69,9 @@ class Settings:
     stop_timeout_s: float = 30.0
     # changes kept in the event log (the sync log, stream resumes, timelines)
     sync_log_retention_s: float = 7 * 24 * 3600.0
+    # slots one hand-over of a scale or rebalance moves (api/runtime/rebalance.py):
+    # fewer, longer freezes with more; more, shorter ones with fewer
+    migration_chunk_slots: int = 1024
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -122,6 +125,8 @@ class Settings:
             raise ValueError("header_timeout_s and max_client_connections must be >= 0")
         if not 1 <= self.stop_timeout_s <= 3600:
             raise ValueError("stop_timeout_s must be between 1 and 3600")
+        if not 1 <= self.migration_chunk_slots <= 16_384:
+            raise ValueError("migration_chunk_slots must be between 1 and 16384")
         if self.sync_log_retention_s < 60:
             raise ValueError("sync_log_retention_s must be at least 60")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
