@@ -20,11 +20,15 @@ from pathlib import Path
 class RedisServer:
     """A redis-server of our own on a free port, with the AOF on, stopped by its pid."""
 
-    def __init__(self, port: int, fsync: str = "everysec") -> None:
+    def __init__(
+        self, port: int, fsync: str = "everysec", host: str = "127.0.0.1", password: str = ""
+    ) -> None:
         self.port = port
         self.fsync = fsync
+        self.host = host
+        self.password = password  # needed off loopback (Redis's protected mode)
         self.dir = tempfile.mkdtemp(prefix="omnigrid-redis-")
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.url = f"redis://{':' + password + '@' if password else ''}{host}:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -32,14 +36,15 @@ class RedisServer:
         assert server, "redis-server must be installed"
         self.proc = subprocess.Popen(
             [
-                *(server, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir),
+                *(server, "--bind", self.host, "--port", str(self.port), "--dir", self.dir),
                 *("--appendonly", "yes", "--appendfsync", self.fsync, "--save", ""),
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=subprocess.DEVNULL,
         )
         import redis
 
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(host=self.host, port=self.port, password=self.password or None)
         deadline = time.monotonic() + 10
         while True:
             try:

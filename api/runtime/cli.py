@@ -197,7 +197,13 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from omnigrid.api.runtime.cluster import init_ray, running_shards, start_shards, stop_shards
+    from omnigrid.api.runtime.cluster import (
+        init_ray,
+        running_shards,
+        start_shards,
+        stop_leftovers,
+        stop_shards,
+    )
 
     stop = threading.Event()
 
@@ -220,6 +226,9 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
+        left = stop_leftovers(settings.namespace)
+        if left:
+            print(f"omnigrid: stopped {left} shard processes an earlier run left", flush=True)
         asked = settings.shards
         settings = replace(settings, shards=stored_shard_count(settings) or asked)
         handles = start_shards(settings)

@@ -71,7 +71,7 @@ class RayDirectory:
 
     async def start_shard(self, shard_id: int) -> None:
         """A new shard process (a scale-up), serving once this returns."""
-        handle = spawn(shard_id, self.settings)
+        handle = spawn(shard_id, self.settings, detached=True)
         ref = handle.info.remote()
         await asyncio.wait_for(asyncio.wrap_future(ref.future()), START_TIMEOUT_S)
         self._handles[shard_id] = handle
@@ -101,8 +101,13 @@ def init_ray(settings: Settings) -> str:
     return address or "local"
 
 
-def spawn(shard_id: int, settings: Settings) -> Any:
-    """One shard process, spread over the Ray nodes, restarted by Ray when it dies."""
+def spawn(shard_id: int, settings: Settings, detached: bool = False) -> Any:
+    """One shard process, spread over the Ray nodes, restarted by Ray when it dies.
+
+    ``detached``: a shard a scale job starts from shard 0's process would otherwise
+    share that process's fate (Ray ends an actor whose creator died, and does not
+    restart it); the driver stops every shard by name, and a driver that crashed
+    leaves them to ``stop_leftovers`` on the next start."""
     actor: Any = ray.remote(ShardProcess)
     return actor.options(
         name=actor_name(shard_id),
@@ -111,6 +116,7 @@ def spawn(shard_id: int, settings: Settings) -> Any:
         max_concurrency=8,
         num_cpus=0,
         scheduling_strategy="SPREAD",
+        lifetime="detached" if detached else None,
     ).remote(shard_id, settings.to_dict())
 
 
@@ -124,12 +130,23 @@ def start_shards(settings: Settings) -> list[Any]:
 def running_shards(namespace: str) -> list[Any]:
     """The shard actors there are now (a scale job may have added or removed some)."""
     handles = []
-    for shard_id in range(MAX_SHARDS + 1):
+    for shard_id in range(MAX_SHARDS):
         try:
             handles.append(ray.get_actor(actor_name(shard_id), namespace=namespace))
-        except ValueError:
-            break
+        except ValueError:  # none by that name (never started, stopped, or dead)
+            continue
     return handles
+
+
+def stop_leftovers(namespace: str) -> int:
+    """Shard actors an earlier run left in a Ray that outlived it (a crashed driver on
+    a cluster started with ``ray start``): killed, never served from again, so the
+    shards this start makes are the only ones. How many there were."""
+    leftovers = running_shards(namespace)
+    for handle in leftovers:
+        with contextlib.suppress(Exception):
+            ray.kill(handle, no_restart=True)
+    return len(leftovers)
 
 
 def stop_shards(handles: list[Any], budget_s: float) -> list[dict[str, Any]]:

@@ -225,6 +225,9 @@ class GridNode:
             settings.header_timeout_s, settings.max_client_connections, settings.trusted_clients
         )
         self.tcp_port = 0
+        # where peers on other nodes dial this process (the node's address when the
+        # listeners take every interface: api/runtime/process.py)
+        self.peer_host = settings.host
         self._servers: list[asyncio.AbstractServer] = []
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -324,7 +327,7 @@ class GridNode:
         return report
 
     def address(self) -> PeerAddress:
-        return PeerAddress(self.node_id, self.unix_path, self.settings.host, self.tcp_port)
+        return PeerAddress(self.node_id, self.unix_path, self.peer_host, self.tcp_port)
 
     # -- the slot map: links to every shard it names (api/runtime/rebalance.py) --
 

@@ -45,6 +45,10 @@ class ShardProcess:
         self.settings = Settings.from_dict(settings)
         self.loop = _new_loop()
         self.node = open_node(shard_id, self.settings, RayDirectory(self.settings), local_node_id())
+        if self.settings.host in ("0.0.0.0", "::"):  # peers on other nodes need an address
+            import ray
+
+            self.node.peer_host = str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
         started = threading.Event()
         failure: list[BaseException] = []
 

@@ -27,8 +27,9 @@ class Writers:
     """Threads adding cart lines and stock adjustments, each with its own Idempotency-Key,
     retried with the same key until acknowledged: what was acknowledged, counted."""
 
-    def __init__(self, url: str, threads: int = 3) -> None:
+    def __init__(self, url: str, threads: int = 3, auth: httpx.Auth | None = None) -> None:
         self.url = url
+        self.auth = auth
         self.stop = threading.Event()
         self.adds: Counter[tuple[str, str]] = Counter()  # (uid, sku) -> acknowledged adds
         self.adjusts: Counter[str] = Counter()  # sku -> acknowledged +1 adjustments
@@ -58,7 +59,7 @@ class Writers:
 
     def _run(self, t: int) -> None:
         n = 0
-        with httpx.Client(base_url=self.url, timeout=30) as c:
+        with httpx.Client(base_url=self.url, timeout=30, auth=self.auth) as c:
             while not self.stop.is_set():
                 uid, sku = f"u{t}-{n % 15}", SKUS[(n * 7 + t) % len(SKUS)]
                 if self._send(c, f"/v1/carts/{uid}/lines", {"sku": sku, "qty": 1}):
@@ -94,8 +95,14 @@ def check_everything_acknowledged_is_there(c: httpx.Client, writers: Writers) ->
     carts: dict[str, dict[str, int]] = {}
     for (uid, sku), count in writers.adds.items():
         if uid not in carts:
-            view = c.get(f"/v1/carts/{uid}").json()
-            carts[uid] = {line["sku"]: line["qty"] for line in view["lines"]}
+            view = c.get(f"/v1/carts/{uid}")
+            for _ in range(50):  # a 503 right after a restart says when to come back
+                if view.status_code != 503:
+                    break
+                time.sleep(float(view.headers.get("retry-after", "0.2")) / 5)
+                view = c.get(f"/v1/carts/{uid}")
+            assert view.status_code == 200, (uid, view.status_code, view.text[:300])
+            carts[uid] = {line["sku"]: line["qty"] for line in view.json()["lines"]}
         assert carts[uid].get(sku) == count, (uid, sku)
     for sku in SKUS:
         stock = c.get(f"/v1/skus/{sku}/stock").json()
