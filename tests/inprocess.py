@@ -13,12 +13,14 @@ from typing import Any
 import httpx
 
 from omnigrid.actors import identifiers
+from omnigrid.actors.errors import Unavailable
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.http.admin import KeyEndpoints
 from omnigrid.api.http.app import GridApp
 from omnigrid.api.http.auth import Keyring
 from omnigrid.api.http.behaviour import BehaviourEndpoints
+from omnigrid.api.http.cluster_jobs import ClusterEndpoints
 from omnigrid.api.http.guard import Guard
 from omnigrid.api.http.metrics import GridMetrics
 from omnigrid.api.http.openapi import docs_app
@@ -28,14 +30,17 @@ from omnigrid.api.http.streams import StreamServer
 from omnigrid.api.http.sync_log import DeliveryBook, Figures, SyncLogEndpoints
 from omnigrid.api.http.webhooks import WebhookEndpoints
 from omnigrid.api.runtime.hub import EventHub
+from omnigrid.api.runtime.rebalance import Handover, Rebalancer
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS
 from omnigrid.persistence.behaviour import BehaviourLog
+from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.keys import KeyStore
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.sync_log import SyncLogStore
 from omnigrid.persistence.webhooks import WebhookStore
+from omnigrid.persistence.writebehind import WriteBehind
 
 
 class Operations:
@@ -53,6 +58,19 @@ class Operations:
 
 
 TEST_IDENTITY_SECRET = b"the tests' identity key, 32 bytes"
+
+
+class NoMoreProcesses:
+    """One process and no Ray: a job that needs another shard process fails, saying so."""
+
+    async def control(self, shard_id: int, method: str, *args: Any) -> Any:
+        raise Unavailable("one process: there is no other shard")
+
+    async def start_shard(self, shard_id: int) -> None:
+        raise Unavailable("one process: it cannot start shard processes")
+
+    async def stop_shard(self, shard_id: int, budget_s: float) -> None:
+        raise Unavailable("one process: there is no other shard")
 
 
 def in_process_app() -> GridApp:
@@ -90,11 +108,19 @@ def in_process_app() -> GridApp:
         book.delivered(key, version, webhook, lag)
 
     streams.on_delivered = delivered
+    state = ClusterState(db, "inprocess")
+    handover = Handover(shard, WriteBehind(shard, store, 0.2, 100), store, router, state)
+    jobs = Rebalancer(0, handover, NoMoreProcesses(), state, stop_budget_s=1)
+
+    async def read_job(job_id: str) -> dict[str, Any] | None:
+        return state.job(job_id)
+
     routes = all_routes(
         WebhookEndpoints(WebhookStore(db)),
         BehaviourEndpoints(BehaviourLog(db), channels),
         KeyEndpoints(keys, keyring, reload),
         OpsEndpoints(windows, log=SyncLogEndpoints(SyncLogStore(db), deliveries)),
+        ClusterEndpoints(jobs.start, read_job),
     )
     metrics = GridMetrics(0)
     guard = Guard(keyring, unmask_log=log_unmask)

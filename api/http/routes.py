@@ -389,6 +389,7 @@ def own_routes(
             cluster.job,
             "A scale or rebalance job: its state and slots moved so far",
             answer=dict[str, Any],
+            refusals=("not_found",),
             scope="ops",
         ),
         Route(
