@@ -32,6 +32,7 @@ import string
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from omnigrid.actors.slots import SLOT_COUNT, SlotMap, slot_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = 2_000
+WARM_UP_S = 8.0
 
 
 def log(msg: str) -> None:
@@ -66,8 +68,9 @@ class Load:
     def __init__(self, host: str, port: int, conns: int) -> None:
         self.host, self.port, self.conns = host, port, conns
         self.samples: list[tuple[float, float, bool]] = []
+        self.statuses: Counter[str] = Counter()
         self.running = True
-        reserve = b'{"qty": 1, "ttl_s": 30}'
+        reserve = b'{"qty": 1, "ttl_s": 5}'
         self.requests = [
             request("POST", f"/v1/skus/b{i}/reservations", reserve) if i % 2 else
             request("GET", f"/v1/carts/c{i}")
@@ -89,8 +92,11 @@ class Load:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
                 await reader.readexactly(length)
-                ok = status_line.split(b" ")[1][:1] == b"2"
-            except (OSError, asyncio.IncompleteReadError, IndexError):
+                status = status_line.split(b" ")[1]
+                ok = status[:1] == b"2"
+                self.statuses[status.decode()] += 1
+            except (OSError, asyncio.IncompleteReadError, IndexError) as e:
+                self.statuses[type(e).__name__] += 1
                 writer.close()
                 await asyncio.sleep(0.05)
                 reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -137,7 +143,9 @@ def window(samples: list[tuple[float, float, bool]], t0: float, t1: float) -> di
 
 
 async def job(c: httpx.AsyncClient, shards: int) -> dict[str, Any]:
-    """Run a scale job to its end: the job, and when slots began and ended moving."""
+    """Run a scale job to its end: the job, when it started, and when slots began and
+    ended moving."""
+    started = time.monotonic()
     job_id = (await c.post("/v1/cluster/scale", json={"shards": shards})).json()["job_id"]
     moving_from = None
     while True:
@@ -146,6 +154,7 @@ async def job(c: httpx.AsyncClient, shards: int) -> dict[str, Any]:
             moving_from = time.monotonic() - 0.05  # the first chunk began before it was seen
         if state["state"] != "running":
             state["moving"] = (moving_from or time.monotonic(), time.monotonic())
+            state["asked_at"] = started
             return state
         await asyncio.sleep(0.05)
 
@@ -194,6 +203,7 @@ async def during_scale(
     log("2. steady, scale 4, steady, scale 2, steady, under load")
     load = Load("127.0.0.1", port, args.conns)
     runner = asyncio.get_running_loop().create_task(load.run())
+    await asyncio.sleep(WARM_UP_S)  # the reservations held reach their steady number
     t0 = time.monotonic()
     await asyncio.sleep(args.steady)
     up = await job(c, 4)
@@ -203,16 +213,16 @@ async def during_scale(
     load.running = False
     await runner
 
-    def steady_before(t: float) -> dict[str, float]:  # its first second left out
+    def steady_before(t: float) -> dict[str, float]:  # up to the job's request
         return window(load.samples, t - args.steady + 1, t)
 
     def steady_after(t: float) -> dict[str, float]:
         return window(load.samples, t + 1, t + args.steady)
 
     phases = {
-        "steady_2_shards": steady_before(up["moving"][0]),
+        "steady_2_shards": steady_before(up["asked_at"]),
         "scale_up_moving": window(load.samples, *up["moving"]),
-        "steady_4_shards": steady_before(down["moving"][0]),
+        "steady_4_shards": steady_before(down["asked_at"]),
         "scale_down_moving": window(load.samples, *down["moving"]),
         "steady_2_shards_again": steady_after(down["moving"][1]),
     }
@@ -226,7 +236,12 @@ async def during_scale(
         moving["p99_ratio_to_before"] = round(moving["p99_ms"] / phases[before]["p99_ms"], 3)
         slower = min(phases[before]["rps"], phases[after]["rps"])
         moving["rps_ratio_to_slower_shape"] = round(moving["rps"] / slower, 3)
-    out["during_scale"] = {"phases": phases, "jobs": [up, down], "t0": t0}
+    out["during_scale"] = {
+        "phases": phases,
+        "jobs": [up, down],
+        "t0": t0,
+        "statuses": dict(load.statuses),
+    }
     out["timeline"] = [(round(t - t0, 3), round(d * 1000, 2), ok) for t, d, ok in load.samples]
     for name, p in phases.items():
         log(f"   {name}: {p}")
@@ -241,6 +256,7 @@ async def shard_counts(
         await job(c, shards)
         load = Load("127.0.0.1", port, args.conns)
         runner = asyncio.get_running_loop().create_task(load.run())
+        await asyncio.sleep(WARM_UP_S)
         t1 = time.monotonic()
         await asyncio.sleep(args.steady)
         load.running = False
