@@ -31,6 +31,7 @@ if __package__ in (None, ""):
 import httpx
 
 from loadtest.netns import Netns, RayNodes
+from loadtest.procs import wait_ready
 from loadtest.rebalance_bench import KEYS, WARM_UP_S, Load, log, window
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,16 +70,7 @@ def one_cluster(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
             net.command(0, argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         urls = [f"http://{net.ip(i)}:{PORT}" for i in range(nodes)]
-        deadline = time.monotonic() + 180
-        for url in urls:
-            while True:
-                try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"{url} not ready"
-                time.sleep(0.5)
+        wait_ready(urls, 180, lambda: proc is not None and proc.poll() is None)
         shards = httpx.get(urls[0] + "/v1/cluster", timeout=10).json()["shards"]
         result = asyncio.run(measure(urls, args))
         result["nodes"] = nodes

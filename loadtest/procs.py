@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +31,16 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return int(exc.code)
     except (OSError, ValueError):
         return None
+
+
+def wait_ready(urls: list[str], timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Until every url's ``/readyz`` answers 200 (while ``alive`` holds)."""
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        while http_status(url + "/readyz") != 200:
+            assert alive(), "the server exited"
+            assert time.monotonic() < deadline, f"{url} not ready in {timeout_s:.0f} s"
+            time.sleep(0.5)
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:

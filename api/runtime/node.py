@@ -47,7 +47,7 @@ from omnigrid.api.runtime.node_gauges import add_node_gauges
 from omnigrid.api.runtime.node_keys import NONCE_OP, NodeKeys
 from omnigrid.api.runtime.node_watch import DELIVERIES_OP, NodeWatch
 from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
-from omnigrid.api.runtime.rebalance import Handover, Rebalancer
+from omnigrid.api.runtime.rebalance import Handover, Rebalancer, Shards
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import Settings
 from omnigrid.api.runtime.webhook_sender import WebhookSender
@@ -78,16 +78,11 @@ AUDIT_TIMEOUT_S = 600.0
 AUDIT_CHUNK = 2_000
 
 
-class Directory(Protocol):
-    """How a process finds and asks the other shards (Ray, in a real grid)."""
+class Directory(Shards, Protocol):
+    """How a process finds, asks, starts and stops the other shards (Ray, in a real
+    grid: api/runtime/cluster.py)."""
 
     async def address(self, shard_id: int) -> PeerAddress: ...
-
-    async def control(self, shard_id: int, method: str, *args: Any) -> Any: ...
-
-    async def start_shard(self, shard_id: int) -> None: ...
-
-    async def stop_shard(self, shard_id: int, budget_s: float) -> None: ...
 
 
 class GridNode:

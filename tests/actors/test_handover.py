@@ -17,16 +17,7 @@ from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.persistence.journal import SqliteJournal
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.writebehind import WriteBehind
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.persistence.test_writebehind import Clock
 
 
 class Side:

@@ -19,6 +19,7 @@ import pytest
 
 from loadtest.fault_makers import RedisServer
 from loadtest.netns import Forward, Netns, RayNodes
+from loadtest.procs import wait_ready
 from omnigrid.api.client import GridAuth
 from tests.api.test_cluster_scale import (
     SKUS,
@@ -81,18 +82,8 @@ class TwoNodeGrid:
         with open(self.log) as f:
             return f.read()
 
-    def wait_ready(self, urls: list[str], timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        for url in urls:
-            while True:
-                assert self.proc is not None and self.proc.poll() is None, "serve exited"
-                try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"{url} not ready"
-                time.sleep(0.5)
+    def wait_ready(self, urls: list[str]) -> None:
+        wait_ready(urls, 180, lambda: self.proc is not None and self.proc.poll() is None)
 
     def shards(self, url: str) -> list[dict[str, object]]:
         answer = httpx.get(url + "/v1/cluster", auth=KEY, timeout=10).json()
