@@ -21,6 +21,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
 import uvicorn
@@ -227,7 +228,9 @@ class GridNode:
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._refreshes: set[asyncio.Task[None]] = set()
+        # one-off tasks (a stream refresh, a link closing): held until done, since the
+        # loop keeps only a weak reference
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -339,8 +342,7 @@ class GridNode:
                     self.metrics.forwarded,
                 )
         for peer in [p for p in self.links if p >= shard_count]:
-            link = self.links.pop(peer)
-            asyncio.get_running_loop().create_task(link.close())
+            self._in_background(self.links.pop(peer).close())
 
     def _map_seen(self, slot_map: SlotMap) -> None:
         """The router adopted a newer map: link to its shards; the shard takes it too
@@ -349,9 +351,12 @@ class GridNode:
         me, old = self.shard_id, self.shard.slot_map.owners
         if not any(o == me and old[s] != me for s, o in enumerate(slot_map.owners)):
             self.shard.assign(slot_map)
-        refresh = asyncio.get_running_loop().create_task(self.hub.refresh())
-        self._refreshes.add(refresh)  # held until done: the loop keeps only a weak one
-        refresh.add_done_callback(self._refreshes.discard)
+        self._in_background(self.hub.refresh())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start_job(self, what: str, shards: int | None) -> dict[str, Any]:
         """A scale or rebalance job, run by shard 0's process wherever it was asked."""
