@@ -92,6 +92,15 @@ class Handover:
         self._watch_lease(slots)
         return len(keys)
 
+    async def confirm(self, slots: list[int]) -> bool:
+        """Whether the slots are still frozen here (their lease restarted): asked once
+        the new map is stored, so a lease that ran out before that cannot leave two
+        shards serving them."""
+        if not set(slots) <= self.shard.frozen:
+            return False
+        self._watch_lease(slots)
+        return True
+
     async def take_in(self, wire: list[Any]) -> int:
         """Load the slots this map gives this shard from the store, then take the map."""
         slot_map = SlotMap.from_wire(wire)
@@ -261,6 +270,10 @@ class Rebalancer:
             with contextlib.suppress(Exception):
                 await self._ask(source, "abort", slots)
             raise
+        if not await self._confirmed(source, slots):
+            # the source serves the slots again (its lease ran out): they stay its own
+            await self._publish(new.moved(dict.fromkeys(slots, source)))
+            raise Unavailable(f"shard {source} stopped waiting for its hand-over")
         # The stored map is the truth now: the target must take the slots in (a
         # target Ray restarts reads them at start), then the source lets go.
         for _ in range(10 * ATTEMPTS):
@@ -276,6 +289,12 @@ class Rebalancer:
             await self._ask(source, "release", new.to_wire())
         await self._tell_all(new, (source, dest))
         return entities
+
+    async def _confirmed(self, source: int, slots: list[int]) -> bool:
+        try:
+            return bool(await self._ask(source, "confirm", slots))
+        except Exception:  # away: a source Ray restarts reads the stored map at start
+            return True
 
 
 def chunks(
