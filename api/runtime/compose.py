@@ -23,7 +23,7 @@ from omnigrid.api.runtime.settings import Settings
 from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.journal import Journal, NullJournal, SqliteJournal
 from omnigrid.persistence.redis_journal import RedisJournal
-from omnigrid.persistence.store import PostgresStore, SqliteStore, Store
+from omnigrid.persistence.store import PostgresStore, SqliteStore, Store, StoreUnavailable
 
 log = logging.getLogger("omnigrid.node")
 
@@ -75,7 +75,10 @@ def stored_slot_map(settings: Settings, shard_id: int) -> SlotMap:
         return SlotMap.from_wire(wire)
     slot_map = SlotMap.even(settings.shards)
     if shard_id == 0:
-        state.save_slot_map(slot_map.to_wire())
+        try:
+            state.save_slot_map(slot_map.to_wire())
+        except StoreUnavailable as e:  # the grid serves; a scale job will say it cannot
+            log.warning("the slot map cannot be stored (%s); serving even ranges", e)
     return slot_map
 
 

@@ -74,6 +74,19 @@ class Writers:
             thread.join(60)
 
 
+def read_job(c: httpx.Client, job_id: str) -> dict[str, Any]:
+    """A job as it stands, on a fresh connection each time: the process a kept one
+    went to may be the one a test just killed."""
+    for _ in range(20):
+        try:
+            with httpx.Client(base_url=c.base_url, auth=c.auth, timeout=30) as one:
+                job: dict[str, Any] = one.get(f"/v1/cluster/jobs/{job_id}").json()
+                return job
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("the job could not be read")
+
+
 def run_job(c: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """Start a job and read it until it ends: every reading."""
     started = c.post(path, json=body, headers=write_headers())
@@ -82,7 +95,7 @@ def run_job(c: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, 
     readings = []
     deadline = time.monotonic() + 180
     while True:
-        job = c.get(f"/v1/cluster/jobs/{job_id}").json()
+        job = read_job(c, job_id)
         readings.append(job)
         if job["state"] != "running":
             return readings
@@ -187,14 +200,14 @@ def test_a_shard_process_killed_mid_job_costs_nothing_and_the_grid_converges() -
             busy = c.post("/v1/cluster/rebalance", headers=write_headers())
             assert busy.status_code == 409 and busy.json()["code"] == "cluster_busy"
             deadline = time.monotonic() + 60
-            while (job := c.get(f"/v1/cluster/jobs/{job_id}").json())["slots_moved"] == 0:
+            while (job := read_job(c, job_id))["slots_moved"] == 0:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             os.kill(pid, signal.SIGKILL)
             assert job["state"] == "running" and job["slots_moved"] < job["slots_total"], job
             print("killed shard 1 at", job)
             deadline = time.monotonic() + 180
-            while (job := c.get(f"/v1/cluster/jobs/{job_id}").json())["state"] == "running":
+            while (job := read_job(c, job_id))["state"] == "running":
                 assert time.monotonic() < deadline, job
                 time.sleep(0.3)
             if job["state"] != "done":  # the job gave up: a rebalance finishes the move

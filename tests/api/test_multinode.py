@@ -26,6 +26,7 @@ from tests.api.test_cluster_scale import (
     STOCK,
     Writers,
     check_everything_acknowledged_is_there,
+    read_job,
 )
 from tests.conftest import PostgresDatabase, free_port, write_headers
 
@@ -118,7 +119,7 @@ def nodes(postgres: PostgresDatabase) -> Iterator[TwoNodeGrid]:
 
 def run_to_end(c: httpx.Client, job_id: str) -> dict[str, object]:
     deadline = time.monotonic() + 300
-    while (job := c.get(f"/v1/cluster/jobs/{job_id}").json())["state"] == "running":
+    while (job := read_job(c, job_id))["state"] == "running":
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
     answer: dict[str, object] = job
@@ -153,7 +154,7 @@ def test_two_nodes_serve_move_slots_and_lose_one_mid_scale_without_losing_a_writ
         back = c0.post("/v1/cluster/scale", json={"shards": 4}, headers=write_headers())
         job_id = back.json()["job_id"]
         deadline = time.monotonic() + 120
-        while c0.get(f"/v1/cluster/jobs/{job_id}").json()["slots_moved"] == 0:
+        while read_job(c0, job_id)["slots_moved"] == 0:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert nodes.net.kill_node(1) > 0  # the second node is gone, mid-job
