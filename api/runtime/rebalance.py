@@ -86,6 +86,7 @@ class Handover:
                     raise Unavailable("the store did not take the slots' changes in time")
                 if not await self.writebehind.drain(force=True):
                     raise Unavailable("the store refuses the slots' changes")
+                await asyncio.sleep(0.01)  # a drain with nothing to take never yields
         except BaseException:
             handover.thaw(self.shard, slots)
             raise
