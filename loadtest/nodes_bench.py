@@ -62,6 +62,7 @@ def one_cluster(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     try:
         net.up()
         ray.start()
+        ray.wait_alive(nodes)  # else Ray may place every shard on the head
         argv = [sys.executable, "-m", "omnigrid.api.runtime.cli", "serve", "--host", "0.0.0.0"]
         argv += ["--port", str(PORT), "--shards", str(args.shards), "--insecure"]
         argv += ["--data-dir", tempfile.mkdtemp(prefix="omnigrid-nodes-bench-")]

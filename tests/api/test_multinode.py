@@ -47,6 +47,7 @@ class TwoNodeGrid:
     def start(self, postgres: PostgresDatabase) -> None:
         self.net.up()
         self.ray.start()
+        self.ray.wait_alive(2)  # else Ray may place every shard on the head
         self.redis.start()
         self.forward = Forward(self.net.bridge_ip, ("127.0.0.1", 5432))
         dsn = f"postgresql://postgres@{self.net.bridge_ip}:{self.forward.port}/{postgres.name}"
