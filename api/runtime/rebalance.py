@@ -176,6 +176,7 @@ class Rebalancer:
         self.state = state
         self.stop_budget_s = stop_budget_s
         self.job: dict[str, Any] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def slot_map(self) -> SlotMap:
@@ -192,7 +193,8 @@ class Rebalancer:
         job_id = "job_" + secrets.token_hex(6)
         job = await asyncio.to_thread(self.state.new_job, job_id, what, target, len(plan))
         self.job = job
-        asyncio.get_running_loop().create_task(self._run(job, target))
+        # held here: the loop keeps only a weak reference to a task
+        self._task = asyncio.get_running_loop().create_task(self._run(job, target, plan))
         return dict(job)
 
     async def fail_stale_jobs(self) -> None:
@@ -201,15 +203,14 @@ class Rebalancer:
             job.update(state="failed", finished_at=time.time(), error="the coordinator restarted")
             await asyncio.to_thread(self.state.save_job, job)
 
-    async def _run(self, job: dict[str, Any], target: int) -> None:
+    async def _run(self, job: dict[str, Any], target: int, plan: dict[int, int]) -> None:
+        """``plan``: slot -> new owner (a resize keeps the owners, so it still holds)."""
         try:
             before = self.slot_map.shard_count
             if target > before:
                 for shard_id in range(before, target):
                     await self.shards.start_shard(shard_id)
                 await self._publish(self.slot_map.resized(target))
-            plan = self.slot_map.evened(target)
-            job["slots_total"] = len(plan)
             for (source, dest), slots in chunks(plan, self.slot_map.owners, self.chunk_slots):
                 started = time.monotonic()
                 job["entities_moved"] += await self._move(source, dest, slots)
