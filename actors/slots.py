@@ -69,12 +69,20 @@ class SlotMap:
         counts (within one), every slot of a shard past ``shards`` moved away."""
         if shards < 1:
             raise ValueError("shards must be at least 1")
-        owned: dict[int, list[int]] = {s: [] for s in range(shards)}
+        return self.evened_over(range(shards))
+
+    def evened_over(self, keep: Iterable[int]) -> dict[int, int]:
+        """Slot -> new owner: the fewest moves that leave the ``keep`` shards with equal
+        counts (within one) and every other shard with none (a shard being moved to
+        another node gives its slots away first)."""
+        owned: dict[int, list[int]] = {s: [] for s in sorted(keep)}
+        if not owned:
+            raise ValueError("at least one shard must keep slots")
         homeless: list[int] = []
         for slot, owner in enumerate(self.owners):
-            (owned[owner] if owner < shards else homeless).append(slot)
-        base, extra = divmod(SLOT_COUNT, shards)
-        quota = {s: base + (1 if s < extra else 0) for s in range(shards)}
+            owned.get(owner, homeless).append(slot)
+        base, extra = divmod(SLOT_COUNT, len(owned))
+        quota = {s: base + (1 if i < extra else 0) for i, s in enumerate(owned)}
         for shard, slots in owned.items():  # a shard over its quota gives its last slots
             while len(slots) > quota[shard]:
                 homeless.append(slots.pop())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -136,26 +137,30 @@ class RayNodes:
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
         self.env.pop("RAY_ADDRESS", None)
         self.env["RAY_AUTH_MODE"] = "token"
+        # a token of its own: a fresh machine has no ~/.ray/auth_token until some local
+        # Ray made one, and `ray start` does not make one
+        self.env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         self.address = f"{net.ip(0)}:{self.PORT}"
 
-    def start(self) -> None:
+    def start(self, count: int | None = None) -> None:
+        """The head in node 0, then nodes 1 .. ``count`` - 1 (every namespace: None)."""
+        for i in range(self.net.nodes if count is None else count):
+            self.join(i)
+
+    def join(self, i: int) -> None:
+        """Ray on node ``i``: the head for 0, else a node joining it."""
         ray = shutil.which("ray")
         assert ray, "the ray command must be installed"
-        for i in range(self.net.nodes):
-            where = (
-                ["--head", "--port", str(self.PORT), "--include-dashboard=false"]
-                if i == 0
-                else ["--address", self.address]
-            )
-            argv = [ray, "start", *where, "--node-ip-address", self.net.ip(i)]
-            argv += ["--num-cpus", "2", "--temp-dir", os.path.join(self.temp, f"node{i}")]
-            subprocess.run(
-                self.net.command(i, argv),
-                env=self.env,
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
+        where = (
+            ["--head", "--port", str(self.PORT), "--include-dashboard=false"]
+            if i == 0
+            else ["--address", self.address]
+        )
+        argv = [ray, "start", *where, "--node-ip-address", self.net.ip(i)]
+        argv += ["--num-cpus", "2", "--temp-dir", os.path.join(self.temp, f"node{i}")]
+        subprocess.run(
+            self.net.command(i, argv), env=self.env, check=True, capture_output=True, timeout=120
+        )
 
     def wait_alive(self, count: int, timeout: float = 120.0) -> None:
         """Until Ray counts ``count`` live nodes."""

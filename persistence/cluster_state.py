@@ -24,6 +24,7 @@ class ClusterState:
     def __init__(self, db: Database, namespace: str) -> None:
         self.db = db
         self.map_name = f"slot_map:{namespace}"
+        self.drained_name = f"drained_nodes:{namespace}"
 
     def slot_map(self) -> list[Any] | None:
         """The stored map's wire form (actors/slots.py), or None before the first save."""
@@ -36,11 +37,23 @@ class ClusterState:
             raise ValueError(f"slot map version {wire[0]} is not past the stored {stored[0]}")
         self.db.put_setting(self.map_name, wire)
 
-    def new_job(self, job_id: str, what: str, shards: int, slots_total: int) -> dict[str, Any]:
+    def drained_nodes(self) -> list[str]:
+        """Ray nodes an operator drained: no shard is placed on them (placement.py)."""
+        nodes = self.db.setting(self.drained_name)
+        return [str(n) for n in nodes] if isinstance(nodes, list) else []
+
+    def save_drained_nodes(self, nodes: list[str]) -> None:
+        self.db.put_setting(self.drained_name, sorted(nodes))
+
+    def new_job(
+        self, job_id: str, what: str, shards: int, slots_total: int, node: str | None = None
+    ) -> dict[str, Any]:
         job = {
             "job_id": job_id,
             "kind": what,
             "shards": shards,
+            "node": node,  # a drain's node
+            "relocated": {},  # shard -> the node it moved to
             "state": "running",
             "slots_moved": 0,
             "slots_total": slots_total,

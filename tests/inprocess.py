@@ -60,17 +60,26 @@ class Operations:
 TEST_IDENTITY_SECRET = b"the tests' identity key, 32 bytes"
 
 
+LOCAL_NODE = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # the one "node" of an in-process grid
+
+
 class NoMoreProcesses:
     """One process and no Ray: a job that needs another shard process fails, saying so."""
 
     async def control(self, shard_id: int, method: str, *args: Any) -> Any:
         raise Unavailable("one process: there is no other shard")
 
-    async def start_shard(self, shard_id: int) -> None:
+    async def start_shard(self, shard_id: int, node: str | None = None) -> None:
         raise Unavailable("one process: it cannot start shard processes")
 
     async def stop_shard(self, shard_id: int, budget_s: float) -> None:
         raise Unavailable("one process: there is no other shard")
+
+    async def nodes(self) -> list[str]:
+        return [LOCAL_NODE]
+
+    async def placement(self, shard_ids: range) -> dict[int, str | None]:
+        return dict.fromkeys(shard_ids, LOCAL_NODE)
 
 
 def in_process_app() -> GridApp:

@@ -23,7 +23,7 @@ from omnigrid.api.http import sync as sd
 from omnigrid.api.http import webhooks as w
 from omnigrid.api.http.admin import KeyCreate, KeyEndpoints, KeyRotate
 from omnigrid.api.http.behaviour import BehaviourEndpoints
-from omnigrid.api.http.cluster_jobs import BUSY, ClusterEndpoints, Scale
+from omnigrid.api.http.cluster_jobs import BUSY, ClusterEndpoints, Drain, Scale
 from omnigrid.api.http.ops import OpsEndpoints
 from omnigrid.api.http.suggestions import Suggestions
 from omnigrid.api.http.sync import sync as offline_sync
@@ -376,10 +376,22 @@ def own_routes(
             "/v1/cluster/rebalance",
             "cluster_rebalance",
             cluster.rebalance,
-            "Even the slots over the shards, online: a job to follow",
+            "Even the shards over the nodes and the slots over the shards, online: a job",
             status=202,
             answer=dict[str, str],
             refusals=(BUSY,),
+            scope="ops",
+        ),
+        Route(
+            "POST",
+            "/v1/cluster/drain",
+            "cluster_drain",
+            cluster.drain,
+            "Move every shard off a Ray node, online, before it leaves: a job to follow",
+            status=202,
+            body=Drain,
+            answer=dict[str, str],
+            refusals=(BUSY, "not_found"),
             scope="ops",
         ),
         Route(
@@ -387,7 +399,7 @@ def own_routes(
             "/v1/cluster/jobs/{job_id}",
             "cluster_job",
             cluster.job,
-            "A scale or rebalance job: its state and slots moved so far",
+            "A scale, rebalance or drain job: its state and slots moved so far",
             answer=dict[str, Any],
             refusals=("not_found",),
             scope="ops",

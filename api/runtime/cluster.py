@@ -15,9 +15,11 @@ import time
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from omnigrid.api.http.cluster_jobs import MAX_SHARDS
 from omnigrid.api.runtime.peers import PeerAddress
+from omnigrid.api.runtime.placement import place_new
 from omnigrid.api.runtime.process import ShardProcess
 from omnigrid.api.runtime.settings import Settings
 
@@ -25,6 +27,8 @@ log = logging.getLogger("omnigrid.cluster")
 # Shards recover from the store and the journal before they answer: a million
 # entities take tens of seconds (BENCHMARKS.md), so be generous.
 START_TIMEOUT_S = 900.0
+SHARD_CPUS = 0.01  # a node with N CPUs holds up to 100 N shard processes
+NAME_FREED_S = 30.0  # a stopped shard's actor name is free again within this
 
 
 def actor_name(shard_id: int) -> str:
@@ -69,21 +73,51 @@ class RayDirectory:
     async def control(self, shard_id: int, method: str, *args: Any) -> Any:
         return await self._call(shard_id, method, *args)
 
-    async def start_shard(self, shard_id: int) -> None:
-        """A new shard process (a scale-up), serving once this returns."""
-        handle = spawn(shard_id, self.settings, detached=True)
+    async def start_shard(self, shard_id: int, node: str | None = None) -> None:
+        """A shard process (a scale-up, or a shard changing node), on ``node`` while that
+        node lives, serving once this returns."""
+        deadline = time.monotonic() + NAME_FREED_S
+        while True:
+            try:
+                handle = spawn(shard_id, self.settings, detached=True, node=node)
+                break
+            except ValueError:  # the name of the shard just stopped is not yet free
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
         ref = handle.info.remote()
         await asyncio.wait_for(asyncio.wrap_future(ref.future()), START_TIMEOUT_S)
         self._handles[shard_id] = handle
 
     async def stop_shard(self, shard_id: int, budget_s: float) -> None:
-        """A shard left without slots (a scale-down) stops cleanly, then goes for good."""
-        handle = await self._handle(shard_id)
+        """A shard left without slots stops cleanly, then goes for good (one that does not
+        run: nothing to do)."""
+        try:
+            handle = await self._handle(shard_id)
+        except ValueError:  # no actor by that name
+            return
         ref = handle.stop.remote(budget_s)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.wrap_future(ref.future()), budget_s + 3)
         ray.kill(handle, no_restart=True)
         self._handles.pop(shard_id, None)
+
+    async def nodes(self) -> list[str]:
+        """The live Ray nodes."""
+        found = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
+        return sorted(str(n["NodeID"]) for n in found if n.get("Alive"))
+
+    async def placement(self, shard_ids: range) -> dict[int, str | None]:
+        """Shard -> the node its process runs on (None: it does not answer)."""
+
+        async def node_of(shard_id: int) -> str | None:
+            try:
+                return str(await asyncio.wait_for(self._call(shard_id, "node_id"), 10.0))
+            except Exception:
+                return None
+
+        nodes = await asyncio.gather(*(node_of(s) for s in shard_ids))
+        return dict(zip(shard_ids, nodes, strict=True))
 
 
 def init_ray(settings: Settings) -> str:
@@ -101,8 +135,11 @@ def init_ray(settings: Settings) -> str:
     return address or "local"
 
 
-def spawn(shard_id: int, settings: Settings, detached: bool = False) -> Any:
-    """One shard process, spread over the Ray nodes, restarted by Ray when it dies.
+def spawn(
+    shard_id: int, settings: Settings, detached: bool = False, node: str | None = None
+) -> Any:
+    """One shard process on ``node`` (anywhere once that node is gone; no node: spread by
+    Ray), restarted by Ray when it dies.
 
     ``detached``: a shard a scale job starts from shard 0's process would otherwise
     share that process's fate (Ray ends an actor whose creator died, and does not
@@ -114,15 +151,26 @@ def spawn(shard_id: int, settings: Settings, detached: bool = False) -> Any:
         namespace=settings.namespace,
         max_restarts=-1,
         max_concurrency=8,
-        num_cpus=0,
-        scheduling_strategy="SPREAD",
+        # a token share of a CPU: measured here, Ray 2.60 ignored a soft node affinity
+        # for 0-CPU actors half the time (and SPREAD put four of them on one of two nodes)
+        num_cpus=SHARD_CPUS,
+        scheduling_strategy=(
+            NodeAffinitySchedulingStrategy(node, soft=True) if node is not None else "SPREAD"
+        ),
         lifetime="detached" if detached else None,
     ).remote(shard_id, settings.to_dict())
 
 
 def start_shards(settings: Settings) -> list[Any]:
-    """Create the shard actors and wait until every one serves."""
-    handles = [spawn(i, settings) for i in range(settings.shards)]
+    """Create the shard actors and wait until every one serves: shard 0, which runs the
+    cluster jobs, next to this driver, the others evenly over the live nodes
+    (placement.py)."""
+    here = local_node_id()
+    found = ray.nodes()  # type: ignore[no-untyped-call]
+    alive = sorted(str(n["NodeID"]) for n in found if n.get("Alive"))
+    nodes: dict[int, str | None] = {0: here}
+    nodes.update(place_new(nodes, alive or [here], range(1, settings.shards)))
+    handles = [spawn(i, settings, node=nodes[i]) for i in range(settings.shards)]
     ray.get([h.info.remote() for h in handles], timeout=START_TIMEOUT_S)
     return handles
 

@@ -1,8 +1,9 @@
-"""``omnigrid cluster status|scale N|rebalance``: the grid's shards, and moving slots.
+"""``omnigrid cluster status|scale N|rebalance|drain NODE``: the grid's shape, changed online.
 
 ``status`` reads ``GET /v1/cluster`` from any grid process and prints, per shard:
-its process, node, slots, entities, journal and write-behind. ``scale N`` and
-``rebalance`` start a job (``POST /v1/cluster/scale|rebalance``) and follow it
+its process, node, slots, entities, journal and write-behind; then the nodes.
+``scale N``, ``rebalance`` and ``drain NODE`` start a job
+(``POST /v1/cluster/scale|rebalance|drain``) and follow it
 (``GET /v1/cluster/jobs/{id}``) with its progress until it ends. Every call is
 signed with ``--key`` or ``OMNIGRID_KEY`` (``<key_id>:<secret>``) when the grid
 has keys.
@@ -33,8 +34,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     status.add_argument("--json", action="store_true", help="print the answer as JSON")
     scale = verbs.add_parser("scale", help="move slots online to N shards, then follow the job")
     scale.add_argument("shards", type=int, help="the shard count to reach")
-    rebalance = verbs.add_parser("rebalance", help="even the slots over the shards, online")
-    for verb in (scale, rebalance):
+    rebalance = verbs.add_parser(
+        "rebalance", help="even the shards over the nodes and the slots over the shards, online"
+    )
+    drain = verbs.add_parser("drain", help="move every shard off a node before it leaves")
+    drain.add_argument("node", help="the Ray node's id, or a unique prefix of it (status shows)")
+    for verb in (scale, rebalance, drain):
         verb.add_argument("--url", default="http://127.0.0.1:8000", help="any grid process")
         verb.add_argument("--key", help="<key_id>:<secret> with the ops scope (or OMNIGRID_KEY)")
         verb.add_argument("--no-wait", action="store_true", help="print the job id and exit")
@@ -50,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.verb == "status":
                 return status(grid.get("/v1/cluster"), args.json)
-            body = {"shards": args.shards} if args.verb == "scale" else {}
+            body: dict[str, Any] = {}
+            if args.verb == "scale":
+                body = {"shards": args.shards}
+            elif args.verb == "drain":
+                body = {"node": args.node}
             started = grid.post(f"/v1/cluster/{args.verb}", json=body)
             if started.status_code != 202:
                 return refused(started)
@@ -92,6 +101,10 @@ def status(answer: httpx.Response, as_json: bool) -> int:
         print(f"slot map version {view['slot_map_version']}, {len(view['shards'])} shards")
         for shard in view["shards"]:
             print("  " + line(shard))
+        for node in view.get("nodes", []):
+            shards = ", ".join(str(s) for s in node["shards"]) or "none"
+            drained = " (drained)" if node["drained"] else ""
+            print(f"  node {node['node_id'][:12]}{drained}: shards {shards}")
     healthy = all("error" not in s and s.get("journal_ok", True) for s in view["shards"])
     return 0 if healthy else 1
 

@@ -358,11 +358,13 @@ class GridNode:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def start_job(self, what: str, shards: int | None) -> dict[str, Any]:
-        """A scale or rebalance job, run by shard 0's process wherever it was asked."""
+    async def start_job(
+        self, what: str, shards: int | None, node: str | None = None
+    ) -> dict[str, Any]:
+        """A scale, rebalance or drain job, run by shard 0's process wherever it was asked."""
         if self.rebalancer is not None:
-            return await self.rebalancer.start(what, shards)
-        answer: dict[str, Any] = await self.directory.control(0, "start_job", what, shards)
+            return await self.rebalancer.start(what, shards, node)
+        answer: dict[str, Any] = await self.directory.control(0, "start_job", what, shards, node)
         if "refused" in answer:
             raise GridError(answer["refused"], answer["detail"])
         return answer
@@ -595,7 +597,28 @@ class GridNode:
             for p, a in answers.items()
         ]
         shards.sort(key=lambda s: s["shard"])
-        return {"slot_map_version": self.router.slot_map.version, "shards": shards}
+        return {
+            "slot_map_version": self.router.slot_map.version,
+            "shards": shards,
+            "nodes": await self._nodes(shards),
+        }
+
+    async def _nodes(self, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every live Ray node: drained or not, and the shards it runs."""
+        try:
+            alive = await self.directory.nodes()
+            drained = set(await asyncio.to_thread(self.cluster_state.drained_nodes))
+        except Exception as e:  # the view still shows the shards
+            log.warning("cannot list the nodes: %r", e)
+            return []
+        return [
+            {
+                "node_id": node,
+                "drained": node in drained,
+                "shards": [s["shard"] for s in shards if s.get("node_id") == node],
+            }
+            for node in alive
+        ]
 
 
 def database_for(settings: Settings) -> Database:

@@ -74,6 +74,9 @@ class ShardProcess:
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CONTROL_TIMEOUT_S)
 
+    def node_id(self) -> str:
+        return self.node.node_id
+
     def peer_address(self) -> PeerAddress:
         return self.node.address()
 
@@ -111,10 +114,10 @@ class ShardProcess:
         work = getattr(self.node.handover, step)(*args)
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(HANDOVER_TIMEOUT_S)
 
-    def start_job(self, what: str, shards: int | None) -> dict[str, Any]:
+    def start_job(self, what: str, shards: int | None, node: str | None = None) -> dict[str, Any]:
         """A new job, or its refusal as plain data (it crosses Ray to the asking process)."""
         try:
-            return self._on_loop(self.node.start_job(what, shards))
+            return self._on_loop(self.node.start_job(what, shards, node))
         except GridError as e:
             return {"refused": e.code, "detail": e.detail}
 

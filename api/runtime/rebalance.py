@@ -8,7 +8,10 @@ the store (``take_in``); every process adopts each new map (``adopt``).
 ``Rebalancer`` runs in shard 0's process, one job at a time: ``scale`` starts
 the new shard processes, moves slots in chunks (one source and one target a
 chunk, the fewest moves to even counts), then stops the shards left without
-slots; ``rebalance`` only moves. A chunk is: the source prepares, the new map
+slots; ``rebalance`` also evens the shards over the nodes (placement.py: a
+node that joined gets its share) and ``drain`` moves every shard off a node:
+a shard changing node gives its slots away, stops, starts on its new node and
+takes its share again. A chunk is: the source prepares, the new map
 is stored (from then on it is the truth: a process Ray restarts reads it), the
 target takes the slots in, the source releases them, every other process
 adopts the map. A chunk that fails before the map is stored is aborted and
@@ -28,6 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from omnigrid.actors import handover
@@ -35,6 +39,7 @@ from omnigrid.actors.errors import GridError, Unavailable
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap, slot_ranges
 from omnigrid.api.http.cluster_jobs import BUSY, MAX_SHARDS
+from omnigrid.api.runtime.placement import COORDINATOR, Moves, place_new, resolve_node, spread
 from omnigrid.api.runtime.router import Router
 from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.store import Store
@@ -49,13 +54,32 @@ RETRY_PAUSE_S = 2.0
 
 
 class Shards(Protocol):
-    """How the coordinator reaches the shard processes (Ray, in a real grid)."""
+    """How the coordinator reaches the shard processes and the nodes (Ray, in a real grid)."""
 
     async def control(self, shard_id: int, method: str, *args: Any) -> Any: ...
 
-    async def start_shard(self, shard_id: int) -> None: ...
+    async def start_shard(self, shard_id: int, node: str | None = None) -> None: ...
 
     async def stop_shard(self, shard_id: int, budget_s: float) -> None: ...
+
+    async def nodes(self) -> list[str]: ...
+
+    async def placement(self, shard_ids: range) -> dict[int, str | None]: ...
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A job, decided when it is asked."""
+
+    target: int  # shards at the end
+    moves: Moves  # shards started, and shards that change node
+    evacuate: dict[int, int]  # slot -> owner: the moving shards' slots go first
+    settle: dict[int, int]  # slot -> owner: then every shard gets an even share
+    drained: str | None  # a drain's node
+
+    @property
+    def slots_total(self) -> int:
+        return len(self.evacuate) + len(self.settle)
 
 
 class Handover:
@@ -182,20 +206,55 @@ class Rebalancer:
     def slot_map(self) -> SlotMap:
         return self.handover.router.slot_map
 
-    async def start(self, what: str, shards: int | None) -> dict[str, Any]:
-        """A new job (``scale`` to ``shards``, or ``rebalance``), running from now on."""
+    async def start(self, what: str, shards: int | None, node: str | None = None) -> dict[str, Any]:
+        """A new job (``scale`` to ``shards``, ``rebalance``, or ``drain`` of ``node``),
+        running from now on."""
         if self.job is not None and self.job["state"] == "running":
             raise GridError(BUSY, f"job {self.job['job_id']} is still running")
-        target = shards if shards is not None else self.slot_map.shard_count
-        if not 1 <= target <= MAX_SHARDS:
-            raise GridError("invalid_request", f"shards must be 1 to {MAX_SHARDS}")
-        plan = self.slot_map.evened(target)
+        plan = await self._planned(what, shards, node)
         job_id = "job_" + secrets.token_hex(6)
-        job = await asyncio.to_thread(self.state.new_job, job_id, what, target, len(plan))
+        job = await asyncio.to_thread(
+            self.state.new_job, job_id, what, plan.target, plan.slots_total, plan.drained
+        )
         self.job = job
         # held here: the loop keeps only a weak reference to a task
-        self._task = asyncio.get_running_loop().create_task(self._run(job, target, plan))
+        self._task = asyncio.get_running_loop().create_task(self._run(job, plan))
         return dict(job)
+
+    async def _planned(self, what: str, shards: int | None, node: str | None) -> JobPlan:
+        """What the job will do, decided once (a resize keeps the owners, so it holds);
+        a drain's node is stored as drained before the job starts."""
+        current = self.slot_map.shard_count
+        target = shards if shards is not None else current
+        if not 1 <= target <= MAX_SHARDS:
+            raise GridError("invalid_request", f"shards must be 1 to {MAX_SHARDS}")
+        alive = await self.shards.nodes()
+        placement = await self.shards.placement(range(current))
+        drained = set(await asyncio.to_thread(self.state.drained_nodes)) & set(alive)
+        chosen = None
+        if what == "drain":
+            chosen = resolve_node(node or "", alive)
+            if chosen is None:
+                raise GridError("not_found", f"no live node is (or uniquely starts with) {node!r}")
+            if placement.get(COORDINATOR) == chosen:
+                raise GridError(
+                    BUSY, "this node runs shard 0, which coordinates the grid: stop the grid"
+                )
+            drained.add(chosen)
+        takers = [n for n in alive if n not in drained]
+        if not takers:
+            raise GridError(BUSY, "no node would be left to take the shards")
+        if what == "scale":
+            moves = Moves(start=place_new(placement, takers, range(current, target)))
+        else:  # a rebalance, or a drain: every node that takes work gets its share
+            moves = spread(placement, takers, grow_to=min(MAX_SHARDS, len(takers)))
+            target = current + len(moves.start)
+        if chosen is not None:
+            await asyncio.to_thread(self.state.save_drained_nodes, sorted(drained))
+        keep = [s for s in range(target) if s not in moves.relocate]
+        evacuate = self.slot_map.evened_over(keep) if moves.relocate else {}
+        settle = self.slot_map.moved(evacuate).evened_over(range(target))
+        return JobPlan(target, moves, evacuate, settle, chosen)
 
     async def fail_stale_jobs(self) -> None:
         """At start: a job the last coordinator left running will never finish."""
@@ -203,24 +262,25 @@ class Rebalancer:
             job.update(state="failed", finished_at=time.time(), error="the coordinator restarted")
             await asyncio.to_thread(self.state.save_job, job)
 
-    async def _run(self, job: dict[str, Any], target: int, plan: dict[int, int]) -> None:
-        """``plan``: slot -> new owner (a resize keeps the owners, so it still holds)."""
+    async def _run(self, job: dict[str, Any], plan: JobPlan) -> None:
+        """New shards start; shards that change node give their slots away, stop and
+        start on their node; slots even out over every shard; shards past the target stop."""
         try:
             before = self.slot_map.shard_count
-            if target > before:
-                for shard_id in range(before, target):
-                    await self.shards.start_shard(shard_id)
-                await self._publish(self.slot_map.resized(target))
-            for (source, dest), slots in chunks(plan, self.slot_map.owners, self.chunk_slots):
-                started = time.monotonic()
-                job["entities_moved"] += await self._move(source, dest, slots)
-                frozen_ms = round((time.monotonic() - started) * 1000, 1)
-                job["longest_freeze_ms"] = max(job["longest_freeze_ms"], frozen_ms)
-                job["slots_moved"] += len(slots)
+            if plan.moves.start:
+                for shard_id, node in plan.moves.start.items():
+                    await self.shards.start_shard(shard_id, node)
+                await self._publish(self.slot_map.resized(plan.target))
+            await self._move_all(job, plan.evacuate)
+            for shard_id, node in plan.moves.relocate.items():
+                await self.shards.stop_shard(shard_id, self.stop_budget_s)
+                await self.shards.start_shard(shard_id, node)
+                job["relocated"][str(shard_id)] = node
                 await asyncio.to_thread(self.state.save_job, job)
-            if target < before:
-                await self._publish(self.slot_map.resized(target))
-                for shard_id in range(target, before):
+            await self._move_all(job, plan.settle)
+            if plan.target < before:
+                await self._publish(self.slot_map.resized(plan.target))
+                for shard_id in range(plan.target, before):
                     await self.shards.stop_shard(shard_id, self.stop_budget_s)
             job["state"] = "done"
         except Exception as e:
@@ -228,6 +288,16 @@ class Rebalancer:
             job.update(state="failed", error=repr(e)[:300])
         job["finished_at"] = time.time()
         with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.state.save_job, job)
+
+    async def _move_all(self, job: dict[str, Any], plan: dict[int, int]) -> None:
+        """``plan``'s slots, a chunk at a time, the job's progress stored after each."""
+        for (source, dest), slots in chunks(plan, self.slot_map.owners, self.chunk_slots):
+            started = time.monotonic()
+            job["entities_moved"] += await self._move(source, dest, slots)
+            frozen_ms = round((time.monotonic() - started) * 1000, 1)
+            job["longest_freeze_ms"] = max(job["longest_freeze_ms"], frozen_ms)
+            job["slots_moved"] += len(slots)
             await asyncio.to_thread(self.state.save_job, job)
 
     async def _ask(self, shard_id: int, step: str, *args: Any) -> Any:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.api.test_live import Stream
 from tests.conftest import Grid, write_headers
-from tests.inprocess import in_process_client
+from tests.inprocess import LOCAL_NODE, in_process_client
 
 SKUS = [f"sku-{i}" for i in range(20)]
 STOCK = 100_000
@@ -237,3 +237,33 @@ def test_a_bad_scale_request_is_refused_and_starts_nothing(body: bytes) -> None:
         assert extra.status_code == 422
         assert c.get("/v1/cluster/jobs/job_none").status_code == 404
         assert c.get("/v1/cluster/jobs/a%20b").status_code in (400, 422)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{}", b'{"node": ""}', b'{"node": "abc"}', b'{"node": "NOT-HEX-AT-ALL"}',
+     b'{"node": 12345}', b'{"node": "' + b"a" * 65 + b'"}', b'{"node": "abcd", "now": true}',
+     b'["abcd"]', b"not json"],
+)  # fmt: skip
+def test_a_bad_drain_request_is_refused_and_drains_nothing(body: bytes) -> None:
+    with in_process_client() as c:
+        r = c.post("/v1/cluster/drain", content=body, headers=write_headers())
+        assert r.status_code in (400, 422), r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "invalid_request"
+
+
+def test_a_drain_of_no_live_node_or_of_the_coordinators_node_is_refused() -> None:
+    with in_process_client() as c:
+        unknown = c.post("/v1/cluster/drain", json={"node": "abcdef12"}, headers=write_headers())
+        assert unknown.status_code == 404, unknown.text
+        assert "abcdef12" in unknown.json()["detail"]
+        # the one node runs shard 0, which coordinates every job: it cannot leave alone
+        mine = c.post("/v1/cluster/drain", json={"node": LOCAL_NODE[:12]}, headers=write_headers())
+        assert mine.status_code == 409 and mine.json()["code"] == "cluster_busy", mine.text
+        # nothing was marked drained: a rebalance still finds a node to place shards on
+        # (a drained one would leave none: 409), and nothing to move
+        job = c.post("/v1/cluster/rebalance", headers=write_headers())
+        assert job.status_code == 202, job.text
+        state = c.get(f"/v1/cluster/jobs/{job.json()['job_id']}").json()
+        assert state["slots_total"] == 0 and state["relocated"] == {} and state["node"] is None

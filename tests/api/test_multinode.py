@@ -13,6 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -35,8 +36,10 @@ PORT = 8000
 
 
 class TwoNodeGrid:
-    def __init__(self) -> None:
-        self.net = Netns(2)
+    """Ray on two namespaces; ``spare`` more namespaces for nodes that join later."""
+
+    def __init__(self, spare: int = 0) -> None:
+        self.net = Netns(2 + spare)
         self.ray = RayNodes(self.net)
         self.redis = RedisServer(
             free_port(), fsync="always", host=self.net.bridge_ip, password=uuid.uuid4().hex
@@ -46,7 +49,7 @@ class TwoNodeGrid:
 
     def start(self, postgres: PostgresDatabase) -> None:
         self.net.up()
-        self.ray.start()
+        self.ray.start(2)
         self.ray.wait_alive(2)  # else Ray may place every shard on the head
         self.redis.start()
         self.forward = Forward(self.net.bridge_ip, ("127.0.0.1", 5432))
@@ -61,9 +64,9 @@ class TwoNodeGrid:
             "OMNIGRID_NAMESPACE": f"nodes{self.net.k}",
         }
         self.env = env
-        self.urls = [f"http://{self.net.ip(i)}:{PORT}" for i in range(2)]
+        self.urls = [f"http://{self.net.ip(i)}:{PORT}" for i in range(self.net.nodes)]
         self.serve()
-        self.wait_ready(self.urls)
+        self.wait_ready(self.urls[:2])
 
     def serve(self) -> None:
         """``omnigrid serve`` on node 0, joining the cluster; its output in ``self.log``."""
@@ -107,10 +110,9 @@ class TwoNodeGrid:
         self.ray.stop()
 
 
-@pytest.fixture()
-def nodes(postgres: PostgresDatabase) -> Iterator[TwoNodeGrid]:
+def running(postgres: PostgresDatabase, spare: int) -> Iterator[TwoNodeGrid]:
     assert os.geteuid() == 0, "network namespaces need root (CI and this machine have it)"
-    grid = TwoNodeGrid()
+    grid = TwoNodeGrid(spare)
     try:
         grid.start(postgres)
         yield grid
@@ -118,12 +120,22 @@ def nodes(postgres: PostgresDatabase) -> Iterator[TwoNodeGrid]:
         grid.stop()
 
 
-def run_to_end(c: httpx.Client, job_id: str) -> dict[str, object]:
+@pytest.fixture()
+def nodes(postgres: PostgresDatabase) -> Iterator[TwoNodeGrid]:
+    yield from running(postgres, spare=0)
+
+
+@pytest.fixture()
+def nodes_and_a_spare(postgres: PostgresDatabase) -> Iterator[TwoNodeGrid]:
+    yield from running(postgres, spare=1)
+
+
+def run_to_end(c: httpx.Client, job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 300
     while (job := read_job(c, job_id))["state"] == "running":
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
-    answer: dict[str, object] = job
+    answer: dict[str, Any] = job
     return answer
 
 
@@ -185,3 +197,80 @@ def test_two_nodes_serve_move_slots_and_lose_one_mid_scale_without_losing_a_writ
         assert "stopped 1 shard processes an earlier run left" in nodes.output()
         assert [s["shard"] for s in nodes.shards(first)] == [0, 1, 2, 3, 4]
         check_everything_acknowledged_is_there(c0, writers)
+
+
+def test_a_node_that_joins_takes_shards_and_a_drained_node_gives_them_away_first(
+    nodes_and_a_spare: TwoNodeGrid,
+) -> None:
+    grid = nodes_and_a_spare
+    first, _, third = grid.urls
+    with httpx.Client(base_url=first, timeout=30, auth=KEY) as c0:
+        for sku in SKUS:
+            r = c0.put(f"/v1/skus/{sku}/stock", json={"on_hand": STOCK}, headers=write_headers())
+            assert r.status_code == 200, r.text
+        two = {n["node_id"] for n in cluster(c0)["nodes"]}
+        writers = Writers(first, threads=2, auth=KEY)  # node 0 stays throughout
+        try:
+            grid.ray.join(2)  # a third node joins: it runs nothing until a rebalance
+            grid.ray.wait_alive(3)
+            view = cluster(c0)
+            joined = next(n["node_id"] for n in view["nodes"] if n["node_id"] not in two)
+            assert shards_on(view, joined) == []
+            rebalanced = c0.post("/v1/cluster/rebalance", headers=write_headers())
+            job = run_to_end(c0, rebalanced.json()["job_id"])
+            assert job["state"] == "done" and len(job["relocated"]) == 1, job  # 4 shards: 2/1/1
+            grid.wait_ready([third])  # HTTP on the new node
+            view = cluster(c0)
+            assert len(shards_on(view, joined)) == 1 and slots_on(view, joined) > 0
+            assert sorted(len(n["shards"]) for n in view["nodes"]) == [1, 1, 2]
+
+            head = next(s["node_id"] for s in view["shards"] if s["shard"] == 0)
+            second = next(n for n in two if n != head)
+            drained = c0.post(
+                "/v1/cluster/drain", json={"node": second[:12]}, headers=write_headers()
+            )
+            assert drained.status_code == 202, drained.text
+            job = run_to_end(c0, drained.json()["job_id"])
+            assert job["state"] == "done" and job["node"] == second, job
+            view = cluster(c0)
+            assert shards_on(view, second) == [] and slots_on(view, second) == 0
+            assert next(n for n in view["nodes"] if n["node_id"] == second)["drained"]
+            assert sorted(len(n["shards"]) for n in view["nodes"]) == [0, 2, 2]
+            # a rebalance never places a shard on a drained node
+            again = run_to_end(
+                c0, c0.post("/v1/cluster/rebalance", headers=write_headers()).json()["job_id"]
+            )
+            assert again["state"] == "done" and again["relocated"] == {}, again
+
+            # the node leaves: it ran nothing, so nothing restarts and no request fails for it
+            assert grid.net.kill_node(1) > 0
+            for url in (first, third):
+                stock = httpx.get(f"{url}/v1/skus/{SKUS[0]}/stock", auth=KEY, timeout=10)
+                assert stock.status_code == 200, stock.text
+            time.sleep(2)
+            writers.join()
+            assert [s["shard"] for s in cluster(c0)["shards"]] == [0, 1, 2, 3]
+            check_everything_acknowledged_is_there(c0, writers)
+            print(
+                f"drain of a node with two shards: {job['slots_moved']} slot moves, "
+                f"{job['entities_moved']} entities, longest freeze {job['longest_freeze_ms']} ms"
+            )
+        finally:  # a failed check must not leave the writers running
+            writers.stop.set()
+
+
+def cluster(c: httpx.Client) -> dict[str, Any]:
+    answer = c.get("/v1/cluster")
+    assert answer.status_code == 200, answer.text
+    view: dict[str, Any] = answer.json()
+    return view
+
+
+def shards_on(view: dict[str, Any], node: str) -> list[int]:
+    return [s["shard"] for s in view["shards"] if s.get("node_id") == node]
+
+
+def slots_on(view: dict[str, Any], node: str) -> int:
+    return sum(
+        b - a + 1 for s in view["shards"] if s.get("node_id") == node for a, b in s["slot_ranges"]
+    )
