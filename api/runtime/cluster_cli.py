@@ -43,6 +43,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         verb.add_argument("--url", default="http://127.0.0.1:8000", help="any grid process")
         verb.add_argument("--key", help="<key_id>:<secret> with the ops scope (or OMNIGRID_KEY)")
         verb.add_argument("--no-wait", action="store_true", help="print the job id and exit")
+        verb.add_argument(
+            "--channel",
+            default=os.environ.get("OMNIGRID_CHANNEL", "web"),
+            help="X-Channel of the call: every write names one (default web, or OMNIGRID_CHANNEL)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                 body = {"shards": args.shards}
             elif args.verb == "drain":
                 body = {"node": args.node}
-            started = grid.post(f"/v1/cluster/{args.verb}", json=body)
+            started = grid.post(
+                f"/v1/cluster/{args.verb}", json=body, headers={"X-Channel": args.channel}
+            )
             if started.status_code != 202:
                 return refused(started)
             job_id = started.json()["job_id"]

@@ -18,8 +18,10 @@ def test_metrics_cover_every_process(client: httpx.Client) -> None:
     sku = stock(client, 100)
     for channel in ("pos", "app"):
         for _ in range(10):
-            client.post(
-                f"/v1/carts/{new_id('u')}/lines",
+            # a connection each: the processes share the port (SO_REUSEPORT), so twenty
+            # connections reach both (one kept connection reaches one process only)
+            httpx.post(
+                f"{client.base_url}/v1/carts/{new_id('u')}/lines",
                 json={"sku": sku, "qty": 1},
                 headers=write_headers(channel),
             )
@@ -87,9 +89,19 @@ def test_cluster_status_shows_every_shard(client: httpx.Client) -> None:
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("slot map version") and lines[0].endswith("2 shards")
-    assert [line.split(":")[0].strip() for line in lines[1:]] == ["shard 0", "shard 1"]
-    assert all("8192 slots" in line and "journal ok" in line for line in lines[1:])
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["shard 0", "shard 1"]
+    assert all("8192 slots" in line and "journal ok" in line for line in lines[1:3])
+    assert len(lines) == 4 and lines[3].endswith(": shards 0, 1")  # one node runs both
     as_json = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60)
-    assert len(json.loads(as_json.stdout)["shards"]) == 2
+    view = json.loads(as_json.stdout)
+    assert len(view["shards"]) == 2 and len(view["nodes"]) == 1
+    # the only node runs shard 0, the coordinator: a drain is refused, nothing moves
+    node = view["nodes"][0]["node_id"]
+    drain = [*run[:-3], "drain", node[:12], "--url", url]
+    refused = subprocess.run(drain, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "409" in refused.stderr, refused
+    assert not json.loads(subprocess.run([*run, "--json"], capture_output=True).stdout)["nodes"][0][
+        "drained"
+    ]
     away = subprocess.run([*run[:-1], "http://127.0.0.1:1"], capture_output=True, text=True)
     assert away.returncode == 2 and "cannot reach" in away.stderr
