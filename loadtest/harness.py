@@ -134,16 +134,37 @@ def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, st
         return subprocess.run(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT).returncode
 
 
+def wait_for_final_tallies(tally_dir: Path, workers: int, timeout_s: float = 30.0) -> None:
+    """Until every worker's final tally is there (a worker may outlive locust's master
+    by the seconds it takes to stop its users), or ``timeout_s``: the check then says
+    INCOMPLETE."""
+    deadline = time.monotonic() + timeout_s
+    finals = 0
+    while time.monotonic() < deadline:
+        finals = 0
+        for path in tally_dir.glob("tally-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                finals += bool(json.loads(path.read_text()).get("final"))
+        if finals >= workers:
+            return
+        time.sleep(0.5)
+    log(f"final tallies: {finals} of {workers} workers after {timeout_s:.0f} s")
+
+
 def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
     """The grid against the users' tally: oversold SKUs and lost cart writes."""
     carts: dict[str, dict[str, Any]] = {}
     committed: dict[str, int] = {}
     tallies = sorted(tally_dir.glob("tally-*.json"))
+    final, unanswered = 0, {"cart_writes": 0, "commits": 0}
     for path in tallies:
         part = json.loads(path.read_text())
         carts.update(part["carts"])
         for sku, qty in part["committed"].items():
             committed[sku] = committed.get(sku, 0) + qty
+        final += bool(part.get("final"))
+        for kind, count in part.get("unanswered", {}).items():
+            unanswered[kind] = unanswered.get(kind, 0) + count
     stock, cart_views = asyncio.run(_read_all(base, list(seeded["on_hand"]), list(carts)))
     oversold, short, unacked = [], [], 0
     lost, unacked_carts = [], 0
@@ -167,6 +188,8 @@ def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
             unacked_carts += 1  # applied, but its answer never reached the user
     return {
         "tallies": len(tallies),
+        "final_tallies": final,
+        "unanswered_at_stop": unanswered,
         "skus_checked": len(seeded["on_hand"]),
         "oversold": sorted(set(oversold)),
         "lost_commits": short,
@@ -254,8 +277,9 @@ def plot(out: Path, title: str, connections: list[tuple[float, int]]) -> Path:
 
 
 def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> str:
+    unanswered = c.get("unanswered_at_stop", {})
     fail_rate = s["failures"] / s["requests"] if s.get("requests") else float("nan")
-    tallies_ok = c.get("tallies", 0) >= args.processes
+    tallies_ok = c.get("final_tallies", 0) >= args.processes
     ok = (
         tallies_ok
         and not c["oversold"]
@@ -278,11 +302,13 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         f"commits applied without an answer {c['commits_without_answer']}",
         f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
         f"applied without an answer {c['cart_writes_without_answer']}",
+        f"in flight or cut off at stop: cart writes {unanswered.get('cart_writes', 0)}, "
+        f"commits {unanswered.get('commits', 0)} (what may be applied without an answer)",
     ]
     if not tallies_ok:
         lines.append(
-            f"INCOMPLETE: tallies from {c.get('tallies', 0)} of {args.processes} locust workers "
-            "(a worker died before writing what it saw acknowledged)"
+            f"INCOMPLETE: final tallies from {c.get('final_tallies', 0)} of {args.processes} "
+            "locust workers (a worker stopped before writing what it saw acknowledged)"
         )
     ramp = s.get("ramp")
     if ramp:
@@ -404,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             watcher.join()
         log(f"locust exited with {code} after {time.monotonic() - started:.0f} s")
-        time.sleep(1.0)
+        wait_for_final_tallies(tmp, args.processes)
         checked = check(base, seeded, tmp)
     finally:
         if server is not None:

@@ -10,8 +10,9 @@ calibration used). SKUs come from the catalogue the harness seeded
 it alone and its last acknowledged view must be the cart's state at the end.
 
 Each worker process writes what was acknowledged (cart views, committed
-quantities) to ``OMNIGRID_TALLY_DIR`` every 30 s and when it stops; the harness
-checks the grid against it. Three patches to locust 2.47's internals below keep
+quantities) to ``OMNIGRID_TALLY_DIR`` every 30 s and, final, when the run stops
+(with the writes then in flight or cut off); the harness checks the grid against
+the final tallies. Three patches to locust 2.47's internals below keep
 the generator's own cost from growing with the user count; each says what it
 measured.
 """
@@ -24,7 +25,9 @@ import json
 import os
 import random
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ import gevent
 import locust
 import locust.runners
 from locust import argument_parser, between, events, task
+from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 if __package__ in (None, ""):  # locust imports this file by path
@@ -42,6 +46,7 @@ from loadtest.leanhttp import LeanHttpUser, Reply
 SEED = json.loads(Path(os.environ.get("OMNIGRID_SEED_FILE", "seed.json")).read_text())
 SKUS: list[str] = SEED["skus"]
 HOT: list[str] = SEED["hot_skus"]
+FINAL_WAIT_S = 5.0  # for answers still in flight when the run stops
 THINK = between(
     float(os.environ.get("OMNIGRID_THINK_MIN_S", "20")),
     float(os.environ.get("OMNIGRID_THINK_MAX_S", "40")),
@@ -91,6 +96,17 @@ RUN = os.environ.get("OMNIGRID_RUN_ID", "lt")  # the harness's run: uids never r
 TARGETS = [t for t in os.environ.get("OMNIGRID_TARGETS", "").split(",") if t]
 
 
+# What this process saw acknowledged.
+CARTS: dict[str, dict[str, Any]] = {}  # uid -> last acknowledged view (version, lines)
+COMMITTED: Counter[str] = Counter()  # sku -> quantity committed with a 200
+ENVIRONMENT: list[Any] = []  # locust's Environment, once it exists
+# Writes sent and not answered yet, and writes cut off (their user stopped, their
+# connection broken) before an answer: the only ones the grid may hold unacknowledged.
+IN_FLIGHT: Counter[str] = Counter()
+CUT_OFF: Counter[str] = Counter()
+STOPPING: list[bool] = []  # once the run stops: no user sends anything new
+
+
 class SpreadUser(LeanHttpUser):
     """A user whose connection goes to one of the grid's ports, chosen at random."""
 
@@ -101,11 +117,23 @@ class SpreadUser(LeanHttpUser):
             self.host = random.choice(TARGETS)
         super().__init__(environment)
 
+    def request(self, method: str, path: str, **kwargs: Any) -> Reply | None:
+        if STOPPING:  # the final tally is being taken: nothing new starts
+            raise StopUser()
+        return super().request(method, path, **kwargs)
 
-# What this process saw acknowledged.
-CARTS: dict[str, dict[str, Any]] = {}  # uid -> last acknowledged view (version, lines)
-COMMITTED: Counter[str] = Counter()  # sku -> quantity committed with a 200
-ENVIRONMENT: list[Any] = []  # locust's Environment, once it exists
+
+def _tracked(kind: str, send: Callable[[], Reply | None]) -> Reply | None:
+    """A write counted while it is in flight, and counted as cut off when its answer
+    never came (an exception: a killed greenlet, a broken connection)."""
+    IN_FLIGHT[kind] += 1
+    try:
+        return send()
+    except BaseException:
+        CUT_OFF[kind] += 1
+        raise
+    finally:
+        IN_FLIGHT[kind] -= 1
 
 
 class Shopper(SpreadUser):
@@ -118,7 +146,12 @@ class Shopper(SpreadUser):
 
     def _cart_write(self, method: str, path: str, body: Any, channel: str, name: str) -> None:
         # 409: sold out or cart full, a shopper's answer and not a failure
-        r = self.request(method, path, body=body, channel=channel, name=name, expect=(200, 409))
+        r = _tracked(
+            "cart_writes",
+            lambda: self.request(
+                method, path, body=body, channel=channel, name=name, expect=(200, 409)
+            ),
+        )
         if r is not None and r.status == 200:
             view = r.json()
             CARTS[self.uid] = {
@@ -209,7 +242,8 @@ def _reserve(user: LeanHttpUser, sku: str, qty: int, channel: str, ttl_s: int) -
 def _commit(user: LeanHttpUser, sku: str, rid: str, qty: int, channel: str) -> None:
     path = f"/v1/skus/{sku}/reservations/{rid}/commit"
     name = "/v1/skus/[sku]/reservations/[rid]/commit"
-    if user.request("POST", path, channel=channel, name=name) is not None:
+    answer = _tracked("commits", lambda: user.request("POST", path, channel=channel, name=name))
+    if answer is not None:
         COMMITTED[sku] += qty
 
 
@@ -220,13 +254,40 @@ def _sell(user: LeanHttpUser, sku: str, channel: str, qty: int) -> None:
 
 
 def _write_tally(**kwargs: Any) -> None:
+    """What this worker saw acknowledged; ``final`` once the run stops, with the writes
+    then in flight or cut off (the grid may hold those without an answer)."""
     folder = os.environ.get("OMNIGRID_TALLY_DIR")
     if not folder or not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, MasterRunner):
         return  # the master runs no users
     path = Path(folder) / f"tally-{os.getpid()}.json"
     temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps({"carts": CARTS, "committed": dict(COMMITTED)}))
+    unanswered = IN_FLIGHT + CUT_OFF
+    tally = {
+        "carts": CARTS,
+        "committed": dict(COMMITTED),
+        "final": bool(STOPPING),
+        "unanswered": {kind: unanswered[kind] for kind in ("cart_writes", "commits")},
+    }
+    temp.write_text(json.dumps(tally))
     temp.replace(path)  # a reader never sees half a tally
+
+
+def _final_tally(**kwargs: Any) -> None:
+    """As the run stops (before locust stops the users, which at 16,000 users a worker
+    took longer than the master waited: the last tallies never landed): no new
+    request starts, the ones in flight get up to FINAL_WAIT_S for their answers, then
+    the final tally is written; again once the users are stopped."""
+    if not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, MasterRunner) or STOPPING:
+        return
+    STOPPING.append(True)
+
+    def settle() -> None:
+        deadline = time.monotonic() + FINAL_WAIT_S
+        while sum(IN_FLIGHT.values()) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        _write_tally()
+
+    gevent.spawn(settle)
 
 
 def _keep_tally(**kwargs: Any) -> None:
@@ -278,6 +339,7 @@ def _measure_the_hold(**kwargs: Any) -> None:
 
 
 events.test_start.add_listener(_keep_tally)  # type: ignore[no-untyped-call]
+events.test_stopping.add_listener(_final_tally)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_write_tally)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_write_tally)  # type: ignore[no-untyped-call]
 events.init.add_listener(_remember_environment)  # type: ignore[no-untyped-call]

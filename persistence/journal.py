@@ -25,8 +25,10 @@ tests; ``NullJournal`` drops them.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +43,9 @@ TRIM_CHUNK = 10_000  # journal rows deleted per trim (one per drain, 5 a second)
 # How long an append may hold the shard's event loop before it is refused (SQLite:
 # a locked file) or its outcome is unknown (Redis: no answer). OMNIGRID_JOURNAL_TIMEOUT_S.
 APPEND_TIMEOUT_S = 0.25
+CHECKPOINT_EVERY_S = 1.0  # the WAL's pages go into the journal file this often
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a WAL keeps after a burst (then truncated)
+log = logging.getLogger("omnigrid.journal")
 
 
 class JournalUnavailable(Exception):
@@ -167,11 +172,17 @@ class SqliteJournal:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+        # No checkpoint inside an append: SQLite's automatic one ran in the commit that
+        # filled 1,000 pages, on the shard's event loop (copy the WAL into the file,
+        # fsync it). A thread of its own does them (Checkpointer).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, event BLOB NOT NULL)"
         )
         # The highest number trimmed, so numbering goes on after a full trim.
         self._db.execute("CREATE TABLE IF NOT EXISTS trimmed (upto INTEGER NOT NULL)")
+        self.checkpointer = Checkpointer(path, timeout_s)
 
     def append(self, first_seq: int, events: Sequence[Event]) -> None:
         last = first_seq + len(events) - 1
@@ -258,7 +269,48 @@ class SqliteJournal:
             db.close()
 
     def close(self) -> None:
+        self.checkpointer.stop()
         self._db.close()
+
+
+class Checkpointer:
+    """Copies a WAL file's pages into its database from a thread, every ``every_s``.
+
+    PASSIVE checkpoints never wait for the writer nor block it (sqlite3 gives the
+    GIL up while it copies and fsyncs), and once one has copied every frame the
+    next append starts the WAL over, so the file stays the size of a second's
+    appends. ``journal_size_limit`` truncates what a burst left beyond that.
+    """
+
+    def __init__(self, path: str, timeout_s: float, every_s: float = CHECKPOINT_EVERY_S) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self.every_s = every_s
+        self.checkpoints = 0  # passes done (a test watches it)
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"checkpoint {os.path.basename(path)}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=self.timeout_s)
+        try:
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            while not self._stop.wait(self.every_s):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+                except sqlite3.Error as e:  # a busy or failing file: the next pass tries again
+                    self.failures += 1
+                    log.warning("SQLite journal %s: checkpoint failed: %s", self.path, e)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _last_seq(db: sqlite3.Connection) -> int:

@@ -13,18 +13,26 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
-from loadtest.harness import check, seed
+from loadtest.harness import check, seed, verdict
 from tests.conftest import Grid, new_id, write_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tally(folder: Path, carts: dict[str, Any], committed: dict[str, int]) -> None:
-    (folder / "tally-1.json").write_text(json.dumps({"carts": carts, "committed": committed}))
+def _tally(
+    folder: Path,
+    carts: dict[str, Any],
+    committed: dict[str, int],
+    name: str = "tally-1.json",
+    **extra: Any,
+) -> None:
+    tally = {"carts": carts, "committed": committed, "final": True, **extra}
+    (folder / name).write_text(json.dumps(tally))
 
 
 def _sell(client: httpx.Client, sku: str, qty: int) -> None:
@@ -149,3 +157,26 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         assert run.returncode == 2, (bad, run.stdout, run.stderr)
         assert "error:" in run.stderr, bad
         assert not (tmp_path / "never").exists(), "nothing started, nothing written"
+
+
+def test_the_verdict_fails_incomplete_without_every_final_tally_and_says_what_was_in_flight(
+    grid: Grid, tmp_path: Path
+) -> None:
+    seeded = _seeded(grid)
+    in_flight = {"cart_writes": 3, "commits": 1}
+    _tally(tmp_path, {}, {}, "tally-1.json", unanswered=in_flight)
+    _tally(tmp_path, {}, {}, "tally-2.json", final=False, unanswered={"cart_writes": 2})
+    found = check(grid.url, seeded, tmp_path)
+    assert found["tallies"] == 2 and found["final_tallies"] == 1
+    assert found["unanswered_at_stop"] == {"cart_writes": 5, "commits": 1}
+    stats = {
+        "requests": 1000, "rps": 100.0, "failures": 0, "p50_ms": 5.0, "p95_ms": 9.0,
+        "p99_ms": 20.0, "max_ms": 40.0, "failures_by_kind": {},
+    }  # fmt: skip
+    args = SimpleNamespace(users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=2)
+    said = verdict(args, stats, found)  # type: ignore[arg-type]
+    assert "VERDICT: FAIL" in said and "INCOMPLETE: final tallies from 1 of 2" in said
+    assert "in flight or cut off at stop: cart writes 5, commits 1" in said
+    _tally(tmp_path, {}, {}, "tally-2.json")  # the second worker's final tally lands
+    said = verdict(args, stats, check(grid.url, seeded, tmp_path))  # type: ignore[arg-type]
+    assert "VERDICT: PASS" in said and "INCOMPLETE" not in said

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -37,6 +38,39 @@ def test_sqlite_journal_replays_into_the_same_state(tmp_path: object) -> None:
         Command("stock.reserve", "stock:a", {"qty": 3, "ttl_s": 60, "ref": None}, "app", "k", "f")
     )
     assert retry.body == reserved.body  # the idempotency record was replayed too
+
+
+def test_appends_never_checkpoint_and_a_thread_keeps_the_wal_small(tmp_path: object) -> None:
+    """A commit that filled SQLite's 1,000 pages used to copy the WAL into the file and
+    fsync it inside the append, on the shard's loop: the checkpointer thread does it."""
+    path = f"{tmp_path}/journal.sqlite3"
+    journal = SqliteJournal(path, sync="normal")
+    journal.checkpointer.every_s = 0.05
+    try:
+        view = {"uid": "u", "version": 1, "lines": [{"sku": "s" * 200, "qty": 1}]}
+        events = [Event("cart", f"cart:u{i}", 1, "app", "cart.add", 0.0, view) for i in range(50)]
+        seq = 1
+        for _ in range(400):  # ~20,000 events of ~300 bytes: several times 1,000 pages
+            journal.append(seq, events)
+            seq += len(events)
+        (autocheckpoint,) = journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert autocheckpoint == 0
+        deadline = time.monotonic() + 10
+        while journal.checkpointer.checkpoints < 2:
+            assert time.monotonic() < deadline, "the checkpointer never ran"
+            time.sleep(0.05)
+        # the thread's passes copied every frame: the next append starts the WAL over
+        journal.append(seq, events[:1])
+        seq += 1
+        probe = sqlite3.connect(path)
+        _, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        probe.close()
+        assert 0 < frames < 100, frames  # not the thousands of pages appended before
+        assert journal.checkpointer.failures == 0
+        assert sum(1 for _ in journal.replay()) == seq - 1
+    finally:
+        journal.close()
+    assert not journal.checkpointer._thread.is_alive()
 
 
 def test_redis_down_means_503_for_writes_reads_from_memory_then_recovery(
