@@ -43,6 +43,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.procs import Server, free_port, omnigrid_server
 
@@ -121,7 +123,102 @@ def run_seconds(args: argparse.Namespace) -> int:
     return spawning + int(args.settle) + int(args.hold)  # type: ignore[no-any-return]
 
 
-def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, str]) -> int:
+def grid_latency(base: str) -> dict[str, float] | None:
+    """The grid's own request histogram (its ``/metrics``, every process): requests and
+    how many took over 25 ms inside the grid; None if the grid does not show it (a
+    grid with keys wants a signed request)."""
+    try:
+        answer = httpx.get(base + "/metrics", timeout=30)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    counts = {"requests": 0.0, "within_25ms": 0.0}
+    for family in text_string_to_metric_families(answer.text):
+        if family.name != "omnigrid_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("le") == "+Inf":
+                counts["requests"] += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.025":
+                counts["within_25ms"] += sample.value
+    return counts
+
+
+def latency_over_hold(first: dict[str, float] | None, last: dict[str, float] | None) -> Any:
+    """Requests over 25 ms inside the grid between two readings (the hold)."""
+    if first is None or last is None:
+        return None
+    requests = last["requests"] - first["requests"]
+    over = requests - (last["within_25ms"] - first["within_25ms"])
+    return {"requests": requests, "over_25ms": over, "share": over / requests if requests else 0}
+
+
+def tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) of a process and every descendant now alive."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class HoldMeter:
+    """Readings as the hold begins and just before it ends: the grid's own latency
+    histogram, and the CPU of the grid's process tree (a grid the harness started)
+    and of locust's, for CPU per request beside the generator's."""
+
+    def __init__(self, base: str, grid_pid: int | None, begins_s: float, ends_s: float) -> None:
+        self.base, self.grid_pid = base, grid_pid
+        self.locust_pid: int | None = None
+        self.readings: list[dict[str, Any]] = []
+        self._timers = [threading.Timer(t, self._read) for t in (begins_s, max(begins_s, ends_s))]
+        for timer in self._timers:
+            timer.start()
+
+    def _read(self) -> None:
+        self.readings.append(
+            {
+                "at": time.monotonic(),
+                "latency": grid_latency(self.base),
+                "grid_cpu_s": tree_cpu_s(self.grid_pid),
+                "locust_cpu_s": tree_cpu_s(self.locust_pid),
+            }
+        )
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+    def result(self, requests: int) -> dict[str, Any]:
+        """What happened between the two readings (``requests``: locust's, in the hold)."""
+        if len(self.readings) < 2:
+            return {}
+        first, last = self.readings[0], self.readings[-1]
+        out: dict[str, Any] = {
+            "inside_grid": latency_over_hold(first["latency"], last["latency"]),
+            "seconds": last["at"] - first["at"],
+        }
+        rate = requests / out["seconds"] if out["seconds"] > 0 else 0
+        for side in ("grid", "locust"):
+            a, b = first[f"{side}_cpu_s"], last[f"{side}_cpu_s"]
+            if a is not None and b is not None and rate > 0:
+                out[f"{side}_cpu_us_per_request"] = (b - a) / out["seconds"] / rate * 1e6
+                out[f"{side}_cores"] = (b - a) / out["seconds"]
+        return out
+
+
+def run_locust(
+    args: argparse.Namespace, base: str, out: Path, env: dict[str, str], meter: HoldMeter
+) -> int:
     cmd = [
         *(sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py")),
         *("--headless", "--host", base, "--processes", str(args.processes)),
@@ -131,7 +228,13 @@ def run_locust(args: argparse.Namespace, base: str, out: Path, env: dict[str, st
     ]
     log("running " + " ".join(cmd[2:]))
     with (out / "locust.log").open("wb") as logfile:
-        return subprocess.run(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+        meter.locust_pid = proc.pid
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.kill()
+            raise
 
 
 def wait_for_final_tallies(tally_dir: Path, workers: int, timeout_s: float = 30.0) -> None:
@@ -303,8 +406,23 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
         f"applied without an answer {c['cart_writes_without_answer']}",
         f"in flight or cut off at stop: cart writes {unanswered.get('cart_writes', 0)}, "
-        f"commits {unanswered.get('commits', 0)} (what may be applied without an answer)",
+        f"commits {unanswered.get('commits', 0)} units (at most what was applied without an "
+        "answer)",
     ]
+    inside = s.get("inside_grid")
+    if inside:
+        lines.append(
+            f"inside the grid (its own histogram, the hold): {inside['over_25ms']:,.0f} of "
+            f"{inside['requests']:,.0f} requests over 25 ms ({inside['share']:.2%})"
+        )
+    if s.get("locust_cpu_us_per_request") is not None:
+        grid = s.get("grid_cpu_us_per_request")
+        lines.append(
+            "CPU per request over the hold: grid "
+            + (f"{grid:,.0f} µs ({s['grid_cores']:.2f} cores)" if grid is not None else "n/a")
+            + f", generator {s['locust_cpu_us_per_request']:,.0f} µs "
+            f"({s['locust_cores']:.2f} cores)"
+        )
     if not tallies_ok:
         lines.append(
             f"INCOMPLETE: final tallies from {c.get('final_tallies', 0)} of {args.processes} "
@@ -424,11 +542,15 @@ def main(argv: list[str] | None = None) -> int:
         stop = threading.Event()
         watcher = threading.Thread(target=watch_connections, args=(targets, stop, samples))
         watcher.start()
+        begins = math.ceil(args.users / args.spawn_rate) + args.settle
+        grid_pid = server.proc.pid if server is not None and server.proc is not None else None
+        meter = HoldMeter(base, grid_pid, begins, begins + args.hold - 2)
         try:
-            code = run_locust(args, base, out, env)
+            code = run_locust(args, base, out, env, meter)
         finally:
             stop.set()
             watcher.join()
+            meter.stop()
         log(f"locust exited with {code} after {time.monotonic() - started:.0f} s")
         wait_for_final_tallies(tmp, args.processes)
         checked = check(base, seeded, tmp)
@@ -440,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         summary["ramp"] = json.loads((out / "ramp.json").read_text())
     summary["connections_max"] = max((n for _, n in samples), default=0)
+    summary.update(meter.result(summary.get("requests", 0)))
     title = (
         f"{args.users:,} users ({args.spawn_rate:.0f}/s, settle {args.settle:.0f} s), "
         f"held {args.hold:.0f} s"

@@ -123,17 +123,17 @@ class SpreadUser(LeanHttpUser):
         return super().request(method, path, **kwargs)
 
 
-def _tracked(kind: str, send: Callable[[], Reply | None]) -> Reply | None:
-    """A write counted while it is in flight, and counted as cut off when its answer
-    never came (an exception: a killed greenlet, a broken connection)."""
-    IN_FLIGHT[kind] += 1
+def _tracked(kind: str, send: Callable[[], Reply | None], units: int = 1) -> Reply | None:
+    """A write counted (in ``units``: a commit's quantity) while it is in flight, and
+    as cut off when its answer never came (a killed greenlet, a broken connection)."""
+    IN_FLIGHT[kind] += units
     try:
         return send()
     except BaseException:
-        CUT_OFF[kind] += 1
+        CUT_OFF[kind] += units
         raise
     finally:
-        IN_FLIGHT[kind] -= 1
+        IN_FLIGHT[kind] -= units
 
 
 class Shopper(SpreadUser):
@@ -242,7 +242,9 @@ def _reserve(user: LeanHttpUser, sku: str, qty: int, channel: str, ttl_s: int) -
 def _commit(user: LeanHttpUser, sku: str, rid: str, qty: int, channel: str) -> None:
     path = f"/v1/skus/{sku}/reservations/{rid}/commit"
     name = "/v1/skus/[sku]/reservations/[rid]/commit"
-    answer = _tracked("commits", lambda: user.request("POST", path, channel=channel, name=name))
+    answer = _tracked(
+        "commits", lambda: user.request("POST", path, channel=channel, name=name), units=qty
+    )
     if answer is not None:
         COMMITTED[sku] += qty
 
@@ -266,6 +268,7 @@ def _write_tally(**kwargs: Any) -> None:
         "carts": CARTS,
         "committed": dict(COMMITTED),
         "final": bool(STOPPING),
+        # cart writes in requests (one user per cart), commits in units (as sold)
         "unanswered": {kind: unanswered[kind] for kind in ("cart_writes", "commits")},
     }
     temp.write_text(json.dumps(tally))

@@ -118,6 +118,12 @@ def _assert_passed(run: subprocess.CompletedProcess[str], out: Path, users: int)
     assert found["oversold"] == [] and found["lost_cart_writes"] == []
     assert found["carts_checked"] > 0 and found["skus_checked"] == 31
     assert max(n for _, n in summary["connections"]) >= users  # one kept connection each
+    inside = stats["inside_grid"]  # the grid's own histogram over the hold
+    assert inside["requests"] > 0 and 0 <= inside["over_25ms"] <= inside["requests"]
+    assert found["final_tallies"] == found["tallies"] > 0  # every worker's last word landed
+    assert "in flight or cut off at stop" in run.stdout
+    assert stats["locust_cpu_us_per_request"] > 0  # the generator's cost, beside the grid's
+    assert "CPU per request over the hold" in run.stdout
     for name in ("locust-over-time.png", "locust_stats.csv", "locust_stats_history.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "report.html").exists()
@@ -139,6 +145,8 @@ def test_a_run_on_a_grid_it_starts_over_two_ports(tmp_path: Path) -> None:
         *("--out", str(tmp_path)),
     )
     _assert_passed(run, tmp_path, 30)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stats"]["grid_cpu_us_per_request"] > 0  # a grid it started: measured
     assert "grid on 2 port(s)" in run.stdout
     assert "open files: soft" in run.stdout  # it says what it raised
 
@@ -176,7 +184,7 @@ def test_the_verdict_fails_incomplete_without_every_final_tally_and_says_what_wa
     args = SimpleNamespace(users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=2)
     said = verdict(args, stats, found)  # type: ignore[arg-type]
     assert "VERDICT: FAIL" in said and "INCOMPLETE: final tallies from 1 of 2" in said
-    assert "in flight or cut off at stop: cart writes 5, commits 1" in said
+    assert "in flight or cut off at stop: cart writes 5, commits 1 units" in said
     _tally(tmp_path, {}, {}, "tally-2.json")  # the second worker's final tally lands
     said = verdict(args, stats, check(grid.url, seeded, tmp_path))  # type: ignore[arg-type]
     assert "VERDICT: PASS" in said and "INCOMPLETE" not in said
