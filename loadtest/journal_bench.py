@@ -5,13 +5,15 @@
 Appends ``--batches`` batches of 1 and of 20 cart events to each journal
 backend (SQLite with synchronous NORMAL and FULL, Redis) and prints the
 median, p99 and longest of one append, in microseconds, and how many took over
-5 ms, as JSON. Run it on two commits
+5 ms, as JSON. ``--before F`` measures an earlier commit's SQLite journal instead,
+beside today's. Run it on two commits
 to compare them (BENCHMARKS.md quotes a run with the command).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -50,11 +52,39 @@ def measure(
     }
 
 
+def before_and_now(path: str, batches: int) -> dict[str, Any]:
+    """The SQLite journal of an earlier commit (its persistence/journal.py, saved at
+    ``path``) against today's, batches of 20, each twice, alternating in one run."""
+    from omnigrid.persistence import journal as now
+
+    spec = importlib.util.spec_from_file_location("journal_before", path)
+    assert spec is not None and spec.loader is not None
+    before = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(before)
+    results: dict[str, Any] = {}
+    for run in (1, 2):
+        for name, module in (("before", before), ("now", now)):
+            for sync in ("normal", "full"):
+                journal = module.SqliteJournal(f"{tempfile.mkdtemp()}/journal.sqlite3", sync)
+                results[f"{name}{run}/sqlite-{sync}/20"] = measure(journal.append, batches, 20)
+                journal.close()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--batches", type=int, default=5_000)
+    parser.add_argument(
+        "--before",
+        metavar="JOURNAL_PY",
+        help="an earlier persistence/journal.py (git show REV:persistence/journal.py > F): "
+        "its SQLite journal against today's, nothing else",
+    )
     args = parser.parse_args()
+    if args.before:
+        print(json.dumps(before_and_now(args.before, args.batches), indent=1))
+        return
     from omnigrid.persistence import journal as journals
 
     results: dict[str, Any] = {}

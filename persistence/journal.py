@@ -172,17 +172,23 @@ class SqliteJournal:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-        # No checkpoint inside an append: SQLite's automatic one ran in the commit that
-        # filled 1,000 pages, on the shard's event loop (copy the WAL into the file,
-        # fsync it). A thread of its own does them (Checkpointer).
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        self.checkpointer: Checkpointer | None = None
+        if sync == "normal":
+            # No checkpoint inside an append: SQLite's automatic one ran in the commit
+            # that filled 1,000 pages, on the shard's loop, and took 5-8 ms (fsync of
+            # the file) once every ~600 appends of 20 events (loadtest/journal_bench.py).
+            # With FULL, every commit fsyncs anyway and a thread's checkpoints made
+            # appends 1.7x slower (two fsyncs contending) while the inline ones stayed
+            # under 5 ms: FULL keeps SQLite's.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, event BLOB NOT NULL)"
         )
         # The highest number trimmed, so numbering goes on after a full trim.
         self._db.execute("CREATE TABLE IF NOT EXISTS trimmed (upto INTEGER NOT NULL)")
-        self.checkpointer = Checkpointer(path, timeout_s)
+        if sync == "normal":
+            self.checkpointer = Checkpointer(path, timeout_s)
 
     def append(self, first_seq: int, events: Sequence[Event]) -> None:
         last = first_seq + len(events) - 1
@@ -269,7 +275,8 @@ class SqliteJournal:
             db.close()
 
     def close(self) -> None:
-        self.checkpointer.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self._db.close()
 
 

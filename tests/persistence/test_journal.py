@@ -45,6 +45,7 @@ def test_appends_never_checkpoint_and_a_thread_keeps_the_wal_small(tmp_path: obj
     fsync it inside the append, on the shard's loop: the checkpointer thread does it."""
     path = f"{tmp_path}/journal.sqlite3"
     journal = SqliteJournal(path, sync="normal")
+    assert journal.checkpointer is not None and SqliteJournal(path + "2").checkpointer is None
     journal.checkpointer.every_s = 0.05
     try:
         view = {"uid": "u", "version": 1, "lines": [{"sku": "s" * 200, "qty": 1}]}
