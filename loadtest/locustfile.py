@@ -126,6 +126,8 @@ class SpreadUser(LeanHttpUser):
 def _tracked(kind: str, send: Callable[[], Reply | None], units: int = 1) -> Reply | None:
     """A write counted (in ``units``: a commit's quantity) while it is in flight, and
     as cut off when its answer never came (a killed greenlet, a broken connection)."""
+    if STOPPING:  # never sent: not in flight, not cut off
+        raise StopUser()
     IN_FLIGHT[kind] += units
     try:
         return send()

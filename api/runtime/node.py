@@ -51,6 +51,7 @@ from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.runtime.rebalance import Handover, Rebalancer, Shards
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import Settings
+from omnigrid.api.runtime.stall_watch import StallWatch
 from omnigrid.api.runtime.webhook_sender import WebhookSender
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.cluster_state import ClusterState
@@ -259,6 +260,9 @@ class GridNode:
             self._tasks.append(loop.create_task(self.rebalancer.fail_stale_jobs()))
         if self.settings.durability == "async":
             self._tasks.append(loop.create_task(self._flush_behind()))
+        if self.settings.stall_watch_ms > 0:
+            self.stall_watch = StallWatch(self.shard_id, self.settings.stall_watch_ms / 1000)
+            self._tasks.append(loop.create_task(self.stall_watch.run()))
         config = uvicorn.Config(
             self.app,
             loop="none",

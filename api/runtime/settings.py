@@ -72,6 +72,9 @@ class Settings:
     # slots one hand-over of a scale or rebalance moves (api/runtime/rebalance.py):
     # fewer, longer freezes with more; more, shorter ones with fewer
     migration_chunk_slots: int = 1024
+    # a profiling aid (api/runtime/stall_watch.py): log where each shard's loop was
+    # when it did not run for this many ms (0: off)
+    stall_watch_ms: float = 0.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

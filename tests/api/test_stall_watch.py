@@ -1,0 +1,30 @@
+"""The stall watch names what held a loop: a profiling aid must point at the culprit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from omnigrid.api.runtime.stall_watch import StallWatch
+
+
+def hold_the_loop_for_a_while() -> None:
+    time.sleep(0.08)  # what a checkpoint or a big pack on the loop looks like
+
+
+def test_a_stalled_loop_is_caught_once_per_stall_with_its_stack() -> None:
+    async def run() -> StallWatch:
+        watch = StallWatch(0, threshold_s=0.02)
+        beat = asyncio.get_running_loop().create_task(watch.run())
+        await asyncio.sleep(0.05)  # the thread is watching
+        for _ in range(3):
+            hold_the_loop_for_a_while()
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.05)  # a loop that runs freely is not a stall
+        beat.cancel()
+        return watch
+
+    watch = asyncio.run(run())
+    assert watch.count == 3, watch.stalls
+    (where, n), *_ = watch.stalls.most_common()
+    assert n == 3 and where.startswith("test_stall_watch.py:hold_the_loop_for_a_while"), where
