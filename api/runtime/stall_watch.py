@@ -64,7 +64,7 @@ class StallWatch:
                     self.stalls[summary(frame)] += 1
             if now - reported > REPORT_EVERY_S and self.stalls:
                 reported = now
-                top = "; ".join(f"{n}x {where}" for where, n in self.stalls.most_common(3))
+                top = "; ".join(f"{n}x {where}" for where, n in self.stalls.most_common(6))
                 log.warning(
                     "shard %d: %d loop stalls over %.0f ms so far; commonest: %s",
                     self.shard_id,
