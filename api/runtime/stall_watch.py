@@ -7,8 +7,12 @@ coroutine on the loop beats every ``BEAT_S``; a thread of its own looks at that
 beat and, when it is more than ``threshold_s`` old, takes the loop thread's stack
 (``sys._current_frames``) once per stall. The stacks are counted by their last
 few frames of the grid's own code, and every ``REPORT_EVERY_S`` the commonest
-go to the log. Off unless ``OMNIGRID_STALL_WATCH_MS`` is set: it costs two wakeups
-every 5 ms per process.
+go to the log. Each stall is also classed by what the kernel says the loop thread
+did meanwhile (``/proc/self/task/<tid>/schedstat``: nanoseconds on a CPU, and
+waiting in a run queue): mostly on a CPU (busy: Python or C), mostly runnable but
+not running (starved of CPU), or neither (blocked: waiting for the GIL, or I/O).
+Off unless ``OMNIGRID_STALL_WATCH_MS`` is set: it costs two wakeups every 5 ms per
+process.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ class StallWatch:
         self.shard_id = shard_id
         self.threshold_s = threshold_s
         self.stalls: Counter[str] = Counter()  # stack summary -> stalls caught there
+        self.classes: Counter[str] = Counter()  # busy, starved, blocked -> stalls
         self.count = 0
         self._beat = time.monotonic()
         self._loop_thread = threading.get_ident()  # built on the loop's thread
+        self._schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._watch, name=f"stall watch {shard_id}", daemon=True
@@ -53,25 +59,51 @@ class StallWatch:
     def _watch(self) -> None:
         caught_beat = 0.0
         reported = time.monotonic()
+        fresh = (time.monotonic(), *self._sched())  # the last reading while the loop ran
         while not self._stop.wait(BEAT_S):
             beat = self._beat
             now = time.monotonic()
-            if now - beat > self.threshold_s and beat != caught_beat:
+            if now - beat <= 2 * BEAT_S:
+                fresh = (now, *self._sched())
+            elif now - beat > self.threshold_s and beat != caught_beat:
                 caught_beat = beat  # one stack per stall
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None:
                     self.count += 1
                     self.stalls[summary(frame)] += 1
+                    self.classes[classify(fresh, (now, *self._sched()))] += 1
             if now - reported > REPORT_EVERY_S and self.stalls:
                 reported = now
                 top = "; ".join(f"{n}x {where}" for where, n in self.stalls.most_common(6))
                 log.warning(
-                    "shard %d: %d loop stalls over %.0f ms so far; commonest: %s",
+                    "shard %d: %d loop stalls over %.0f ms so far (%s); commonest: %s",
                     self.shard_id,
                     self.count,
                     self.threshold_s * 1000,
+                    ", ".join(f"{kind} {n}" for kind, n in self.classes.most_common()),
                     top,
                 )
+
+    def _sched(self) -> tuple[int, int]:
+        """The loop thread's nanoseconds on a CPU and waiting in a run queue."""
+        try:
+            with open(self._schedstat) as f:
+                on_cpu, waiting, _ = f.read().split()
+            return int(on_cpu), int(waiting)
+        except (OSError, ValueError):  # no schedstat here: every stall reads as blocked
+            return 0, 0
+
+
+def classify(before: tuple[float, int, int], after: tuple[float, int, int]) -> str:
+    """What the loop thread did between two readings (monotonic s, CPU ns, queue ns)."""
+    elapsed_ns = (after[0] - before[0]) * 1e9
+    if elapsed_ns <= 0:
+        return "blocked"
+    if (after[1] - before[1]) / elapsed_ns > 0.5:
+        return "busy"
+    if (after[2] - before[2]) / elapsed_ns > 0.5:
+        return "starved"
+    return "blocked"
 
 
 def summary(frame: object) -> str:

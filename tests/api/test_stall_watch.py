@@ -28,3 +28,20 @@ def test_a_stalled_loop_is_caught_once_per_stall_with_its_stack() -> None:
     assert watch.count == 3, watch.stalls
     (where, n), *_ = watch.stalls.most_common()
     assert n == 3 and where.startswith("test_stall_watch.py:hold_the_loop_for_a_while"), where
+    assert watch.classes == {"blocked": 3}  # asleep: neither on a CPU nor waiting for one
+
+
+def test_a_loop_busy_on_the_cpu_is_told_from_one_that_waits() -> None:
+    async def run() -> StallWatch:
+        watch = StallWatch(0, threshold_s=0.02)
+        beat = asyncio.get_running_loop().create_task(watch.run())
+        await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 0.08
+        while time.monotonic() < deadline:  # a CPU-bound callback
+            pass
+        await asyncio.sleep(0.05)
+        beat.cancel()
+        return watch
+
+    watch = asyncio.run(run())
+    assert watch.count == 1 and set(watch.classes) <= {"busy", "starved"}, watch.classes
