@@ -103,9 +103,9 @@ class RayDirectory:
         self._handles.pop(shard_id, None)
 
     async def nodes(self) -> list[str]:
-        """The live Ray nodes."""
+        """The live Ray nodes a shard can run on."""
         found = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
-        return sorted(str(n["NodeID"]) for n in found if n.get("Alive"))
+        return shard_nodes(found)
 
     async def placement(self, shard_ids: range) -> dict[int, str | None]:
         """Shard -> the node its process runs on (None: it does not answer)."""
@@ -118,6 +118,16 @@ class RayDirectory:
 
         nodes = await asyncio.gather(*(node_of(s) for s in shard_ids))
         return dict(zip(shard_ids, nodes, strict=True))
+
+
+def shard_nodes(found: list[dict[str, Any]]) -> list[str]:
+    """Of ``ray.nodes()``: the live ones with CPU for a shard (a head started with
+    ``--num-cpus 0`` runs none; a shard asked there would land elsewhere every time)."""
+    return sorted(
+        str(n["NodeID"])
+        for n in found
+        if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= SHARD_CPUS
+    )
 
 
 def init_ray(settings: Settings) -> str:
@@ -166,8 +176,7 @@ def start_shards(settings: Settings) -> list[Any]:
     cluster jobs, next to this driver, the others evenly over the live nodes
     (placement.py)."""
     here = local_node_id()
-    found = ray.nodes()  # type: ignore[no-untyped-call]
-    alive = sorted(str(n["NodeID"]) for n in found if n.get("Alive"))
+    alive = shard_nodes(ray.nodes())  # type: ignore[no-untyped-call]
     nodes: dict[int, str | None] = {0: here}
     nodes.update(place_new(nodes, alive or [here], range(1, settings.shards)))
     handles = [spawn(i, settings, node=nodes[i]) for i in range(settings.shards)]
