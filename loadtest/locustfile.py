@@ -278,10 +278,11 @@ def _write_tally(**kwargs: Any) -> None:
 
 
 def _final_tally(**kwargs: Any) -> None:
-    """As the run stops (before locust stops the users, which at 16,000 users a worker
-    took longer than the master waited: the last tallies never landed): no new
-    request starts, the ones in flight get up to FINAL_WAIT_S for their answers, then
-    the final tally is written; again once the users are stopped."""
+    """As the run stops, before locust stops the users (at 36,000 and 100,000 users the
+    tallies written at ``test_stop`` never landed; stopping 16,000 users a worker may
+    outlast the master): no new request starts, the ones in flight get up to
+    FINAL_WAIT_S for their answers, then the final tally is written; again once the
+    users are stopped."""
     if not ENVIRONMENT or isinstance(ENVIRONMENT[0].runner, MasterRunner) or STOPPING:
         return
     STOPPING.append(True)
