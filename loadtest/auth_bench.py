@@ -13,7 +13,6 @@ loadtest/results/auth-<stamp>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import httpx
 import psutil
 
-from loadtest.procs import Server, free_port
+from loadtest.procs import Server, cpu_seconds, free_port
 from loadtest.tools import run_wrk
 from omnigrid.api.client import GridAuth
 
@@ -75,13 +74,11 @@ def script(tmp: Path, name: str, tag: str, rows: list[tuple[str, str]]) -> Path:
 def grid_cpu_s() -> float:
     """CPU seconds the grid's shard processes have used so far: what one request costs
     the grid itself, apart from the load generator on the same cores."""
-    total = 0.0
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("ShardProcess" in part for part in proc.info["cmdline"] or ()):
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                total += times.user + times.system
-    return total
+    return cpu_seconds(
+        proc.pid
+        for proc in psutil.process_iter(["cmdline"])
+        if any("ShardProcess" in part for part in proc.info["cmdline"] or ())
+    )
 
 
 def measure(url: str, tmp: Path, auth: GridAuth | None, seconds: float) -> dict[str, Any]:

@@ -44,9 +44,15 @@ if __package__ in (None, ""):
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.procs import Server, free_port, omnigrid_server
+from loadtest.procs import (
+    Server,
+    cpu_seconds,
+    descendants,
+    free_port,
+    histogram_buckets,
+    omnigrid_server,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -133,16 +139,11 @@ def grid_latency(base: str) -> dict[str, float] | None:
         return None
     if answer.status_code != 200:
         return None
-    counts = {"requests": 0.0, "within_25ms": 0.0}
-    for family in text_string_to_metric_families(answer.text):
-        if family.name != "omnigrid_http_request_duration_seconds":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels.get("le") == "+Inf":
-                counts["requests"] += sample.value
-            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.025":
-                counts["within_25ms"] += sample.value
-    return counts
+    buckets = histogram_buckets(answer.text, "omnigrid_http_request_duration_seconds")
+    return {
+        "requests": buckets.get(float("inf"), 0.0),
+        "within_25ms": buckets.get(0.025, 0.0),
+    }
 
 
 def latency_over_hold(first: dict[str, float] | None, last: dict[str, float] | None) -> Any:
@@ -156,19 +157,9 @@ def latency_over_hold(first: dict[str, float] | None, last: dict[str, float] | N
 
 def tree_cpu_s(pid: int | None) -> float | None:
     """CPU seconds (user + system) of a process and every descendant now alive."""
-    if pid is None:
+    if pid is None or not psutil.pid_exists(pid):
         return None
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
+    return cpu_seconds([pid, *descendants(pid)])
 
 
 class HoldMeter:

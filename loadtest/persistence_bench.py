@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import orjson
 
 from loadtest import seed, tools
-from loadtest.procs import Server, descendants, omnigrid_server
+from loadtest.procs import Server, descendants, histogram_buckets, omnigrid_server
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "loadtest" / "results"
@@ -83,13 +83,7 @@ def grid(env: dict[str, str], data_dir: Path, shards: int, logs: Path, tag: str)
 
 def histogram_quantiles(metrics: str, name: str) -> dict[str, Any]:
     """p50/p99 (upper bucket bounds) of a histogram summed over every process."""
-    buckets: dict[float, float] = {}
-    for line in metrics.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = re.search(r'le="([^"]+)"', line)
-            if le:
-                bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
-                buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    buckets = histogram_buckets(metrics, name)
     if not buckets or not buckets.get(float("inf")):
         return {}
     total = buckets[float("inf")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,9 +12,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
+
+import psutil
 
 
 def free_port() -> int:
@@ -73,6 +76,29 @@ def descendants(pid: int) -> dict[int, str]:
         found[p] = table[p][1]
         stack.extend(children.get(p, []))
     return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system) the processes still alive among ``pids`` have used."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def histogram_buckets(metrics: str, name: str) -> dict[float, float]:
+    """A Prometheus histogram of a server's ``/metrics`` text, summed over every
+    process: upper bound (``inf`` for +Inf) -> observations at or under it."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = re.search(r'le="([^"]+)"', line)
+            if le:
+                bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
+                buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
 
 
 def _alive_same(pid: int, start: str) -> bool:
