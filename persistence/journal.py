@@ -29,6 +29,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -44,6 +45,9 @@ TRIM_CHUNK = 10_000  # journal rows deleted per trim (one per drain, 5 a second)
 # a locked file) or its outcome is unknown (Redis: no answer). OMNIGRID_JOURNAL_TIMEOUT_S.
 APPEND_TIMEOUT_S = 0.25
 CHECKPOINT_EVERY_S = 1.0  # the WAL's pages go into the journal file this often
+CATCH_UP_PASSES = 200  # checkpoint passes in a row, at most, until the WAL starts over
+QUIET_PASSES = 3  # passes that found nothing new, a pause apart: appends have paused
+RESTART_PAUSE_S = 0.001  # between them, for an append to start the WAL over
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes a WAL keeps after a burst (then truncated)
 log = logging.getLogger("omnigrid.journal")
 
@@ -295,6 +299,7 @@ class Checkpointer:
         self.every_s = every_s
         self.checkpoints = 0  # passes done (a test watches it)
         self.failures = 0
+        self.behind = 0  # passes that ended with frames left behind (appends never paused)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"checkpoint {os.path.basename(path)}", daemon=True
@@ -307,13 +312,38 @@ class Checkpointer:
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             while not self._stop.wait(self.every_s):
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._pass(db)
                     self.checkpoints += 1
-                except sqlite3.Error as e:  # a busy or failing file: the next pass tries again
+                except Exception as e:  # a busy or failing file: the next pass tries again
+                    # (the thread must not die: the WAL would grow without end)
                     self.failures += 1
                     log.warning("SQLite journal %s: checkpoint failed: %s", self.path, e)
         finally:
             db.close()
+
+    def _pass(self, db: sqlite3.Connection) -> None:
+        """Checkpoint until an append has started the WAL over (or appends pause).
+
+        An append starts the WAL over only if every frame is copied when it
+        begins and no pass is running then. A pass reports the frames there were
+        when it began, so one pass a second left the file growing ~15 MB/s under
+        steady appends (a 255 MB WAL after a 40 s benchmark). Passes again copy
+        only what landed meanwhile; once one finds nothing new, a short pause
+        leaves the next append free to start the file over."""
+        before, quiet = -1, 0
+        for _ in range(CATCH_UP_PASSES):
+            _, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            if logged <= 0 or logged < before:  # empty, or started over by an append
+                return
+            if logged == before and copied >= logged:
+                quiet += 1
+                if quiet == QUIET_PASSES:  # no appends now: the next one starts it over
+                    return
+                time.sleep(RESTART_PAUSE_S)
+            else:
+                quiet = 0
+            before = logged
+        self.behind += 1
 
     def stop(self) -> None:
         self._stop.set()

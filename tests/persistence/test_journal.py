@@ -74,6 +74,33 @@ def test_appends_never_checkpoint_and_a_thread_keeps_the_wal_small(tmp_path: obj
     assert not journal.checkpointer._thread.is_alive()
 
 
+def test_the_wal_starts_over_under_steady_appends(tmp_path: object) -> None:
+    """One checkpoint pass a second never caught up with appends that never pause:
+    the WAL grew ~15 MB/s (255 MB after a 40 s benchmark). Passes until one finds
+    nothing new, then a pause, let an append start the file over every time."""
+    path = f"{tmp_path}/journal.sqlite3"
+    journal = SqliteJournal(path, sync="normal")
+    assert journal.checkpointer is not None
+    journal.checkpointer.every_s = 0.1
+    try:
+        events = [Event("cart", f"cart:u{i}", 1, "app", "cart.add", 0.0, {}) for i in range(5)]
+        seq, appends = 1, 0
+        deadline = time.monotonic() + 60
+        while journal.checkpointer.checkpoints < 10:  # appends never pause meanwhile
+            assert time.monotonic() < deadline, "the checkpointer never ran"
+            journal.append(seq, events)
+            seq, appends = seq + len(events), appends + 1
+            time.sleep(0.0002)
+        wal = os.path.getsize(path + "-wal")
+        # every commit writes at least one 4 KiB page to the WAL: a file never
+        # started over would hold all of them
+        assert appends > 1_000 and wal < appends * 4096 / 3, (appends, wal)
+        assert journal.checkpointer.failures == 0
+        assert sum(1 for _ in journal.replay()) == seq - 1
+    finally:
+        journal.close()
+
+
 def test_redis_down_means_503_for_writes_reads_from_memory_then_recovery(
     own_redis: OwnRedis,
 ) -> None:
