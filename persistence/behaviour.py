@@ -96,10 +96,20 @@ class BehaviourLog:
         )
         at = "extract(epoch FROM at)::float8" if self.db.postgres_dsn else "at"
         view = "view::text" if self.db.postgres_dsn else "view"
-        changes = self.db.query(
-            f"SELECT {at}, kind, op, channel, version, {view} FROM omnigrid_events "
-            f"WHERE key IN ({', '.join('?' * len(entity_keys))}) ORDER BY at DESC LIMIT ?",
-            (*entity_keys, limit),
+        # Each key's latest changes by its primary key (key, version): a key's versions
+        # follow its times, so no (key, at) index is kept up on every stored change.
+        latest = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT {at} AS at_s, kind, op, channel, version, {view} AS v "
+            f"FROM omnigrid_events WHERE key = ? ORDER BY version DESC LIMIT ?) k{i}"
+            for i in range(len(entity_keys))
+        )
+        changes = (
+            self.db.query(
+                f"SELECT * FROM ({latest}) latest ORDER BY at_s DESC LIMIT ?",
+                (*(p for key in entity_keys for p in (key, limit)), limit),
+            )
+            if entity_keys
+            else []
         )
         items: list[tuple[float, int, dict[str, Any]]] = []  # (at, arrival order, item)
         for when, row_id, kind, channel, data, event_id in behaviour:

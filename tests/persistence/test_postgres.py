@@ -13,9 +13,11 @@ from omnigrid.actors.protocol import Command
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap, slot_of
+from omnigrid.persistence.behaviour import BehaviourLog
+from omnigrid.persistence.db import Database
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.journal import SqliteJournal
-from omnigrid.persistence.store import PostgresStore, Snapshot
+from omnigrid.persistence.store import PostgresStore, Snapshot, SqliteStore
 from omnigrid.persistence.writebehind import WriteBehind
 from tests.conftest import PostgresDatabase
 
@@ -39,7 +41,29 @@ def test_migrations_run_once(postgres: PostgresDatabase) -> None:
         (3, "0003_evidence.sql"),
         (4, "0004_keys.sql"),
         (5, "0005_ops.sql"),
+        (6, "0006_events_by_key_version.sql"),
     ]
+
+
+def test_a_timeline_reads_each_keys_latest_changes_by_version(
+    postgres: PostgresDatabase, tmp_path: Path
+) -> None:
+    """Without the (key, at) index (migration 0006): each key's latest by its primary
+    key, merged by time, in both stores' SQL."""
+    carts = [Event("cart", "cart:a", v, "app", "cart.add", 1.7e9 + v, {"v": v}) for v in (1, 2, 3)]
+    orders = [Event("order", "order:x", v, "h5", "order.pay", 1.7e9 + v + 0.5, {}) for v in (1, 2)]
+    sqlite = f"{tmp_path}/store.sqlite3"
+    for store, db in (
+        (PostgresStore(postgres.dsn), Database(postgres_dsn=postgres.dsn)),
+        (SqliteStore(sqlite), Database(sqlite_path=sqlite)),
+    ):
+        store.write([], carts + orders, 100)
+        log = BehaviourLog(db)
+        items = log.timeline(["a"], ["cart:a", "order:x", "order:none"], 3)
+        shown = [(i["entity"], i["version"]) for i in items]
+        assert shown == [("cart", 2), ("order", 2), ("cart", 3)]
+        assert log.timeline(["a"], [], 3) == []
+        store.close()
 
 
 def test_snapshots_only_move_forward_and_events_are_logged_once(
