@@ -8,20 +8,37 @@ and the one way a time is written on the wire.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 
 def rfc3339(ts: float | None) -> str | None:
-    """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds."""
+    """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds.
+
+    The same text as ``datetime.fromtimestamp(ts, UTC).isoformat(timespec=
+    "milliseconds")`` (microseconds rounded half to even, then cut to
+    milliseconds), with the seconds' text cached: every view and event shows a
+    time, nearly every one a new float, and datetime's took 3 % of a shard's CPU."""
     if ts is None:
         return None
-    return _rfc3339(ts)
+    if ts < 0:
+        return _slow(ts)
+    frac, whole = math.modf(ts)
+    seconds, micros = int(whole), round(frac * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{_second(seconds)}.{micros // 1000:03d}Z"
 
 
-@functools.lru_cache(maxsize=8192)  # views show the same times again and again
-def _rfc3339(ts: float) -> str:
+@functools.lru_cache(maxsize=4096)  # a second's text serves all its changes
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _slow(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
