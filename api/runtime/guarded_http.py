@@ -7,7 +7,8 @@
   process; more are closed at once. Trusted addresses (loopback by default: the
   load harness, a local proxy) are not counted.
 
-Idle keep-alive connections are uvicorn's own ``timeout_keep_alive``.
+Idle keep-alive connections are uvicorn's own ``timeout_keep_alive``. Its writes
+go through a ``CorkedTransport``: one send per loop turn, not one per write.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from omnigrid.api.runtime.corked import CorkedTransport
 
 
 class Bounds:
@@ -40,7 +43,8 @@ class Bounds:
             _counted: str | None = None
 
             def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-                super().connection_made(transport)
+                # a response's headers and body in one send (api/runtime/corked.py)
+                super().connection_made(CorkedTransport(transport, self.loop))
                 host = self.client[0] if self.client else ""
                 if host and host not in bounds.trusted and bounds.max_per_client > 0:
                     held = bounds.per_client.get(host, 0)
