@@ -6,8 +6,9 @@ Appends ``--batches`` batches of 1 and of 20 cart events to each journal
 backend (SQLite with synchronous NORMAL and FULL, Redis) and prints the
 median, p99 and longest of one append, in microseconds, and how many took over
 5 ms, as JSON. ``--before F`` measures an earlier commit's SQLite journal instead,
-beside today's. Run it on two commits
-to compare them (BENCHMARKS.md quotes a run with the command).
+beside today's. ``--steady S`` instead appends without pause for S seconds and
+prints the WAL file's size each second (with ``--before``, that journal's too).
+BENCHMARKS.md quotes runs with their commands.
 """
 
 from __future__ import annotations
@@ -71,6 +72,34 @@ def before_and_now(path: str, batches: int) -> dict[str, Any]:
     return results
 
 
+def wal_under_steady_appends(seconds: float, path: str | None = None) -> dict[str, Any]:
+    """Appends of 5 events that never pause for ``seconds``; the WAL file's size each
+    second (the checkpointer must let it start over, or it grows without end)."""
+    import os
+
+    from omnigrid.persistence import journal as module
+
+    if path is not None:  # an earlier persistence/journal.py
+        spec = importlib.util.spec_from_file_location("journal_before", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    file = f"{tempfile.mkdtemp()}/journal.sqlite3"
+    journal = module.SqliteJournal(file, "normal")
+    events, seq, appends = _events(5), 1, 0
+    sizes: list[float] = []
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        journal.append(seq, events)
+        seq, appends = seq + 5, appends + 1
+        time.sleep(0.0002)
+        if time.monotonic() - started >= len(sizes) + 1:
+            sizes.append(round(os.path.getsize(file + "-wal") / 1e6, 1))
+            print(f"  {len(sizes)} s: WAL {sizes[-1]} MB after {appends:,} appends", flush=True)
+    journal.close()
+    return {"appends": appends, "wal_mb_each_second": sizes}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -81,7 +110,20 @@ def main() -> None:
         help="an earlier persistence/journal.py (git show REV:persistence/journal.py > F): "
         "its SQLite journal against today's, nothing else",
     )
+    parser.add_argument(
+        "--steady",
+        type=float,
+        metavar="SECONDS",
+        help="only the WAL's size under appends that never pause (with --before: that "
+        "journal's too)",
+    )
     args = parser.parse_args()
+    if args.steady:
+        out = {"now": wal_under_steady_appends(args.steady)}
+        if args.before:
+            out["before"] = wal_under_steady_appends(args.steady, args.before)
+        print(json.dumps(out))
+        return
     if args.before:
         print(json.dumps(before_and_now(args.before, args.batches), indent=1))
         return
