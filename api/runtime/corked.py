@@ -5,8 +5,9 @@ a ``transport.write`` of its own, and uvloop sends each at once: two ``send``
 system calls per answer, each of which on loopback also runs the receiver's
 TCP path. py-spy on both shard processes under wrk's cart adds put 12 % of
 their samples in the headers' write alone (loadtest/bench.py, BENCHMARKS.md).
-Held until the loop's next turn, a response leaves in one call, and answers
-to pipelined requests share it too.
+Held until the response is complete (the protocol flushes then: no answer waits
+for the rest of a loop turn) or, for a stream's partial writes, until the loop's
+next turn, a response leaves in one call.
 """
 
 from __future__ import annotations

@@ -65,6 +65,12 @@ class Bounds:
                 self._disarm()
                 super().on_headers_complete()
 
+            def on_response_complete(self) -> None:
+                # a whole answer leaves now, in one send, not at the loop's next turn
+                if isinstance(self.transport, CorkedTransport):
+                    self.transport.flush()
+                super().on_response_complete()
+
             def connection_lost(self, exc: Exception | None) -> None:
                 self._disarm()
                 if self._counted is not None:

@@ -66,6 +66,10 @@ def test_a_turns_writes_leave_together_and_in_order(
         await asyncio.sleep(0)
         assert peer.recv(100) == b"again"
         assert corked.get_extra_info("peername") == peer.getsockname()
+        corked.write(b"complete")  # the protocol flushes a complete answer at once
+        corked.flush()
+        assert peer.recv(100) == b"complete"
+        await asyncio.sleep(0)  # the turn's scheduled flush finds nothing left
         corked.close()
         await asyncio.sleep(0.01)
         peer.close()
