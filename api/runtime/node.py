@@ -379,18 +379,17 @@ class GridNode:
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, self._apply_wire_batch)
 
-    async def _apply_wire_batch(self, batch: list[Any]) -> list[Any]:
+    def _apply_wire_batch(self, batch: list[Any]) -> list[Any]:
         self.metrics.served_batch_size.labels(self.metrics.shard).observe(len(batch))
         commands = [Command.from_wire(w) for w in batch]
         if any(len(w) > NONCE_AT for w in batch):
             commands = self._check_nonces(commands)
-        # run with the turn's other commands, one group commit for all (api/runtime/router.py)
         if not any(cmd.op in SIDE_OPS for cmd in commands):
-            return [r.to_wire() for r in await self.router.run_batch(commands)]
+            return [r.to_wire() for r in self.shard.apply_batch(commands)]
         # Stream traffic and nonce checks ride the same frames; the shard sees only its
         # commands.
         grid = [cmd for cmd in commands if cmd.op not in SIDE_OPS]
-        answers = iter(await self.router.run_batch(grid) if grid else [])
+        answers = iter(self.shard.apply_batch(grid))
         return [
             (self._serve_side(cmd) if cmd.op in SIDE_OPS else next(answers)).to_wire()
             for cmd in commands

@@ -150,7 +150,7 @@ class PeerLink:
         await self._close()
 
 
-Serve = Callable[[list[Any]], Awaitable[list[Any]]]
+Serve = Callable[[list[Any]], list[Any]]
 
 
 async def serve_connection(
@@ -160,7 +160,7 @@ async def serve_connection(
     try:
         while True:
             batch = await read_frame(reader)
-            writer.write(frame(await serve(batch)))
+            writer.write(frame(serve(batch)))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, OSError):
         pass

@@ -29,10 +29,7 @@ class Router:
         self.shard = shard
         self.links = links
         self.slot_map = shard.slot_map
-        # This turn's commands for the local shard, from requests and from peers'
-        # frames alike, and who waits for which: (start, end, future, single).
-        self._turn: list[Command] = []
-        self._waiting: list[tuple[int, int, asyncio.Future[Any], bool]] = []
+        self._local: list[tuple[Command, asyncio.Future[Result]]] = []
         # a signed request's nonce (api/http/nonce_claim.py): this process's book, and
         # the check on its own at the owner's; none wired: no nonce is ever pending
         self.first_use: Callable[[str], bool] = lambda token: True
@@ -41,41 +38,23 @@ class Router:
         self.on_new_map: Callable[[SlotMap], None] = lambda slot_map: None
 
     def _run_local(self, cmd: Command) -> asyncio.Future[Result]:
-        """Queue a command for this process's shard; the queue runs as one batch."""
+        """Queue a command for this process's shard; the queue runs as one batch.
+
+        Everything that arrives in one turn of the event loop is one group
+        commit to the journal, the same as a forwarded batch.
+        """
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue([cmd], fut, True)
-        return fut
-
-    def run_batch(self, commands: list[Command]) -> asyncio.Future[list[Result]]:
-        """A peer's frame of commands, run in order within this turn's batch."""
-        fut: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        self._queue(commands, fut, False)
-        return fut
-
-    def _queue(self, commands: list[Command], fut: asyncio.Future[Any], single: bool) -> None:
-        """Everything that arrives in one turn of the event loop, from this process's
-        requests and from every peer's frames, is one batch and one group commit to
-        the journal: under checkouts a turn's batches held 2-3 changes each, and an
-        append's fixed cost was most of its cost (loadtest/journal_bench.py)."""
-        if not self._turn:
+        if not self._local:
             asyncio.get_running_loop().call_soon(self._drain_local)
-        start = len(self._turn)
-        self._turn.extend(commands)
-        self._waiting.append((start, len(self._turn), fut, single))
+        self._local.append((cmd, fut))
+        return fut
 
     def _drain_local(self) -> None:
-        turn, waiting = self._turn, self._waiting
-        self._turn, self._waiting = [], []
-        try:
-            results = self.shard.apply_batch(turn)
-        except BaseException as e:  # a bug: every waiter hears of it, none hangs
-            for _, _, fut, _ in waiting:
-                if not fut.done():
-                    fut.set_exception(e)
-            raise
-        for start, end, fut, single in waiting:
+        batch, self._local = self._local, []
+        results = self.shard.apply_batch([cmd for cmd, _ in batch])
+        for (_, fut), result in zip(batch, results, strict=True):
             if not fut.done():
-                fut.set_result(results[start] if single else results[start:end])
+                fut.set_result(result)
 
     def adopt(self, slot_map: SlotMap) -> None:
         if slot_map.version > self.slot_map.version:

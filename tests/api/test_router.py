@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,8 +26,6 @@ from omnigrid.api.http.routes import all_routes
 from omnigrid.api.runtime.peers import PeerAddress, PeerLink, serve_connection
 from omnigrid.api.runtime.router import Router
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS
-from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import SqliteJournal
 
 
 def key_on(shard_map: SlotMap, shard: int, kind: str = "stock") -> str:
@@ -41,11 +38,9 @@ def key_on(shard_map: SlotMap, shard: int, kind: str = "stock") -> str:
 @asynccontextmanager
 async def peer_server(shard: Shard) -> AsyncIterator[PeerAddress]:
     path = os.path.join(tempfile.mkdtemp(), "peer.sock")
-    router = Router(shard, {})  # as a grid process serves a peer: within its turn's batch
 
-    async def serve(batch: list[Any]) -> list[Any]:
-        commands = [Command.from_wire(w) for w in batch]
-        return [r.to_wire() for r in await router.run_batch(commands)]
+    def serve(batch: list[Any]) -> list[Any]:
+        return [r.to_wire() for r in shard.apply_batch([Command.from_wire(w) for w in batch])]
 
     server = await asyncio.start_unix_server(lambda r, w: serve_connection(r, w, serve), path)
     try:
@@ -87,44 +82,6 @@ def test_forwarded_commands_travel_in_batches() -> None:
         assert len(sizes) < 300 / 10, f"{len(sizes)} sends for 301 commands: not batched"
 
     run(scenario)
-
-
-class CountedJournal(SqliteJournal):
-    """A real SQLite journal that counts its appends (group commits)."""
-
-    appends: list[int]
-
-    def append(self, first_seq: int, events: Sequence[Event]) -> None:
-        self.appends.append(len(events))
-        super().append(first_seq, events)
-
-
-def test_a_turns_requests_and_peer_frames_are_one_group_commit(tmp_path: Path) -> None:
-    """What reaches a process in one loop turn, from its own requests and from peers'
-    frames, is applied in arrival order and journaled in one append."""
-
-    async def main() -> None:
-        journal = CountedJournal(f"{tmp_path}/journal.sqlite3")
-        journal.appends = []
-        shard = Shard(0, SlotMap.even(1), journal)
-        router = Router(shard, {})
-        set_a = Command("stock.set", "stock:a", {"on_hand": 5}, "pos")
-        mine = router._run_local(set_a)  # a request's command for the local shard
-        frame = router.run_batch(
-            [
-                Command("stock.adjust", "stock:a", {"delta": 2}, "pos"),
-                Command("stock.get", "stock:a"),
-                Command("stock.set", "stock:b", {"on_hand": 1}, "pos"),
-            ]
-        )
-        theirs = router.run_batch([Command("stock.adjust", "stock:b", {"delta": -1}, "pos")])
-        first, got, last = await asyncio.gather(mine, frame, theirs)
-        assert first.status == 200 and got[1].body["on_hand"] == 7
-        assert [r.status for r in got] == [200, 200, 200] and last[0].body["on_hand"] == 0
-        assert journal.appends == [4]  # four changes, one append
-        assert await router.run_batch([]) == []
-
-    run(main)
 
 
 def test_moved_answer_makes_the_router_adopt_the_newer_map() -> None:
