@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+YEAR_10000 = 253_402_300_800.0  # epoch seconds of 10000-01-01, past datetime's range
+
 
 def rfc3339(ts: float | None) -> str | None:
     """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds.
@@ -24,7 +26,7 @@ def rfc3339(ts: float | None) -> str | None:
     time, nearly every one a new float, and datetime's took 3 % of a shard's CPU."""
     if ts is None:
         return None
-    if ts < 0:
+    if not 0 <= ts < YEAR_10000:  # datetime's answer (or its error) outside these
         return _slow(ts)
     frac, whole = math.modf(ts)
     seconds, micros = int(whole), round(frac * 1e6)

@@ -299,7 +299,6 @@ class Checkpointer:
         self.every_s = every_s
         self.checkpoints = 0  # passes done (a test watches it)
         self.failures = 0
-        self.behind = 0  # passes that ended with frames left behind (appends never paused)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"checkpoint {os.path.basename(path)}", daemon=True
@@ -343,7 +342,6 @@ class Checkpointer:
             else:
                 quiet = 0
             before = logged
-        self.behind += 1
 
     def stop(self) -> None:
         self._stop.set()
