@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -53,15 +54,24 @@ def measure(
     }
 
 
-def before_and_now(path: str, batches: int) -> dict[str, Any]:
-    """The SQLite journal of an earlier commit (its persistence/journal.py, saved at
-    ``path``) against today's, batches of 20, each twice, alternating in one run."""
-    from omnigrid.persistence import journal as now
+def journal_module(path: str | None) -> Any:
+    """Today's journal module, or an earlier commit's persistence/journal.py saved at
+    ``path`` (git show REV:persistence/journal.py > F)."""
+    if path is None:
+        from omnigrid.persistence import journal
 
+        return journal
     spec = importlib.util.spec_from_file_location("journal_before", path)
     assert spec is not None and spec.loader is not None
     before = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(before)
+    return before
+
+
+def before_and_now(path: str, batches: int) -> dict[str, Any]:
+    """The SQLite journal of an earlier commit (its persistence/journal.py, saved at
+    ``path``) against today's, batches of 20, each twice, alternating in one run."""
+    before, now = journal_module(path), journal_module(None)
     results: dict[str, Any] = {}
     for run in (1, 2):
         for name, module in (("before", before), ("now", now)):
@@ -75,17 +85,8 @@ def before_and_now(path: str, batches: int) -> dict[str, Any]:
 def wal_under_steady_appends(seconds: float, path: str | None = None) -> dict[str, Any]:
     """Appends of 5 events that never pause for ``seconds``; the WAL file's size each
     second (the checkpointer must let it start over, or it grows without end)."""
-    import os
-
-    from omnigrid.persistence import journal as module
-
-    if path is not None:  # an earlier persistence/journal.py
-        spec = importlib.util.spec_from_file_location("journal_before", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
     file = f"{tempfile.mkdtemp()}/journal.sqlite3"
-    journal = module.SqliteJournal(file, "normal")
+    journal = journal_module(path).SqliteJournal(file, "normal")
     events, seq, appends = _events(5), 1, 0
     sizes: list[float] = []
     started = time.monotonic()

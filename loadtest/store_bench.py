@@ -76,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=600_000)
     parser.add_argument("--batches", type=int, default=100)
-    parser.add_argument("--postgres", help="also measure this PostgreSQL (tables dropped first)")
+    parser.add_argument(
+        "--postgres", help="also measure this PostgreSQL (its event and snapshot tables emptied)"
+    )
     args = parser.parse_args()
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

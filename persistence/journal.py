@@ -301,7 +301,6 @@ class Checkpointer:
         self.checkpoints = 0  # passes done (a test watches it)
         self.failures = 0
         self.restart_over_bytes = WAL_SIZE_LIMIT  # a WAL past this is started over by force
-        self.restarts = 0  # forced restarts (passes never found a quiet moment)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"checkpoint {os.path.basename(path)}", daemon=True
@@ -352,7 +351,6 @@ class Checkpointer:
         # file keeps its largest size until journal_size_limit truncates it.)
         if logged * (WAL_PAGE_BYTES + WAL_FRAME_HEADER) > self.restart_over_bytes:
             db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-            self.restarts += 1
 
     def stop(self) -> None:
         self._stop.set()
