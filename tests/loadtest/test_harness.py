@@ -99,8 +99,14 @@ def test_a_tally_claiming_more_than_the_grid_holds_is_caught(grid: Grid, tmp_pat
 
 
 def _harness(*args: str) -> subprocess.CompletedProcess[str]:
+    """A whole run, judged on correctness only: its latency is reported, not judged.
+
+    These runs share two cores with the rest of the suite, so a p99 goal here
+    would test the machine's load, not the harness; latency is measured by
+    the benchmark runs in BENCHMARKS.md (and judged by the verdict's unit test).
+    """
     return subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "harness.py"), *args],
+        [sys.executable, str(ROOT / "loadtest" / "harness.py"), "--p99-goal-ms", "0", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -111,6 +117,7 @@ def _harness(*args: str) -> subprocess.CompletedProcess[str]:
 def _assert_passed(run: subprocess.CompletedProcess[str], out: Path, users: int) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "VERDICT: PASS" in run.stdout, run.stdout
+    assert "(not judged: --p99-goal-ms 0)" in run.stdout
     summary = json.loads((out / "summary.json").read_text())
     stats, found = summary["stats"], summary["check"]
     assert stats["requests"] > users and stats["failures"] == 0
@@ -160,6 +167,7 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         ["--think", "soon"],
         ["--settle", "-5"],
         ["--ports", "0"],
+        ["--p99-goal-ms", "-1"],
     ):
         run = _harness(*bad, "--out", str(tmp_path / "never"))
         assert run.returncode == 2, (bad, run.stdout, run.stderr)
@@ -181,10 +189,36 @@ def test_the_verdict_fails_incomplete_without_every_final_tally_and_says_what_wa
         "requests": 1000, "rps": 100.0, "failures": 0, "p50_ms": 5.0, "p95_ms": 9.0,
         "p99_ms": 20.0, "max_ms": 40.0, "failures_by_kind": {},
     }  # fmt: skip
-    args = SimpleNamespace(users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=2)
+    args = SimpleNamespace(
+        users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=2, p99_goal_ms=100.0
+    )
     said = verdict(args, stats, found)  # type: ignore[arg-type]
     assert "VERDICT: FAIL" in said and "INCOMPLETE: final tallies from 1 of 2" in said
     assert "in flight or cut off at stop: cart writes 5, commits 1 units" in said
     _tally(tmp_path, {}, {}, "tally-2.json")  # the second worker's final tally lands
     said = verdict(args, stats, check(grid.url, seeded, tmp_path))  # type: ignore[arg-type]
     assert "VERDICT: PASS" in said and "INCOMPLETE" not in said
+
+
+def test_the_verdict_judges_p99_against_its_goal_unless_told_not_to() -> None:
+    found = {
+        "oversold": [], "lost_cart_writes": [], "lost_commits": [], "skus_checked": 3,
+        "carts_checked": 2, "commits_without_answer": 0, "cart_writes_without_answer": 0,
+        "final_tallies": 1,
+    }  # fmt: skip
+    stats = {
+        "requests": 1000, "rps": 100.0, "failures": 0, "p50_ms": 5.0, "p95_ms": 60.0,
+        "p99_ms": 100.0, "max_ms": 140.0, "failures_by_kind": {},
+    }  # fmt: skip
+    args = SimpleNamespace(
+        users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=1, p99_goal_ms=100.0
+    )
+    said = verdict(args, stats, found)  # type: ignore[arg-type]
+    assert "VERDICT: FAIL" in said and "p99 100 ms (goal < 100)" in said  # "< 100" is strict
+    args.p99_goal_ms = 150.0
+    assert "VERDICT: PASS" in verdict(args, stats, found)  # type: ignore[arg-type]
+    args.p99_goal_ms = 0.0
+    said = verdict(args, stats, found)  # type: ignore[arg-type]
+    assert "VERDICT: PASS" in said and "p99 100 ms (not judged: --p99-goal-ms 0)" in said
+    stats["failures"] = 1  # correctness is judged either way: 0.1% failures is too many
+    assert "VERDICT: FAIL" in verdict(args, stats, found)  # type: ignore[arg-type]
