@@ -328,9 +328,7 @@ def stats(out: Path) -> dict[str, Any]:
     return summary
 
 
-def plot(
-    out: Path, title: str, connections: list[tuple[float, int]], p99_goal_ms: float
-) -> Path:
+def plot(out: Path, title: str, connections: list[tuple[float, int]], p99_goal_ms: float) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
