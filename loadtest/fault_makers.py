@@ -1,6 +1,7 @@
 """The faults a fault run (loadtest/faults.py, tests/api/test_faults.py) makes:
 servers of its own to stop, stall and kill, a database that refuses connections,
-a journal file locked by another process, a disk of its own filled to the last byte.
+the embedded store's file locked by another process, a disk of its own filled to the
+last byte.
 """
 
 from __future__ import annotations
@@ -103,18 +104,13 @@ def small_disk(megabytes: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def lock_journals(data_dir: Path, seconds: float) -> None:
-    """Another process's writer holds every journal file's write lock."""
-    holders = []
-    for path in sorted(data_dir.glob("journal-shard*.sqlite3")):
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("BEGIN IMMEDIATE")
-        holders.append(db)
-    assert holders, "no journal files"
+def lock_store(data_dir: Path, seconds: float) -> None:
+    """Another process's writer holds the embedded store's write lock (drains wait)."""
+    db = sqlite3.connect(data_dir / "store.sqlite3", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
     time.sleep(seconds)
-    for db in holders:
-        db.execute("ROLLBACK")
-        db.close()
+    db.execute("ROLLBACK")
+    db.close()
 
 
 def fill_disk(data_dir: Path, seconds: float) -> None:

@@ -10,7 +10,7 @@ answered as failed applied), and no answer may be other than 200, 4xx, 429 or
 grid.
 
     python loadtest/faults.py                  # Redis journal, PostgreSQL store (~3 min)
-    python loadtest/faults.py --journal sqlite # the embedded default: locked, disk full
+    python loadtest/faults.py --journal embedded # the default: store locked, disk full
     python loadtest/faults.py --out DIR        # JSON and PNG go there
 
 The test suite runs the same scenario (tests/api/test_faults.py); this
@@ -43,7 +43,7 @@ import httpx
 from loadtest.fault_makers import (
     RedisServer,
     fill_disk,
-    lock_journals,
+    lock_store,
     refuse_postgres,
     small_disk,
 )
@@ -416,10 +416,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     parser.add_argument(
         "--journal",
-        choices=("redis", "sqlite"),
+        choices=("redis", "embedded"),
         default="redis",
         help="redis: Redis journal and PostgreSQL store (stalls, restart, refusals); "
-        "sqlite: the embedded default on a small disk of its own (locked, full)",
+        "embedded: the default journal files and SQLite store on a small disk of its own "
+        "(the store locked, the disk full)",
     )
     parser.add_argument("--carts", type=int, default=320)
     parser.add_argument("--threads", type=int, default=8)
@@ -431,11 +432,11 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="omnigrid-faults-log-"))
     with contextlib.ExitStack() as stack:
         faults: Faults
-        if args.journal == "sqlite":
+        if args.journal == "embedded":
             data = stack.enter_context(small_disk(256))
             env: dict[str, str] = {}
             faults = [
-                ("journal files locked 3 s", lambda: lock_journals(data, 3)),
+                ("store file locked 3 s", lambda: lock_store(data, 3)),
                 ("disk full 4 s", lambda: fill_disk(data, 4)),
             ]
         else:

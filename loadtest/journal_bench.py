@@ -3,11 +3,12 @@
     python loadtest/journal_bench.py [--redis URL] [--batches N]
 
 Appends ``--batches`` batches of 1 and of 20 cart events to each journal
-backend (SQLite with synchronous NORMAL and FULL, Redis) and prints the
-median, p99 and longest of one append, in microseconds, and how many took over
-5 ms, as JSON. ``--before F`` measures an earlier commit's SQLite journal instead,
-beside today's. ``--steady S`` instead appends without pause for S seconds and
-prints the WAL file's size each second (with ``--before``, that journal's too).
+backend (the segment files and SQLite, each with sync NORMAL and FULL, Redis)
+and prints the median, p99 and longest of one append, in microseconds, how many
+took over 5 ms, and the CPU time of one append on average, as JSON. ``--before F``
+measures an earlier commit's SQLite journal instead, beside today's. ``--steady S``
+instead appends without pause for S seconds and prints the SQLite WAL file's size
+each second (with ``--before``, that journal's too).
 BENCHMARKS.md quotes runs with their commands.
 """
 
@@ -38,13 +39,16 @@ def measure(
     events = _events(size)
     took = []
     seq = 1
+    cpu = time.process_time()
     for _ in range(batches):
         started = time.perf_counter()
         append(seq, events)
         took.append((time.perf_counter() - started) * 1e6)
         seq += size
+    cpu = time.process_time() - cpu
     took.sort()
     return {
+        "cpu_us": round(cpu / batches * 1e6, 1),
         "p50_us": round(statistics.median(took), 1),
         "p99_us": round(took[len(took) * 99 // 100], 1),
         # the pauses: SQLite's automatic checkpoint ran inside the append that filled
@@ -133,6 +137,14 @@ def main() -> None:
     results: dict[str, Any] = {}
     for size in (1, 20):
         for sync in ("normal", "full"):
+            try:  # the segment files, from the commit that made them the default
+                from omnigrid.persistence.file_journal import FileJournal
+
+                files = FileJournal(tempfile.mkdtemp(), sync)
+                results[f"files-{sync}/{size}"] = measure(files.append, args.batches, size)
+                files.close()
+            except ImportError:
+                pass
             path = f"{tempfile.mkdtemp()}/journal.sqlite3"
             sqlite = journals.SqliteJournal(path, sync)
             results[f"sqlite-{sync}/{size}"] = measure(sqlite.append, args.batches, size)

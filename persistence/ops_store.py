@@ -41,7 +41,7 @@ class OpsStore:
         for hook in hooks:
             self.db.execute(
                 "INSERT INTO omnigrid_deliveries (shard, webhook_id, event_id, body, attempts, "
-                "next_at) VALUES (?, ?, ?, ?, 0, ?)",
+                "next_at) VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",  # a retry: once
                 (shard, hook.id, f"alert:{alert['alert_id']}:{state}", body, now),
             )
         return len(hooks)

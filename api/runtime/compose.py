@@ -21,7 +21,8 @@ from omnigrid.actors.slots import SlotMap
 from omnigrid.api.runtime.node import Directory, GridNode, database_for
 from omnigrid.api.runtime.settings import Settings
 from omnigrid.persistence.cluster_state import ClusterState
-from omnigrid.persistence.journal import Journal, NullJournal, SqliteJournal
+from omnigrid.persistence.file_journal import FileJournal, carry_over_sqlite
+from omnigrid.persistence.journal import Journal, NullJournal
 from omnigrid.persistence.redis_journal import RedisJournal
 from omnigrid.persistence.store import PostgresStore, SqliteStore, Store, StoreUnavailable
 
@@ -101,7 +102,7 @@ def identity_secret(settings: Settings) -> bytes:
 
 
 def open_journal(settings: Settings, shard_id: int) -> Journal:
-    """Redis Streams when ``redis_url`` is set, else an SQLite file in ``data_dir``."""
+    """Redis Streams when ``redis_url`` is set, else segment files under ``data_dir``."""
     if settings.durability == "none":
         return NullJournal()
     if settings.redis_url:
@@ -110,8 +111,13 @@ def open_journal(settings: Settings, shard_id: int) -> Journal:
             f"og:{settings.namespace}:journal:{shard_id}",
             settings.journal_timeout_s,
         )
-    path = os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3")
-    return SqliteJournal(path, settings.journal_sync, settings.journal_timeout_s)
+    journal = FileJournal(
+        os.path.join(settings.data_dir, f"journal-shard{shard_id}"), settings.journal_sync
+    )
+    earlier = os.path.join(settings.data_dir, f"journal-shard{shard_id}.sqlite3")
+    if os.path.exists(earlier):  # a data directory from before the file journal
+        carry_over_sqlite(earlier, journal)
+    return journal
 
 
 def open_store(settings: Settings) -> Store:

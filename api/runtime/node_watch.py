@@ -14,7 +14,7 @@ from typing import Any
 
 from omnigrid.actors.protocol import Command, Result
 from omnigrid.api.http.metrics import GridMetrics
-from omnigrid.api.http.ops import EVAL_EVERY_S, OpsEndpoints
+from omnigrid.api.http.ops import EVAL_EVERY_S, KEPT_ALERTS, OpsEndpoints
 from omnigrid.api.http.sync_log import DeliveryBook, Figures, SyncLogEndpoints, add_figures
 from omnigrid.api.http.sync_stats import KEEP_S, SyncStats
 from omnigrid.api.runtime.peers import PeerLink
@@ -56,6 +56,9 @@ class NodeWatch:
         )
         with contextlib.suppress(StoreUnavailable):  # the defaults until they can be read
             self.endpoints.load_rules(self.store.rules())
+        # Alerts fired or resolved whose deliveries the store has not taken yet: an
+        # alert firing because the disk is full must still reach its webhooks after.
+        self.unqueued: list[dict[str, Any]] = []
 
     def delivered(self, channel: str, lag_s: float, key: str, version: int, webhook: bool) -> None:
         """A change reached a stream or a webhook: its sync lag, by its channel, and
@@ -106,7 +109,12 @@ class NodeWatch:
             await asyncio.sleep(EVAL_EVERY_S)
             try:
                 self.endpoints.load_rules(await asyncio.to_thread(self.store.rules))
+            except Exception as e:  # the rules last read (or the defaults) are evaluated
+                log.warning("the alert rules cannot be read: %r", e)
+            try:
                 await self.endpoints.evaluate(notify)
+                if notify is not None:
+                    await self.queue_unqueued()
             except Exception as e:
                 log.warning("the alert rules cannot be evaluated: %r", e)
 
@@ -122,4 +130,17 @@ class NodeWatch:
                 log.warning("the sync log cannot be pruned: %s", e)
 
     async def notify(self, alert: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.store.queue_alert, self.shard_id, alert)
+        self.unqueued.append(alert)
+        del self.unqueued[:-KEPT_ALERTS]
+        await self.queue_unqueued()
+
+    async def queue_unqueued(self) -> None:
+        """Queue the alerts' deliveries in order; what the store refuses waits for the next
+        evaluation (a delivery queued twice is one: its id is the alert's and state's)."""
+        while self.unqueued:
+            try:
+                await asyncio.to_thread(self.store.queue_alert, self.shard_id, self.unqueued[0])
+            except StoreUnavailable as e:
+                log.warning("%d alert deliveries wait for the store: %s", len(self.unqueued), e)
+                return
+            self.unqueued.pop(0)

@@ -1,6 +1,6 @@
 """Faults under load, on real servers of the tests' own: the journal's Redis stalled
 (SIGSTOP) for 1, 4 and 10 s, killed and restarted; PostgreSQL refusing connections
-for 15 s; the SQLite journal's file locked and its disk full.
+for 15 s; the embedded store's file locked and the embedded default's disk full.
 
 After each: writes succeed again within 2 s and /readyz follows, no answer other
 than 200/4xx/429/503, health keeps answering, every acknowledged write is present
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from loadtest.fault_makers import (
     RedisServer,
     fill_disk,
-    lock_journals,
+    lock_store,
     refuse_postgres,
     small_disk,
 )
@@ -107,14 +107,14 @@ def test_redis_stalls_and_restarts_and_postgres_refusing_lose_and_resurrect_noth
         redis.remove()
 
 
-def test_sqlite_journal_locked_and_disk_full_lose_and_resurrect_nothing() -> None:
+def test_embedded_store_locked_and_disk_full_lose_and_resurrect_nothing() -> None:
     with small_disk(256) as data_dir:
         grid = Grid(data_dir=str(data_dir))
         try:
             check_faults(
                 grid,
                 [
-                    Fault("journal files locked 3 s", lambda: lock_journals(data_dir, 3), True),
+                    Fault("store file locked 3 s", lambda: lock_store(data_dir, 3), False),
                     Fault("disk full 4 s", lambda: fill_disk(data_dir, 4), True),
                 ],
             )

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from loadtest.fault_makers import lock_journals
+from loadtest.fault_makers import fill_disk, small_disk
 from omnigrid.api.http import sync_stats as st
 from omnigrid.api.http.ops import AlertBook, OpsEndpoints, Rule
 from tests.api.test_webhooks import Receiver, register
@@ -130,13 +130,16 @@ def keep_writing_until(done: Callable[[], bool], write: Callable[[], None], why:
         write()
 
 
-def test_an_alert_fires_on_a_real_failure_and_resolves_after_on_a_real_grid(
-    tmp_path: Path,
-) -> None:
-    """A channel's writes fail for real (every journal file locked by another writer):
-    the alert fires within a minute, reaches the webhook subscribed to ``alert``, and
-    resolves once the writes succeed again."""
-    grid = Grid(data_dir=str(tmp_path), OMNIGRID_WEBHOOK_BACKOFF_S="0.2")
+def test_an_alert_fires_on_a_real_failure_and_resolves_after_on_a_real_grid() -> None:
+    """A channel's writes fail for real (the journal's disk full, on a tmpfs of the
+    test's own): the alert fires within a minute, reaches the webhook subscribed to
+    ``alert``, and resolves once the writes succeed again."""
+    with small_disk(256) as data_dir:
+        _alert_on_a_full_disk(data_dir)
+
+
+def _alert_on_a_full_disk(data_dir: Path) -> None:
+    grid = Grid(data_dir=str(data_dir), OMNIGRID_WEBHOOK_BACKOFF_S="0.2")
     receiver = Receiver()
     try:
         with httpx.Client(base_url=grid.url, timeout=10) as c:
@@ -151,14 +154,14 @@ def test_an_alert_fires_on_a_real_failure_and_resolves_after_on_a_real_grid(
             r = c.put("/v1/ops/alert-rules", json={"rules": [rule]}, headers=write_headers())
             assert r.status_code == 200
             c.put("/v1/skus/k1/stock", json={"on_hand": 10**6}, headers=write_headers("pos"))
-            locker = threading.Thread(target=lock_journals, args=(tmp_path, 8.0))
+            locker = threading.Thread(target=fill_disk, args=(data_dir, 8.0))
             locker.start()
 
             def state(wanted: str) -> list[dict[str, Any]]:
                 alerts = c.get("/v1/ops/alerts", params={"state": wanted}).json()["alerts"]
                 return [a for a in alerts if a["channel"] == "kiosk"]
 
-            def write() -> None:  # kiosk keeps writing: they fail while the journals are locked
+            def write() -> None:  # kiosk keeps writing: they fail while the disk is full
                 c.post(
                     "/v1/carts/kiosk-u/lines",
                     json={"sku": "k1", "qty": 1},
