@@ -252,7 +252,7 @@ def replay_phase(args: argparse.Namespace, server: Server, data_dir: Path) -> di
     """Journal changes the store does not have (as after a store outage), then restart."""
     from omnigrid.actors.slots import SlotMap
     from omnigrid.persistence.events import Event
-    from omnigrid.persistence.journal import SqliteJournal
+    from omnigrid.persistence.file_journal import FileJournal
 
     owner = SlotMap.even(args.shards).owner
     per_shard: dict[int, list[Event]] = {}
@@ -263,7 +263,7 @@ def replay_phase(args: argparse.Namespace, server: Server, data_dir: Path) -> di
         event = Event("cart", key, 6, "app", "cart.add", now, {}, args_)
         per_shard.setdefault(owner(key), []).append(event)
     for shard, events in per_shard.items():
-        journal = SqliteJournal(str(data_dir / f"journal-shard{shard}.sqlite3"), "normal")
+        journal = FileJournal(str(data_dir / f"journal-shard{shard}"), "normal")
         journal.append(journal.last_seq() + 1, events)
         journal.close()
     server.log_path.write_text("")

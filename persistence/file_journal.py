@@ -9,10 +9,11 @@ survives a power loss. A record cut short (a power loss mid-write, a full
 disk) fails its length or CRC check and ends the journal: it is cut off when
 the journal is opened or settled, never read as events.
 
-Why not SQLite (persistence/journal.py, read once to carry an older data
-directory over): a SQLite append cost 25 µs of the shard's event loop for one
-event against 4 µs for this write, and its WAL pages had to be copied into
-the database again by a checkpoint thread (loadtest/journal_bench.py).
+Why not SQLite (the embedded journal before this one, read once here to carry
+an older data directory over): an SQLite append cost 25 µs of the shard's
+event loop for one event against 4 µs for this write, and its WAL pages had
+to be copied into the database again by a checkpoint thread
+(loadtest/journal_bench.py, BENCHMARKS.md).
 
 Segments roll over past ``segment_bytes`` and are named after their first
 number. ``trim`` deletes the segments whose every event is stored and notes
@@ -29,6 +30,7 @@ import fcntl
 import logging
 import os
 import re
+import sqlite3
 import struct
 import time
 import zlib
@@ -38,7 +40,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import JournalOutcomeUnknown, JournalUnavailable, SqliteJournal
+from omnigrid.persistence.journal import JournalOutcomeUnknown, JournalUnavailable, unpack_event
 
 # first number, count, body length; then the CRC32 of those 16 bytes and the body
 HEADER = struct.Struct("<QII")
@@ -288,30 +290,34 @@ def carry_over_sqlite(path: str, journal: FileJournal) -> int:
     """Move an earlier SQLite journal's events (and numbering) into ``journal``, once.
 
     A data directory written before the file journal keeps its unstored
-    events in ``journal-shardN.sqlite3``: they are appended with their own
-    numbers (any already carried by an interrupted earlier try are skipped),
-    made durable, and only then is the SQLite file removed. Returns how many
-    events were carried.
+    events in ``journal-shardN.sqlite3`` (tables ``journal(seq, event)`` and
+    ``trimmed(upto)``): they are appended with their own numbers (any already
+    carried by an interrupted earlier try are skipped), made durable, and only
+    then is the SQLite file removed. Returns how many events were carried.
     """
-    old = SqliteJournal(path, "full")  # "full": no checkpoint thread for one read
-    carried, run, run_first = 0, list[Event](), 0
+    old = sqlite3.connect(path, isolation_level=None)
     try:
-        for seq, event in old.replay():
-            if seq <= journal.last_seq():
-                continue
-            if run and seq != run_first + len(run):  # a gap: numbers of a removed batch
-                journal.append(run_first, run)
-                carried, run = carried + len(run), []
-            if not run:
-                run_first = seq
-            run.append(event)
-        if run:
-            journal.append(run_first, run)
-            carried += len(run)
-        journal.start_after(old.last_seq())
-        journal.sync()
+        rows = old.execute("SELECT seq, event FROM journal ORDER BY seq").fetchall()
+        (upto,) = old.execute("SELECT coalesce(max(upto), 0) FROM trimmed").fetchone()
+    except sqlite3.Error as e:
+        raise JournalUnavailable(f"the earlier journal {path}: {e}") from e
     finally:
         old.close()
+    carried, run, run_first = 0, list[Event](), 0
+    for seq, data in rows:
+        if seq <= journal.last_seq():
+            continue
+        if run and seq != run_first + len(run):  # a gap: numbers of a removed batch
+            journal.append(run_first, run)
+            carried, run = carried + len(run), []
+        if not run:
+            run_first = seq
+        run.append(unpack_event(data))
+    if run:
+        journal.append(run_first, run)
+        carried += len(run)
+    journal.start_after(max([int(upto)] + [seq for seq, _ in rows]))
+    journal.sync()
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)

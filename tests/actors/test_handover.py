@@ -5,7 +5,7 @@ go on, reservations still expire, and the source's journal restarts cleanly."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from omnigrid.actors.protocol import MOVED, Command, Result
 from omnigrid.actors.residency import pack_state
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap, slot_of
-from omnigrid.persistence.journal import SqliteJournal
+from omnigrid.persistence.file_journal import FileJournal
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.writebehind import WriteBehind
 from tests.persistence.test_writebehind import Clock
@@ -31,8 +31,8 @@ class Side:
         clock: Clock,
         journal: Path | None = None,
     ) -> None:
-        journal = journal or path / f"journal{shard_id}.sqlite3"
-        self.journal = SqliteJournal(str(journal), "normal")
+        journal = journal or path / f"journal{shard_id}"
+        self.journal = FileJournal(str(journal), "normal")
         self.store = SqliteStore(str(path / "store.sqlite3"))
         self.shard = Shard(shard_id, slot_map, self.journal, clock=clock, loader=self.store.load)
         self.shard.recover(self.journal.replay(), self.store.scan(slot_map.ranges(shard_id)))
@@ -66,9 +66,7 @@ def test_slots_move_whole_and_the_source_restarts_on_the_new_map(tmp_path: Path)
     assert source.shard.entities[f"stock:{skus[0]}"].view()["reserved"] == 3
     assert handover.unstored(source.shard, slots) > 0
     untrimmed = tmp_path / "crashed"  # the source's journal as a crash would leave it
-    untrimmed.mkdir()
-    with sqlite3.connect(tmp_path / "journal0.sqlite3") as live:
-        live.backup(sqlite3.connect(untrimmed / "journal0.sqlite3"))
+    shutil.copytree(tmp_path / "journal0", untrimmed / "journal0")
     while handover.unstored(source.shard, slots):
         assert asyncio.run(source.writebehind.drain(force=True))
     states = {k: pack_state(source.shard.entities[k]) for k in keys}
@@ -90,7 +88,7 @@ def test_slots_move_whole_and_the_source_restarts_on_the_new_map(tmp_path: Path)
 
     # a source that crashed before trimming its journal: the moved slots' changes in it
     # are the store's on the new map, skipped; its own slots come back as they were
-    restarted = Side(tmp_path, 0, after, clock, journal=untrimmed / "journal0.sqlite3")
+    restarted = Side(tmp_path, 0, after, clock, journal=untrimmed / "journal0")
     assert any(after.owner(e.key) == 1 for _, e in restarted.journal.replay())
     assert not any(after.owner(k) == 1 for k in restarted.shard.entities)
     assert set(restarted.shard.entities) == set(source.shard.entities)

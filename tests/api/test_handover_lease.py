@@ -18,7 +18,7 @@ from omnigrid.api.runtime.rebalance import Handover
 from omnigrid.api.runtime.router import Router
 from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.db import Database
-from omnigrid.persistence.journal import SqliteJournal
+from omnigrid.persistence.file_journal import FileJournal
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.writebehind import WriteBehind
 
@@ -28,7 +28,7 @@ def source(tmp_path: Path) -> tuple[Handover, ClusterState, Shard]:
     state = ClusterState(Database(sqlite_path=str(tmp_path / "store.sqlite3")), "lease")
     slot_map = SlotMap.even(2)
     state.save_slot_map(slot_map.to_wire())
-    journal = SqliteJournal(str(tmp_path / "journal0.sqlite3"), "normal")
+    journal = FileJournal(str(tmp_path / "journal0"), "normal")
     shard = Shard(0, slot_map, journal, loader=store.load)
     writebehind = WriteBehind(shard, store, 0.2, 100)
     return Handover(shard, writebehind, store, Router(shard, {}), state), state, shard

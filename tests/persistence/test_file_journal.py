@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
 from omnigrid.persistence.file_journal import FileJournal, carry_over_sqlite
-from omnigrid.persistence.journal import JournalUnavailable, SqliteJournal
+from omnigrid.persistence.journal import JournalUnavailable, pack_event
 
 
 def _event(n: int, size: int = 0) -> Event:
@@ -153,23 +154,30 @@ def test_a_full_disk_refuses_the_batch_and_leaves_no_trace() -> None:
         assert _seqs(FileJournal(str(disk / "j"))) == [1, 2]
 
 
+def _sqlite_journal(path: str, events: list[tuple[int, Event]], trimmed: int) -> None:
+    """A journal as the SQLite journal of earlier versions left it (its two tables)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE journal (seq INTEGER PRIMARY KEY, event BLOB NOT NULL)")
+    db.execute("CREATE TABLE trimmed (upto INTEGER NOT NULL)")
+    db.executemany("INSERT INTO journal VALUES (?, ?)", [(n, pack_event(e)) for n, e in events])
+    db.executemany("INSERT INTO trimmed VALUES (?)", [(trimmed,)] if trimmed else [])
+    db.close()
+
+
 def test_an_earlier_sqlite_journal_is_carried_over_once(tmp_path: Path) -> None:
     path = str(tmp_path / "journal-shard0.sqlite3")
-    old = SqliteJournal(path, "normal")
-    old.append(1, [_event(1), _event(2), _event(3)])
-    old.append(6, [_event(6)])  # 4-5: a removed batch's numbers
-    old.trim(1)
-    old.close()
+    # 1 trimmed (stored); 4-5 a removed batch's numbers
+    _sqlite_journal(path, [(n, _event(n)) for n in (2, 3, 6)], trimmed=1)
     journal = FileJournal(str(tmp_path / "journal-shard0"))
     assert carry_over_sqlite(path, journal) == 3
     assert not any(os.path.exists(path + s) for s in ("", "-wal", "-shm"))
     assert [(s, e.version) for s, e in journal.replay()] == [(2, 2), (3, 3), (6, 6)]
+    journal.append(7, [_event(7)])
     journal.close()
+    assert _seqs(FileJournal(str(tmp_path / "journal-shard0"))) == [2, 3, 6, 7]
     emptied = str(tmp_path / "emptied.sqlite3")  # everything stored: only the numbering
-    old = SqliteJournal(emptied, "normal")
-    old.append(1, [_event(n) for n in range(1, 10)])
-    old.trim(9)
-    old.close()
+    _sqlite_journal(emptied, [], trimmed=9)
     journal = FileJournal(str(tmp_path / "emptied"))
     assert carry_over_sqlite(emptied, journal) == 0
     journal.close()

@@ -1,10 +1,9 @@
-"""Journals against real stores: SQLite files and a Redis of the test's own."""
+"""The Redis journal against a Redis of the test's own (the embedded one: test_file_journal.py)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 
 import pytest
@@ -13,97 +12,13 @@ from omnigrid.actors.protocol import Command
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import JournalOutcomeUnknown, JournalUnavailable, SqliteJournal
+from omnigrid.persistence.journal import JournalOutcomeUnknown, JournalUnavailable
 from omnigrid.persistence.redis_journal import RedisJournal
 from tests.conftest import OwnRedis, free_port
 
 
 def stock(shard: Shard, sku: str, on_hand: int) -> int:
     return shard.apply(Command("stock.set", "stock:" + sku, {"on_hand": on_hand}, "pos")).status
-
-
-def test_sqlite_journal_replays_into_the_same_state(tmp_path: object) -> None:
-    path = f"{tmp_path}/journal.sqlite3"
-    first = Shard(0, SlotMap.even(1), SqliteJournal(path))
-    stock(first, "a", 10)
-    reserved = first.apply(
-        Command("stock.reserve", "stock:a", {"qty": 3, "ttl_s": 60, "ref": None}, "app", "k", "f")
-    )
-    first.apply(Command("cart.add", "cart:u", {"sku": "a", "qty": 2, "available": 7}, "h5"))
-    again = Shard(0, SlotMap.even(1), SqliteJournal(path))
-    assert again.recover(again.journal.replay()) == 3
-    for key, entity in first.entities.items():
-        assert again.entities[key].view() == entity.view()
-    retry = again.apply(
-        Command("stock.reserve", "stock:a", {"qty": 3, "ttl_s": 60, "ref": None}, "app", "k", "f")
-    )
-    assert retry.body == reserved.body  # the idempotency record was replayed too
-
-
-def test_appends_never_checkpoint_and_a_thread_keeps_the_wal_small(tmp_path: object) -> None:
-    """A commit that filled SQLite's 1,000 pages used to copy the WAL into the file and
-    fsync it inside the append, on the shard's loop: the checkpointer thread does it."""
-    path = f"{tmp_path}/journal.sqlite3"
-    journal = SqliteJournal(path, sync="normal")
-    assert journal.checkpointer is not None and SqliteJournal(path + "2").checkpointer is None
-    journal.checkpointer.every_s = 0.05
-    try:
-        view = {"uid": "u", "version": 1, "lines": [{"sku": "s" * 200, "qty": 1}]}
-        events = [Event("cart", f"cart:u{i}", 1, "app", "cart.add", 0.0, view) for i in range(50)]
-        seq = 1
-        for _ in range(400):  # ~20,000 events of ~300 bytes: several times 1,000 pages
-            journal.append(seq, events)
-            seq += len(events)
-        (autocheckpoint,) = journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()
-        assert autocheckpoint == 0
-        deadline = time.monotonic() + 10
-        while journal.checkpointer.checkpoints < 2:
-            assert time.monotonic() < deadline, "the checkpointer never ran"
-            time.sleep(0.05)
-        # the thread's passes copied every frame: the next append starts the WAL over
-        journal.append(seq, events[:1])
-        seq += 1
-        probe = sqlite3.connect(path)
-        _, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        probe.close()
-        assert 0 < frames < 100, frames  # not the thousands of pages appended before
-        assert journal.checkpointer.failures == 0
-        assert sum(1 for _ in journal.replay()) == seq - 1
-    finally:
-        journal.close()
-    assert not journal.checkpointer._thread.is_alive()
-
-
-def test_the_wal_starts_over_under_steady_appends(tmp_path: object) -> None:
-    """One checkpoint pass a second never caught up with appends that never pause:
-    the WAL grew ~15 MB/s (255 MB after a 40 s benchmark). Passes until one finds
-    nothing new, then a pause, let an append start the file over every time."""
-    path = f"{tmp_path}/journal.sqlite3"
-    journal = SqliteJournal(path, sync="normal")
-    assert journal.checkpointer is not None
-    journal.checkpointer.every_s = 0.1
-    # Past 1 MB, a restart is forced: on a busy machine (CI) the passes alone did not
-    # always find an append-free moment.
-    journal.checkpointer.restart_over_bytes = 1_000_000
-    try:
-        events = [Event("cart", f"cart:u{i}", 1, "app", "cart.add", 0.0, {}) for i in range(5)]
-        seq, appends = 1, 0
-        deadline = time.monotonic() + 60
-        while journal.checkpointer.checkpoints < 10:  # appends never pause meanwhile
-            assert time.monotonic() < deadline, "the checkpointer never ran"
-            journal.append(seq, events)
-            seq, appends = seq + len(events), appends + 1
-            time.sleep(0.0002)
-        probe = sqlite3.connect(path)
-        _, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        probe.close()
-        # every commit writes at least one frame to the WAL: one never started over
-        # would hold all of them
-        assert appends > 1_000 and frames < appends / 3, (appends, frames)
-        assert journal.checkpointer.failures == 0
-        assert sum(1 for _ in journal.replay()) == seq - 1
-    finally:
-        journal.close()
 
 
 def test_redis_down_means_503_for_writes_reads_from_memory_then_recovery(

@@ -16,7 +16,7 @@ from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import SqliteJournal
+from omnigrid.persistence.file_journal import FileJournal
 from omnigrid.persistence.store import PostgresStore, Snapshot, SqliteStore
 from omnigrid.persistence.writebehind import WriteBehind
 from tests.conftest import PostgresDatabase
@@ -96,7 +96,7 @@ def test_snapshots_only_move_forward_and_events_are_logged_once(
 
 def grid_shard(tmp_path: Path, dsn: str) -> tuple[Shard, PostgresStore, WriteBehind]:
     store = PostgresStore(dsn)
-    journal = SqliteJournal(str(tmp_path / "journal.sqlite3"), "normal")
+    journal = FileJournal(str(tmp_path / "journal"), "normal")
     shard = Shard(0, SlotMap.even(1), journal, loader=store.load)
     shard.recover(journal.replay(), store.scan([(0, 16383)]))
     return shard, store, WriteBehind(shard, store, 0.2, 50)
@@ -142,7 +142,9 @@ def test_blocked_writes_queue_up_and_drain_when_released(
     assert stored_matches_memory(store, shard)
     assert postgres.execute("SELECT count(*) FROM omnigrid_events") == [(250,)]
 
-    # a grid started again on the same stores holds the same state
+    # a grid started again on the same stores holds the same state (the first one gone)
+    assert isinstance(shard.journal, FileJournal)
+    shard.journal.close()
     again, _, _ = grid_shard(tmp_path, postgres.role_dsn)
     assert {k: pack_state(e) for k, e in again.entities.items()} == {
         k: pack_state(e) for k, e in shard.entities.items()

@@ -4,6 +4,8 @@ passivation, a journal that refuses writes, async durability, a full queue."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from omnigrid.actors.residency import pack_state, unpack_entity
 from omnigrid.actors.shard import Shard
 from omnigrid.actors.slots import SlotMap
 from omnigrid.actors.stock import Stock
-from omnigrid.persistence.journal import SqliteJournal
+from omnigrid.persistence.file_journal import FileJournal
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.writebehind import WriteBehind
 
@@ -33,11 +35,14 @@ class Clock:
 
 
 class Node:
-    """A shard on SQLite files in ``path``, as a grid process would hold it."""
+    """A shard on the embedded journal and store in ``path``, as a grid process would hold it."""
+
+    restarts = 0
 
     def __init__(self, path: Path, clock: Clock, **options: Any) -> None:
         self.path = path
-        self.journal = SqliteJournal(str(path / "journal.sqlite3"), "normal")
+        self.clock = clock
+        self.journal = FileJournal(str(path / "journal"), "normal")
         self.store = SqliteStore(str(path / "store.sqlite3"))
         self.shard = Shard(
             0, SlotMap.even(1), self.journal, clock=clock, loader=self.store.load, **options
@@ -57,6 +62,14 @@ class Node:
 
     def drain(self) -> bool:
         return asyncio.run(self.writebehind.drain())
+
+    def restarted(self, **options: Any) -> Node:
+        """A shard started on the files as a crash would leave them now: a copy, since
+        this one holds the journal's lock as a live process does, and may go on."""
+        Node.restarts += 1
+        into = self.path.with_name(f"{self.path.name}-restart{Node.restarts}")
+        shutil.copytree(self.path, into)
+        return Node(into, self.clock, **options)
 
     def journal_size(self) -> int:
         return len(list(self.journal.replay()))
@@ -128,7 +141,7 @@ def test_recovery_is_the_snapshot_plus_the_journal_after_it(tmp_path: Path, cloc
     node.ok("cart.set", "cart:u", sku="a", qty=3, available=12)
     before = node.states()
 
-    again = Node(tmp_path, clock)
+    again = node.restarted()
     assert again.recovered == 2  # only the journal's tail ran again
     assert again.states() == before
     assert again.shard.backlog.dirty == {
@@ -142,7 +155,7 @@ def test_recovery_is_the_snapshot_plus_the_journal_after_it(tmp_path: Path, cloc
     again.shard.tick()
     assert again.ok("stock.get", "stock:a")["reserved"] == 0
     assert again.drain()
-    third = Node(tmp_path, clock)
+    third = again.restarted()
     assert third.recovered == 0 and third.states() == again.states()
 
 
@@ -167,7 +180,7 @@ def test_idle_entities_passivate_under_the_budget_and_come_back(
         assert again.body == views[f"u{i}"]
     assert node.shard.residency.activations >= 90
     # a restart within the budget holds 10 and knows where the other 91 are
-    restarted = Node(tmp_path, clock, max_resident=10)
+    restarted = node.restarted(max_resident=10)
     assert len(restarted.shard.entities) == 10 and len(restarted.shard.residency.cold) == 91
     assert restarted.ok("cart.get", "cart:u42") == views["u42"]
 
@@ -197,8 +210,10 @@ def test_a_journal_that_refuses_writes_answers_503_and_reads_keep_working(
     node.drain()
     node.ok("stock.adjust", "stock:a", channel="pos", delta=1)  # acknowledged, not stored
     before = node.states()
-    db = node.journal._db  # the journal's own connection, made read-only: a real refusal
-    db.execute("PRAGMA query_only = ON")
+    # the journal's file, open read-only from here: every write fails for real
+    (tail,) = (tmp_path / "journal").glob("seg-*.log")
+    writer, kept = node.journal._fd, os.dup(node.journal._fd)
+    os.dup2(os.open(tail, os.O_RDONLY), writer)
     refused = node.run("stock.adjust", "stock:a", channel="pos", delta=100)
     assert (refused.status, refused.code) == (503, "unavailable")
     again = node.run("cart.clear", "cart:u")
@@ -206,12 +221,12 @@ def test_a_journal_that_refuses_writes_answers_503_and_reads_keep_working(
     # reads: from memory; the refused change left no trace (rebuilt: store + unstored events)
     assert node.ok("stock.get", "stock:a")["on_hand"] == 11
     assert node.states() == before
-    db.execute("PRAGMA query_only = OFF")
+    os.dup2(kept, writer)  # writable again
     monkeypatch.setattr(commit_module, "RETRY_PAUSE_S", 0.0)
     node.shard.commit.retry_at = 0.0
     assert node.ok("stock.adjust", "stock:a", channel="pos", delta=2)["on_hand"] == 13
     assert node.drain()
-    assert Node(tmp_path, clock).states() == node.states()
+    assert node.restarted().states() == node.states()
 
 
 def test_async_durability_answers_first_and_journals_on_the_next_flush(
@@ -225,7 +240,7 @@ def test_async_durability_answers_first_and_journals_on_the_next_flush(
     node.ok("stock.adjust", "stock:a", delta=1)
     assert node.drain()  # a drain journals first: the store never runs ahead of the journal
     assert node.journal_size() == 0
-    assert Node(tmp_path, clock).ok("stock.get", "stock:a")["on_hand"] == 4
+    assert node.restarted().ok("stock.get", "stock:a")["on_hand"] == 4
 
 
 def test_a_full_write_behind_queue_refuses_writes_not_reads(tmp_path: Path, clock: Clock) -> None:
@@ -262,11 +277,11 @@ def test_a_big_entity_is_snapshotted_rarely_and_the_journal_keeps_its_changes(
     assert not node.shard.backlog.unstored, "its events still reached the event log"
     assert [seq for seq, _ in node.journal.replay()] == [2_003, 2_004]  # trimmed below it
 
-    restarted = Node(tmp_path, clock)
+    restarted = node.restarted()
     assert restarted.states() == node.states()
     assert asyncio.run(node.writebehind.drain(force=True))  # as audit and a clean stop do
     assert not node.shard.backlog.dirty and node.journal_size() == 0
-    assert Node(tmp_path, clock).states() == node.states()
+    assert node.restarted().states() == node.states()
 
 
 def test_a_big_backlog_drains_in_bounded_slices(tmp_path: Path, clock: Clock) -> None:
@@ -282,10 +297,10 @@ def test_a_big_backlog_drains_in_bounded_slices(tmp_path: Path, clock: Clock) ->
     assert node.shard.backlog.dirty and node.shard.backlog.dirty <= journaled, (
         "trimmed what is not stored"
     )
-    assert Node(tmp_path, clock).states() == node.states()  # a restart half-way loses nothing
+    assert node.restarted().states() == node.states()  # a restart half-way loses nothing
     assert asyncio.run(node.writebehind.drain_all())
     assert node.journal_size() == 0 and node.shard.backlog_empty()
-    assert Node(tmp_path, clock).states() == node.states()
+    assert node.restarted().states() == node.states()
 
 
 def test_a_journal_from_another_shard_count_is_refused(tmp_path: Path, clock: Clock) -> None:
