@@ -159,10 +159,12 @@ class FileJournal:
             for first, count, _, record_end in _records(data):
                 last, end = first + count - 1, record_end
             if end < len(data):
-                if index < len(self._segments) - 1:
+                if index < len(self._segments) - 1:  # never guessed past: the shard stays down
+                    os.close(self._lock)
                     raise JournalUnavailable(
                         f"journal {self.directory}: {os.path.basename(path)} is damaged at "
-                        f"byte {end} of {len(data)}"
+                        f"byte {end} of {len(data)} (a power loss with sync 'normal'?); the "
+                        "changes after it cannot be read back"
                     )
                 log.warning(
                     "journal %s: cut off %d bytes of a record never acknowledged",
