@@ -66,6 +66,7 @@ def test_slots_move_whole_and_the_source_restarts_on_the_new_map(tmp_path: Path)
     assert source.shard.entities[f"stock:{skus[0]}"].view()["reserved"] == 3
     assert handover.unstored(source.shard, slots) > 0
     untrimmed = tmp_path / "crashed"  # the source's journal as a crash would leave it
+    source.journal.wait_for_housekeeping()
     shutil.copytree(tmp_path / "journal0", untrimmed / "journal0")
     while handover.unstored(source.shard, slots):
         assert asyncio.run(source.writebehind.drain(force=True))

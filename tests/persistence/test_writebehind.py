@@ -67,6 +67,7 @@ class Node:
         """A shard started on the files as a crash would leave them now: a copy, since
         this one holds the journal's lock as a live process does, and may go on."""
         Node.restarts += 1
+        self.journal.wait_for_housekeeping()  # no trimmed segment going mid-copy
         into = self.path.with_name(f"{self.path.name}-restart{Node.restarts}")
         shutil.copytree(self.path, into)
         return Node(into, self.clock, **options)
