@@ -175,6 +175,20 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         assert not (tmp_path / "never").exists(), "nothing started, nothing written"
 
 
+def _hold_stats(p99_ms: float) -> dict[str, Any]:
+    """A hold's figures as the harness summarises them (1,000 requests, none failed)."""
+    return {
+        "requests": 1000, "rps": 100.0, "failures": 0, "p50_ms": 5.0, "p95_ms": 9.0,
+        "p99_ms": p99_ms, "max_ms": 140.0, "failures_by_kind": {},
+    }  # fmt: skip
+
+
+def _verdict_args(processes: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=processes, p99_goal_ms=100.0
+    )
+
+
 def test_the_verdict_fails_incomplete_without_every_final_tally_and_says_what_was_in_flight(
     grid: Grid, tmp_path: Path
 ) -> None:
@@ -185,13 +199,7 @@ def test_the_verdict_fails_incomplete_without_every_final_tally_and_says_what_wa
     found = check(grid.url, seeded, tmp_path)
     assert found["tallies"] == 2 and found["final_tallies"] == 1
     assert found["unanswered_at_stop"] == {"cart_writes": 5, "commits": 1}
-    stats = {
-        "requests": 1000, "rps": 100.0, "failures": 0, "p50_ms": 5.0, "p95_ms": 9.0,
-        "p99_ms": 20.0, "max_ms": 40.0, "failures_by_kind": {},
-    }  # fmt: skip
-    args = SimpleNamespace(
-        users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=2, p99_goal_ms=100.0
-    )
+    stats, args = _hold_stats(p99_ms=20.0), _verdict_args(processes=2)
     said = verdict(args, stats, found)  # type: ignore[arg-type]
     assert "VERDICT: FAIL" in said and "INCOMPLETE: final tallies from 1 of 2" in said
     assert "in flight or cut off at stop: cart writes 5, commits 1 units" in said
@@ -206,13 +214,7 @@ def test_the_verdict_judges_p99_against_its_goal_unless_told_not_to() -> None:
         "carts_checked": 2, "commits_without_answer": 0, "cart_writes_without_answer": 0,
         "final_tallies": 1,
     }  # fmt: skip
-    stats = {
-        "requests": 1000, "rps": 100.0, "failures": 0, "p50_ms": 5.0, "p95_ms": 60.0,
-        "p99_ms": 100.0, "max_ms": 140.0, "failures_by_kind": {},
-    }  # fmt: skip
-    args = SimpleNamespace(
-        users=10, hold=10.0, spawn_rate=10.0, settle=1.0, processes=1, p99_goal_ms=100.0
-    )
+    stats, args = _hold_stats(p99_ms=100.0), _verdict_args(processes=1)
     said = verdict(args, stats, found)  # type: ignore[arg-type]
     assert "VERDICT: FAIL" in said and "p99 100 ms (goal < 100)" in said  # "< 100" is strict
     args.p99_goal_ms = 150.0
