@@ -260,7 +260,7 @@ class FileJournal:
             with open(mark + ".new", "w") as f:
                 f.write(str(upto))
             os.replace(mark + ".new", mark)
-        except OSError as e:  # the next trim tries again; until then, space is not freed
+        except OSError as e:  # the next trim writes the mark; a segment left goes at a restart
             log.warning("journal %s: trimming failed: %s", self.directory, e)
 
     def wait_for_housekeeping(self) -> None:
