@@ -21,8 +21,10 @@ Redis must keep what it acknowledges: production needs ``appendonly yes`` with
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -144,6 +146,15 @@ class RedisJournal:
         # come from a worker thread: a connection each.
         self._appender = _Connection(url, timeout_s + ANSWER_MARGIN_S, APPEND)
         self._control = _Connection(url, SETTLE_TIMEOUT_S, SETTLE)
+        # Trims leave the shard's loop: on it, a stalled Redis held the loop for
+        # SETTLE_TIMEOUT_S per trim (five a second), so the appends waiting behind
+        # it were not even sent. A thread of its own, one trim at a time, the
+        # newest number winning.
+        self._trimmer = _Connection(url, SETTLE_TIMEOUT_S, SETTLE)
+        self._housekeeping = ThreadPoolExecutor(1, thread_name_prefix="journal-trim")
+        self._trim_lock = threading.Lock()
+        self._trim_to: int | None = None  # the number the next trim goes up to
+        self._trim_failing = False
         self._epoch: int | None = None
         self._clock_offset = 0.0  # Redis's clock minus ours, measured by settle
 
@@ -214,16 +225,36 @@ class RedisJournal:
             start = "(" + bytes(entries[-1][0]).decode()
 
     def trim(self, upto: int) -> None:
+        with self._trim_lock:
+            pending = self._trim_to is not None
+            self._trim_to = max(self._trim_to or 0, upto)
+        if not pending:
+            self._housekeeping.submit(self._trim)
+
+    def _trim(self) -> None:
+        with self._trim_lock:
+            upto, self._trim_to = self._trim_to, None
+        assert upto is not None
         try:
-            client, _ = self._control.open()
+            client, _ = self._trimmer.open()
             client.xtrim(self.stream, minid=f"{upto + 1}-0", approximate=False)
-        except redis.RedisError as e:
-            raise JournalUnavailable(f"Redis journal {self.stream}: {e}") from e
+        except redis.RedisError as e:  # the next drain's trim goes as far
+            if not self._trim_failing:
+                log.warning("Redis journal %s: trimming failed: %s", self.stream, e)
+            self._trim_failing = True
+            return
+        self._trim_failing = False
+
+    def wait_for_housekeeping(self) -> None:
+        """Until the trims handed over so far are done."""
+        self._housekeeping.submit(lambda: None).result()
 
     def last_seq(self) -> int:
         """Take the journal over (fencing any earlier writer) and say where it ends."""
         return self.settle(None)
 
     def close(self) -> None:
+        self._housekeeping.shutdown(wait=True)
         self._appender.close()
         self._control.close()
+        self._trimmer.close()
