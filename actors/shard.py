@@ -9,7 +9,6 @@ commands is one turn: its events go to the journal as one group
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from omnigrid.actors.runner import run_command
 from omnigrid.actors.slots import SlotMap, slot_of
 from omnigrid.actors.timers import Timers
 from omnigrid.persistence.events import Event
-from omnigrid.persistence.journal import Journal, JournalUnavailable, NullJournal
+from omnigrid.persistence.journal import Journal, NullJournal
 from omnigrid.persistence.store import StoreUnavailable
 from omnigrid.persistence.writebehind import Drain
 
@@ -388,11 +387,11 @@ class Shard:
     def drain_done(self, drain: Drain) -> None:
         """The drain is durable in the store: forget its events and trim the journal."""
         upto = self.backlog.done(drain)
-        # If the journal cannot trim now, the next drain trims further; replaying
-        # events the store already has is harmless.
-        if upto > 0 and self.commit.ok():  # never beside a settle on another thread
-            with contextlib.suppress(JournalUnavailable):
-                self.journal.trim(upto)
+        # A trim never waits nor fails here (the journals do it on a thread of their
+        # own; one that fails is made good by the next); a broken journal is settled
+        # before it is trimmed again.
+        if upto > 0 and self.commit.ok():
+            self.journal.trim(upto)
 
     def unstored_count(self) -> int:
         """Journaled events the store does not have yet."""

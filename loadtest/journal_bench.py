@@ -57,13 +57,9 @@ def measure(
     }
 
 
-def journal_module(path: str | None) -> Any:
-    """Today's journal module, or an earlier commit's persistence/journal.py saved at
-    ``path`` (git show REV:persistence/journal.py > F)."""
-    if path is None:
-        from omnigrid.persistence import journal
-
-        return journal
+def journal_module(path: str) -> Any:
+    """An earlier commit's persistence/journal.py saved at ``path``
+    (git show REV:persistence/journal.py > F)."""
     spec = importlib.util.spec_from_file_location("journal_before", path)
     assert spec is not None and spec.loader is not None
     before = importlib.util.module_from_spec(spec)

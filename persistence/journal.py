@@ -66,7 +66,11 @@ class Journal(Protocol):
         """Every event appended and not trimmed, oldest first, with its number."""
 
     def trim(self, upto: int) -> None:
-        """Forget events numbered ``upto`` or lower (their snapshots are durable)."""
+        """Forget events numbered ``upto`` or lower (their snapshots are durable).
+
+        Never raises and never waits on the caller's loop: the journals hand the
+        work to a thread, and a trim that fails is made good by the next one.
+        """
 
     def last_seq(self) -> int:
         """The highest number ever appended (0 for a new journal), trimmed or not.
