@@ -484,8 +484,11 @@ def run_h2load(
     duration_s: float,
     warmup_s: float,
     log_path: Path,
+    body: Path | None = None,
+    headers: tuple[str, ...] = (),
 ) -> RateResult:
-    """Offer ``rate`` req/s of GETs (URIs from ``uri_file``) for ``warmup_s + duration_s``.
+    """Offer ``rate`` req/s of GETs (URIs from ``uri_file``) for ``warmup_s + duration_s``
+    (POSTs of ``body`` if given, with ``headers`` such as "X-Channel: app").
 
     h2load's ``--rps`` is per connection and every connection's timer starts when the
     connection does; started together (``-D``) all connections fire in the same
@@ -524,6 +527,10 @@ def run_h2load(
         "--log-file",
         str(log_path),
     ]
+    if body is not None:
+        cmd += ["-d", str(body)]
+    for header in headers:
+        cmd += ["-H", header]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=total_s + 60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"h2load failed ({proc.returncode}): {proc.stderr.strip()[:500]}")

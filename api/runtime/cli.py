@@ -16,16 +16,19 @@ from typing import Any
 import msgspec
 
 from omnigrid.actors import tiers
+from omnigrid.actors.kinds import kinds
 from omnigrid.actors.kinds import load as load_kinds
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.runtime import cluster_cli, keys_cli
 from omnigrid.api.runtime.compose import identity_secret
+from omnigrid.api.runtime.front import NginxFront
 from omnigrid.api.runtime.node import database_for
 from omnigrid.api.runtime.settings import DEFAULT_CHANNELS, Settings
 from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.db import StoreUnavailable
 
 VERSION = "0.1.0"
+FRONT_FOLLOW_S = 2.0  # how often the front's copy of the slot map is checked
 
 CONFIG_HELP = f"""
 configuration (flags override environment variables):
@@ -74,6 +77,11 @@ configuration (flags override environment variables):
   OMNIGRID_WEBHOOK_MAX_ATTEMPTS  tries before a delivery is a dead letter (default 8)
   OMNIGRID_WEBHOOK_BACKOFF_S     first retry after this, doubling (default 1)
   OMNIGRID_WEBHOOK_TIMEOUT_S     a receiver slower than this failed that try (default 5)
+  OMNIGRID_FRONT           nginx: an nginx front holds the port and the connections and sends
+                           each request to the shard owning its key; the shards listen on
+                           Unix sockets (needs nginx and libnginx-mod-http-js; one machine)
+  OMNIGRID_FRONT_WORKERS   nginx worker processes, each holding up to ~19,000 connections
+                           (default 2)
   OMNIGRID_LOG_LEVEL       debug, info, warning, error (default warning)
   RAY_ADDRESS              join this Ray cluster instead of starting a local Ray
 
@@ -103,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="HTTP port")
     serve.add_argument("--shards", type=int, help="number of shard processes")
     serve.add_argument("--log-level", help="debug, info, warning or error")
+    serve.add_argument(
+        "--front",
+        choices=["nginx"],
+        help="an nginx front holds the connections and sends each request to its owner",
+    )
+    serve.add_argument("--front-workers", type=int, help="nginx worker processes (default 2)")
     serve.add_argument("--data-dir", help="where the embedded journal and store keep their files")
     serve.add_argument(
         "--insecure",
@@ -138,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             data_dir=args.data_dir,
             insecure=args.insecure,
+            front=args.front,
+            front_workers=args.front_workers,
         )
         load_kinds(settings.kind_modules)  # here first: a bad module fails at once
         settings = replace(settings, data_dir=os.path.abspath(settings.data_dir))
@@ -179,13 +195,18 @@ def run_audit(url: str, as_json: bool) -> int:
     return 0 if report["mismatched"] == 0 and report["complete"] else 1
 
 
-def stored_shard_count(settings: Settings) -> int:
-    """How many shards the grid's stored slot map has (0: a grid's first start)."""
+def stored_slot_map(settings: Settings) -> SlotMap | None:
     try:
         wire = ClusterState(database_for(settings), settings.namespace).slot_map()
     except StoreUnavailable:  # no store yet (its tables come with the first shard)
-        return 0
-    return SlotMap.from_wire(wire).shard_count if wire is not None else 0
+        return None
+    return SlotMap.from_wire(wire) if wire is not None else None
+
+
+def stored_shard_count(settings: Settings) -> int:
+    """How many shards the grid's stored slot map has (0: a grid's first start)."""
+    slot_map = stored_slot_map(settings)
+    return slot_map.shard_count if slot_map is not None else 0
 
 
 def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
@@ -206,6 +227,7 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
     )
 
     stop = threading.Event()
+    front: NginxFront | None = None
 
     def on_signal(signum: int, frame: object) -> None:
         if not stop.is_set():
@@ -239,6 +261,14 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
             f"store: {'PostgreSQL' if settings.postgres_dsn else settings.data_dir}",
             flush=True,
         )
+        if settings.front:
+            front = NginxFront(settings, kinds())
+            front.start(stored_slot_map(settings) or SlotMap.even(settings.shards))
+            print(
+                f"omnigrid: nginx ({settings.front_workers} workers) holds the connections "
+                "and sends each request to the shard owning its key",
+                flush=True,
+            )
         if shards_asked and asked != settings.shards:
             job = ray.get(handles[0].start_job.remote("scale", asked))
             print(
@@ -246,8 +276,13 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
                 f"{asked} online: {job.get('job_id') or job}",
                 flush=True,
             )
-        stop.wait()
+        while not stop.wait(FRONT_FOLLOW_S if front is not None else None):
+            slot_map = stored_slot_map(settings) if front is not None else None
+            if front is not None and slot_map is not None and front.follow(slot_map):
+                print(f"omnigrid: nginx follows slot map version {slot_map.version}", flush=True)
         started = time.monotonic()
+        if front is not None:
+            front.stop(settings.stop_timeout_s / 2)
         reports = stop_shards(running_shards(settings.namespace), settings.stop_timeout_s)
         clean = say_stopped(reports, time.monotonic() - started)
     finally:

@@ -42,6 +42,7 @@ from omnigrid.api.http.routes import all_routes
 from omnigrid.api.http.streams import StreamServer
 from omnigrid.api.http.sync_stats import SilentSyncStats
 from omnigrid.api.http.webhooks import WebhookEndpoints
+from omnigrid.api.runtime.front import front_socket, front_socket_path
 from omnigrid.api.runtime.guarded_http import Bounds
 from omnigrid.api.runtime.hub import HUB_OPS, EventHub
 from omnigrid.api.runtime.node_gauges import add_node_gauges
@@ -281,8 +282,12 @@ class GridNode:
         self._http = uvicorn.Server(config)
         # More ports than one let a single client machine open more than the
         # ~28,000 connections one source address can hold to one address and port.
-        ports = [self.settings.port, *self.settings.extra_port_list()]
-        socks = [http_socket(self.settings.host, port) for port in ports]
+        if self.settings.front:
+            # the front holds the port and sends each request to its owner here
+            socks = [front_socket(front_socket_path(self.settings.port, self.shard_id))]
+        else:
+            ports = [self.settings.port, *self.settings.extra_port_list()]
+            socks = [http_socket(self.settings.host, port) for port in ports]
         self._http_task = asyncio.get_running_loop().create_task(self._http.serve(socks))
         self._tasks.append(self._http_task)
         while not self._http.started:
@@ -326,6 +331,9 @@ class GridNode:
             task.cancel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.unix_path)
+        if self.settings.front:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(front_socket_path(self.settings.port, self.shard_id))
         return report
 
     def address(self) -> PeerAddress:

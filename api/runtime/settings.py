@@ -75,6 +75,11 @@ class Settings:
     # a profiling aid (api/runtime/stall_watch.py): log where each shard's loop was
     # when it did not run for this many ms (0: off)
     stall_watch_ms: float = 0.0
+    # "nginx": an nginx front holds the shoppers' connections and sends each request
+    # to the process owning its key (api/runtime/front.py); the shards then listen on
+    # Unix sockets only. Empty: every shard process serves the port itself.
+    front: str = ""
+    front_workers: int = 2  # nginx worker processes (each holds up to ~19,000 connections)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -132,6 +137,10 @@ class Settings:
             raise ValueError("migration_chunk_slots must be between 1 and 16384")
         if self.sync_log_retention_s < 60:
             raise ValueError("sync_log_retention_s must be at least 60")
+        if self.front not in ("", "nginx"):
+            raise ValueError("front must be empty or 'nginx'")
+        if not 1 <= self.front_workers <= 64:
+            raise ValueError("front_workers must be between 1 and 64")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
             raise ValueError("writebehind_max_queue and max_resident must be >= 0 (0: no limit)")
 

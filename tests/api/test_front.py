@@ -1,0 +1,216 @@
+"""The nginx front (api/runtime/front.py): real nginx, its generated configuration and
+njs routing, in front of small HTTP servers on the shards' Unix sockets that say
+which shard they are. No Ray: the grid behind the front is tests/api/test_front_grid.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from omnigrid.actors.kinds import kinds
+from omnigrid.actors.kinds import load as load_kinds
+from omnigrid.actors.slots import SlotMap
+from omnigrid.api.runtime.front import NginxFront, front_socket, front_socket_path, key_routes
+from omnigrid.api.runtime.settings import Settings
+from tests.conftest import free_port
+
+
+class FakeShards:
+    """HTTP/1.1 servers on the shards' front sockets answering {"shard", "path"}."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.servers: dict[int, asyncio.AbstractServer] = {}
+        self.open: dict[int, set[asyncio.StreamWriter]] = {}
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        for shard in range(count):
+            self.start(shard)
+
+    def start(self, shard: int) -> None:
+        held = self.open.setdefault(shard, set())
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.add(writer)
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                    lines = head.split("\r\n")
+                    length = next(
+                        (
+                            int(ln.split(":")[1])
+                            for ln in lines
+                            if ln.lower().startswith("content-length")
+                        ),
+                        0,
+                    )
+                    await reader.readexactly(length)
+                    path = lines[0].split(" ")[1]
+                    body = json.dumps({"shard": shard, "path": path}).encode()
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        + f"content-length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                    await writer.drain()
+            held.discard(writer)
+            writer.close()
+
+        async def listen() -> asyncio.AbstractServer:
+            sock = front_socket(front_socket_path(self.port, shard))
+            return await asyncio.start_unix_server(serve, sock=sock)
+
+        self.servers[shard] = asyncio.run_coroutine_threadsafe(listen(), self.loop).result(5)
+
+    def stop(self, shard: int) -> None:
+        server = self.servers.pop(shard)
+
+        async def close() -> None:
+            server.close()
+            for writer in list(self.open.get(shard, ())):  # the shard is gone: so are
+                writer.transport.abort()  # the connections nginx kept to it
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(front_socket_path(self.port, shard))
+
+    def close(self) -> None:
+        for shard in list(self.servers):
+            self.stop(shard)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture()
+def front(tmp_path: Path) -> Iterator[tuple[NginxFront, FakeShards, str, SlotMap]]:
+    load_kinds(())
+    port = free_port()
+    settings = Settings(port=port, shards=3, data_dir=str(tmp_path), front="nginx")
+    # not the even ranges: some slots of each shard given to the next one
+    slot_map = SlotMap.even(3).moved({s: (s // 5462 + 1) % 3 for s in range(0, 16384, 7)})
+    shards = FakeShards(port, 3)
+    nginx = NginxFront(settings, kinds())
+    nginx.start(slot_map)
+    try:
+        yield nginx, shards, f"http://127.0.0.1:{port}", slot_map
+    finally:
+        nginx.stop()
+        shards.close()
+
+
+KEYED = [
+    ("/v1/carts/{}", "cart"),
+    ("/v1/carts/{}/lines", "cart"),
+    ("/v1/carts/{}/lines/sku-1", "cart"),
+    ("/v1/skus/{}/stock", "stock"),
+    ("/v1/skus/{}/reservations/r-1/commit", "stock"),
+    ("/v1/products/{}/reviews", "product"),
+    ("/v1/members/{}/points/earn", "member"),
+    ("/v1/users/{}/orders", "user_orders"),
+    ("/v1/users/{}/coupons", "wallet"),
+    ("/v1/users/{}/identities", "identity"),
+    ("/v1/orders/{}/pay", "order"),
+    ("/v1/coupons/{}", "coupon"),
+]
+
+
+def test_each_request_reaches_the_shard_owning_its_key(front: tuple) -> None:
+    _, _, url, slot_map = front
+    idents = [f"u-{i}" for i in range(40)] + ["用户-7", "ü-1", "a.b_c~d"]
+    with httpx.Client(base_url=url, timeout=5) as c:
+        for template, kind in KEYED:
+            for ident in idents:
+                path = template.format(urllib.parse.quote(ident, safe=""))
+                r = (
+                    c.post(path, json={})
+                    if path.endswith(("/pay", "/earn", "/lines"))
+                    else c.get(path)
+                )
+                assert r.status_code == 200, (path, r.text)
+                assert r.json() == {"shard": slot_map.owner(f"{kind}:{ident}"), "path": path}
+
+
+def test_a_path_naming_no_entity_goes_to_any_shard(front: tuple) -> None:
+    _, _, url, _ = front
+    with httpx.Client(base_url=url, timeout=5) as c:
+        seen = {c.post("/v1/checkouts", json={}).json()["shard"] for _ in range(30)}
+        seen |= {c.get(f"/v1/streams/users/u-{i}").json()["shard"] for i in range(30)}
+        assert c.get("/metrics").status_code == 200
+    assert len(seen) >= 2  # spread, not all on one shard
+
+
+def test_a_shard_that_refuses_connections_is_stood_in_for(front: tuple) -> None:
+    """A restarting shard's socket refuses: another shard takes its requests (and
+    forwards them to the owner once it is back); nothing is sent twice."""
+    _, shards, url, slot_map = front
+    owned_by_1 = next(f"u-{i}" for i in range(100) if slot_map.owner(f"cart:u-{i}") == 1)
+    shards.stop(1)
+    with httpx.Client(base_url=url, timeout=5) as c:
+        for _ in range(5):
+            r = c.get(f"/v1/carts/{owned_by_1}")
+            assert r.status_code == 200
+            assert r.json()["shard"] in (0, 2)
+        shards.start(1)
+        deadline = time.monotonic() + 5
+        while c.get(f"/v1/carts/{owned_by_1}").json()["shard"] != 1:
+            assert time.monotonic() < deadline, "the owner was not used again once back"
+            time.sleep(0.2)
+
+
+def test_no_shard_answering_is_a_503_problem(front: tuple) -> None:
+    _, shards, url, _ = front
+    for shard in (0, 1, 2):
+        shards.stop(shard)
+    r = httpx.get(url + "/v1/carts/u-1", timeout=5)
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "unavailable"
+
+
+def test_a_new_slot_map_is_followed_without_dropping_a_connection(front: tuple) -> None:
+    nginx, _, url, slot_map = front
+    uid = "u-follow"
+    old = slot_map.owner(f"cart:{uid}")
+    new = (old + 1) % 3
+    moved = slot_map.moved({slot: new for slot in range(16384) if slot_map.owners[slot] == old})
+    with httpx.Client(base_url=url, timeout=5) as c:
+        assert c.get(f"/v1/carts/{uid}").json()["shard"] == old
+        assert not nginx.follow(slot_map)  # the same version: nothing to do
+        assert nginx.follow(moved)
+        deadline = time.monotonic() + 10
+        while c.get(f"/v1/carts/{uid}").json()["shard"] != new:
+            assert time.monotonic() < deadline, "nginx did not take the new map"
+            time.sleep(0.1)
+
+
+def test_every_route_naming_an_entity_is_routed() -> None:
+    """A kind's route with its identifier in the path is in the front's table."""
+    load_kinds(())
+    routed = [r for routes in key_routes(kinds()).values() for r in routes]
+    for kind in kinds():
+        for route in kind.routes:
+            parts = ["", *route.path.strip("/").split("/")]
+            if "{" + kind.ident + "}" in parts:
+                assert any(
+                    r.prefix == kind.name + ":"
+                    and r.length == len(parts)
+                    and all(parts[i] == lit for i, lit in r.literals)
+                    for r in routed
+                ), route.path
+
+
+def test_nginx_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nginx on it
+    with pytest.raises(RuntimeError, match="apt-get install"):
+        NginxFront(Settings(data_dir=str(tmp_path), front="nginx"), ())

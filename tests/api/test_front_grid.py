@@ -1,0 +1,122 @@
+"""``omnigrid serve --front nginx`` on a real grid: every answer through nginx, each
+request taken by the shard owning its key, live streams flowing, an online scale
+followed, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from omnigrid.actors.slots import slot_of
+from tests.api.test_cluster_scale import run_job
+from tests.api.test_live import Stream, add, stocked
+from tests.conftest import Grid, new_id, write_headers
+
+
+@pytest.fixture(scope="module")
+def fronted() -> Iterator[Grid]:
+    g = Grid(OMNIGRID_FRONT="nginx", OMNIGRID_FRONT_WORKERS="2")
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def counter(metrics: str, name: str, **labels: str) -> dict[str, float]:
+    """shard -> a counter's value summed over its other labels."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if all(found.get(k) == v for k, v in labels.items()):
+            out[found["shard"]] = out.get(found["shard"], 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def forwarded(c: httpx.Client) -> float:
+    return sum(counter(c.get("/metrics").text, "omnigrid_shard_forward_batch_size_count").values())
+
+
+def test_requests_reach_their_owner_through_nginx(fronted: Grid) -> None:
+    with httpx.Client(base_url=fronted.url, timeout=10) as c:
+        skus = [stocked(c) for _ in range(40)]
+        before = forwarded(c)
+        for sku in skus:  # a stock read touches its SKU alone
+            r = c.get(f"/v1/skus/{sku}/stock")
+            assert r.status_code == 200 and r.json()["on_hand"] == 100
+        served = counter(c.get("/metrics").text, "omnigrid_http_requests_total", route="get_stock")
+        assert forwarded(c) == before, "a request reached a shard that does not own its key"
+        assert len(served) == 2  # both shards took their own
+
+        uid = new_id("u")
+        assert add(c, uid, skus[0], "miniprogram").status_code == 200
+        cart = c.get(f"/v1/carts/{uid}", headers=write_headers("app"))
+        assert cart.status_code == 200 and cart.json()["lines"][0]["sku"] == skus[0]
+        assert cart.headers["etag"]
+        # the grid's own answers pass as they are: problems, bodies, status codes
+        bad = c.post(f"/v1/carts/{uid}/lines", content=b"{", headers=write_headers())
+        assert bad.status_code == 400
+        assert bad.headers["content-type"].startswith("application/problem+json")
+        big = c.post(f"/v1/carts/{uid}/lines", content=b"x" * 70_000, headers=write_headers())
+        assert big.status_code == 413
+
+
+def test_a_change_reaches_a_stream_through_nginx(fronted: Grid) -> None:
+    with httpx.Client(base_url=fronted.url, timeout=10) as c:
+        sku = stocked(c)
+        uid = new_id("u")
+        stream = Stream(f"{fronted.url}/v1/streams/users/{uid}")
+        try:
+            assert stream.status == 200
+            assert add(c, uid, sku, "pos").status_code == 200
+            event = stream.next()  # not held in nginx's buffers
+            assert event["event"] == "cart" and event["data"]["uid"] == uid
+        finally:
+            stream.close()
+
+
+def test_an_online_scale_is_followed_by_the_front(fronted: Grid) -> None:
+    with httpx.Client(base_url=fronted.url, timeout=30) as c:
+        readings = run_job(c, "/v1/cluster/scale", {"shards": 3})
+        assert readings[-1]["state"] == "done", readings[-1]
+        shards = c.get("/v1/cluster").json()["shards"]
+        ranges = next(s["slot_ranges"] for s in shards if s["shard"] == 2)
+
+        def on_third(sku: str) -> bool:
+            slot = slot_of(f"stock:{sku}")
+            return any(first <= slot <= last for first, last in ranges)
+
+        third = [sku for sku in (stocked(c) for _ in range(60)) if on_third(sku)]
+        assert third
+        assert on_third
+        # the front reloads within a couple of seconds of the new map
+        deadline = time.monotonic() + 15
+        while True:
+            before = forwarded(c)
+            for sku in third:
+                assert c.get(f"/v1/skus/{sku}/stock").status_code == 200
+            if forwarded(c) == before:
+                break
+            assert time.monotonic() < deadline, "nginx still sends shard 2's keys elsewhere"
+            time.sleep(0.5)
+
+
+def test_a_stop_ends_nginx_and_the_grid_cleanly() -> None:
+    grid = Grid(OMNIGRID_FRONT="nginx", capture=True)
+    pid_file = Path(grid.data_dir, "front", "nginx.pid")
+    nginx_pid = int(pid_file.read_text())
+    assert httpx.get(grid.url + "/readyz", timeout=5).status_code == 200
+    grid.stop()
+    out = grid.proc.stdout.read() if grid.proc.stdout else ""
+    assert grid.proc.returncode == 0, out
+    assert "nginx" in out
+    assert not os.path.exists(f"/proc/{nginx_pid}"), "nginx outlived the grid"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(grid.url + "/readyz", timeout=2)
