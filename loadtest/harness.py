@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -129,29 +130,38 @@ def run_seconds(args: argparse.Namespace) -> int:
     return spawning + int(args.settle) + int(args.hold)  # type: ignore[no-any-return]
 
 
-def grid_latency(base: str) -> dict[str, float] | None:
+def grid_latency(base: str) -> dict[str, Any] | None:
     """The grid's own request histogram (its ``/metrics``, every process): requests and
-    how many took over 25 ms inside the grid; None if the grid does not show it (a
-    grid with keys wants a signed request)."""
+    how many took under 25 ms inside the grid, and which shards answered; None if the
+    grid does not show it (a grid with keys wants a signed request)."""
     try:
         answer = httpx.get(base + "/metrics", timeout=30)
     except httpx.HTTPError:
         return None
     if answer.status_code != 200:
         return None
-    buckets = histogram_buckets(answer.text, "omnigrid_http_request_duration_seconds")
+    name = "omnigrid_http_request_duration_seconds"
+    buckets = histogram_buckets(answer.text, name)
+    shards = set(re.findall(rf'^{name}_bucket{{.*?shard="(\d+)"', answer.text, re.MULTILINE))
     return {
         "requests": buckets.get(float("inf"), 0.0),
         "within_25ms": buckets.get(0.025, 0.0),
+        "shards": sorted(shards),
     }
 
 
-def latency_over_hold(first: dict[str, float] | None, last: dict[str, float] | None) -> Any:
-    """Requests over 25 ms inside the grid between two readings (the hold)."""
+def latency_over_hold(first: dict[str, Any] | None, last: dict[str, Any] | None) -> Any:
+    """Requests over 25 ms inside the grid between two readings (the hold); None when
+    the two readings cannot be compared: a process missing from one of them (it did
+    not answer the process that gathered /metrics in time) or a count gone backwards
+    (a process restarted)."""
     if first is None or last is None:
         return None
     requests = last["requests"] - first["requests"]
-    over = requests - (last["within_25ms"] - first["within_25ms"])
+    within = last["within_25ms"] - first["within_25ms"]
+    if first.get("shards") != last.get("shards") or requests < 0 or within < 0:
+        return None
+    over = requests - within
     return {"requests": requests, "over_25ms": over, "share": over / requests if requests else 0}
 
 
@@ -411,6 +421,11 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
             f"inside the grid (its own histogram, the hold): {inside['over_25ms']:,.0f} of "
             f"{inside['requests']:,.0f} requests over 25 ms ({inside['share']:.2%})"
         )
+    elif "inside_grid" in s:
+        lines.append(
+            "inside the grid: not measured (its /metrics readings did not cover the same "
+            "processes, or a count went backwards)"
+        )
     if s.get("locust_cpu_us_per_request") is not None:
         grid = s.get("grid_cpu_us_per_request")
         lines.append(
@@ -453,6 +468,8 @@ def invalid(args: argparse.Namespace) -> str | None:
         return "--processes must be at least 1 (each locust worker tallies what it saw)"
     if args.shards < 1 or args.ports < 1 or args.skus < 1 or args.hot < 0:
         return "--shards, --ports and --skus must be at least 1, --hot not negative"
+    if not 0 <= args.front_workers <= 64:
+        return "--front-workers must be between 0 and 64"
     try:
         low, high = think_seconds(args)
     except ValueError:
@@ -484,6 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--think", default="20,40", help="think time between actions, min,max s")
     p.add_argument("--shards", type=int, default=2, help="grid processes (each accepts HTTP)")
     p.add_argument("--ports", type=int, default=1, help="HTTP ports the started grid serves")
+    p.add_argument(
+        "--front-workers",
+        type=int,
+        default=0,
+        help="put the started grid behind its nginx front with this many workers (each "
+        "holds ~19,000 connections); 0: every shard process serves the ports itself",
+    )
     p.add_argument("--skus", type=int, default=2_000)
     p.add_argument("--hot", type=int, default=5, help="flash-sale SKUs with little stock")
     p.add_argument("--hot-on-hand", type=int, default=200)
@@ -514,7 +538,13 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             extra = [free_port() for _ in range(args.ports - 1)]
             targets = [f"http://127.0.0.1:{p}" for p in (port, *extra)]
-            log(f"grid on {len(targets)} port(s), {args.shards} processes accepting on each")
+            if args.front_workers:
+                log(
+                    f"grid on {len(targets)} port(s): nginx ({args.front_workers} workers) "
+                    f"in front of {args.shards} shard processes"
+                )
+            else:
+                log(f"grid on {len(targets)} port(s), {args.shards} processes accepting on each")
             # A user whose task made no request thinks twice before its next one:
             # the grid must keep an idle connection open longer than that.
             longest = think_seconds(args)[1]
@@ -524,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
                 "OMNIGRID_EXTRA_PORTS": ",".join(map(str, extra)),
                 "OMNIGRID_KEEPALIVE_S": str(keepalive),
             }
+            if args.front_workers:
+                env["OMNIGRID_FRONT"] = "nginx"
+                env["OMNIGRID_FRONT_WORKERS"] = str(args.front_workers)
             server = omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
             log(f"grid ready in {server.start(300):.0f} s at {server.url}")
             base = server.url

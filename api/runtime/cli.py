@@ -277,9 +277,8 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
                 flush=True,
             )
         while not stop.wait(FRONT_FOLLOW_S if front is not None else None):
-            slot_map = stored_slot_map(settings) if front is not None else None
-            if front is not None and slot_map is not None and front.follow(slot_map):
-                print(f"omnigrid: nginx follows slot map version {slot_map.version}", flush=True)
+            if front is not None:
+                keep_front(front, settings)
         started = time.monotonic()
         if front is not None:
             front.stop(settings.stop_timeout_s / 2)
@@ -288,6 +287,20 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
     finally:
         ray.shutdown()
     return 0 if clean else 1
+
+
+def keep_front(front: NginxFront, settings: Settings) -> None:
+    """nginx running (started again if it died) and on the stored slot map."""
+    slot_map = stored_slot_map(settings)
+    if not front.running():
+        print(f"omnigrid: nginx exited ({front.exit_code()}); starting it again", flush=True)
+        try:
+            front.start(slot_map or SlotMap.even(settings.shards))
+        except RuntimeError as e:
+            print(f"omnigrid: {e}", flush=True)  # tried again at the next check
+        return
+    if slot_map is not None and front.follow(slot_map):
+        print(f"omnigrid: nginx follows slot map version {slot_map.version}", flush=True)
 
 
 def say_stopped(reports: list[dict[str, Any]], seconds: float) -> bool:

@@ -12,14 +12,16 @@ and picks the owner from the slot map, so the shard that takes a request owns it
 
 A stale map costs nothing but a forward: a shard still refuses a key it does not
 own and the router inside sends it on. ``omnigrid serve`` rewrites the map and
-reloads nginx (gracefully: connections in flight stay) when the map's version
-changes. A path with no key in it (a checkout, a stream, operations) goes to any
-shard. The configuration is written to ``<data dir>/front/`` at each start; the
-templates below are its source.
+reloads nginx when the map's version changes (gracefully: requests in flight
+finish; the old workers close idle keep-alive connections, which clients reopen),
+and starts nginx again if it dies. A path with no key in it (a checkout, a
+stream, operations) goes to any shard. The configuration is written to
+``<data dir>/front/`` at each start; the templates below are its source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -248,7 +250,7 @@ http {{
         1 $binary_remote_addr;
     }}
     limit_conn_zone $og_client zone=og_per_client:16m;
-    limit_conn_status 503;
+    limit_conn_status 429;
 {upstreams}    server {{
 {listens}{tls}{limit_conn}        keepalive_timeout {settings.keepalive_s}s;
         keepalive_requests 1000000;
@@ -278,6 +280,14 @@ http {{
             default_type application/problem+json;
             return 503 '{_UNAVAILABLE}';
         }}
+        # an address over its bound of connections (the grid's own 429s pass as
+        # they are: nginx answers these itself)
+        error_page 429 @overloaded;
+        location @overloaded {{
+            default_type application/problem+json;
+            add_header Retry-After 1 always;
+            return 429 '{_OVERLOADED}';
+        }}
     }}
 }}
 """
@@ -290,6 +300,17 @@ _UNAVAILABLE = json.dumps(
         "status": 503,
         "code": "unavailable",
         "detail": "no shard process answered; retry",
+    }
+)
+
+
+_OVERLOADED = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Too Many Requests",
+        "status": 429,
+        "code": "overloaded",
+        "detail": "this address holds too many connections",
     }
 )
 
@@ -313,6 +334,7 @@ class NginxFront:
         self.proc: subprocess.Popen[bytes] | None = None
         self.version = -1
         self.shards = 0
+        self._workers: list[int] = []
 
     def _write(self, slot_map: SlotMap) -> None:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -332,6 +354,7 @@ class NginxFront:
         )
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused its configuration: {check.stderr.strip()}")
+        self._end_orphans()
         self.proc = subprocess.Popen([NGINX, "-p", str(self.prefix), "-c", conf])
         deadline = time.monotonic() + timeout_s
         while not _listening(self.settings.host, self.settings.port):
@@ -340,12 +363,30 @@ class NginxFront:
                 raise RuntimeError(f"nginx did not start: {log}")
             time.sleep(0.05)
 
+    def running(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        self._workers = _children(self.proc.pid)  # to end, should the master die alone
+        return True
+
+    def _end_orphans(self) -> None:
+        """A master killed alone leaves its workers serving (and holding the ports with
+        the old map): end them before a new master starts."""
+        for pid in self._workers:
+            with contextlib.suppress(OSError):
+                if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        self._workers = []
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
     def follow(self, slot_map: SlotMap) -> bool:
         """Rewrite and reload if the map moved on; whether it did."""
         if slot_map.version <= self.version or self.proc is None:
             return False
         self._write(slot_map)
-        self.proc.send_signal(signal.SIGHUP)  # a graceful reload: nothing in flight is cut
+        self.proc.send_signal(signal.SIGHUP)  # a graceful reload: no request in flight is cut
         return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -364,6 +405,17 @@ def _replace(path: Path, text: str) -> None:
     temp = path.with_suffix(path.suffix + ".tmp")
     temp.write_text(text)
     temp.replace(path)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
 
 
 def _listening(host: str, port: int) -> bool:

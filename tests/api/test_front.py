@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -58,6 +61,8 @@ class FakeShards:
                     )
                     await reader.readexactly(length)
                     path = lines[0].split(" ")[1]
+                    if "slow" in path:
+                        await asyncio.sleep(1.0)
                     body = json.dumps({"shard": shard, "path": path}).encode()
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -92,11 +97,17 @@ class FakeShards:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+Fronted = tuple[NginxFront, FakeShards, str, SlotMap]
+
+
 @pytest.fixture()
-def front(tmp_path: Path) -> Iterator[tuple[NginxFront, FakeShards, str, SlotMap]]:
+def front(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fronted]:
     load_kinds(())
     port = free_port()
-    settings = Settings(port=port, shards=3, data_dir=str(tmp_path), front="nginx")
+    bound = getattr(request, "param", 4096)
+    settings = Settings(
+        port=port, shards=3, data_dir=str(tmp_path), front="nginx", max_client_connections=bound
+    )
     # not the even ranges: some slots of each shard given to the next one
     slot_map = SlotMap.even(3).moved({s: (s // 5462 + 1) % 3 for s in range(0, 16384, 7)})
     shards = FakeShards(port, 3)
@@ -125,7 +136,7 @@ KEYED = [
 ]
 
 
-def test_each_request_reaches_the_shard_owning_its_key(front: tuple) -> None:
+def test_each_request_reaches_the_shard_owning_its_key(front: Fronted) -> None:
     _, _, url, slot_map = front
     idents = [f"u-{i}" for i in range(40)] + ["用户-7", "ü-1", "a.b_c~d"]
     with httpx.Client(base_url=url, timeout=5) as c:
@@ -141,7 +152,7 @@ def test_each_request_reaches_the_shard_owning_its_key(front: tuple) -> None:
                 assert r.json() == {"shard": slot_map.owner(f"{kind}:{ident}"), "path": path}
 
 
-def test_a_path_naming_no_entity_goes_to_any_shard(front: tuple) -> None:
+def test_a_path_naming_no_entity_goes_to_any_shard(front: Fronted) -> None:
     _, _, url, _ = front
     with httpx.Client(base_url=url, timeout=5) as c:
         seen = {c.post("/v1/checkouts", json={}).json()["shard"] for _ in range(30)}
@@ -150,7 +161,7 @@ def test_a_path_naming_no_entity_goes_to_any_shard(front: tuple) -> None:
     assert len(seen) >= 2  # spread, not all on one shard
 
 
-def test_a_shard_that_refuses_connections_is_stood_in_for(front: tuple) -> None:
+def test_a_shard_that_refuses_connections_is_stood_in_for(front: Fronted) -> None:
     """A restarting shard's socket refuses: another shard takes its requests (and
     forwards them to the owner once it is back); nothing is sent twice."""
     _, shards, url, slot_map = front
@@ -168,7 +179,7 @@ def test_a_shard_that_refuses_connections_is_stood_in_for(front: tuple) -> None:
             time.sleep(0.2)
 
 
-def test_no_shard_answering_is_a_503_problem(front: tuple) -> None:
+def test_no_shard_answering_is_a_503_problem(front: Fronted) -> None:
     _, shards, url, _ = front
     for shard in (0, 1, 2):
         shards.stop(shard)
@@ -178,7 +189,7 @@ def test_no_shard_answering_is_a_503_problem(front: tuple) -> None:
     assert r.json()["code"] == "unavailable"
 
 
-def test_a_new_slot_map_is_followed_without_dropping_a_connection(front: tuple) -> None:
+def test_a_new_slot_map_is_followed(front: Fronted) -> None:
     nginx, _, url, slot_map = front
     uid = "u-follow"
     old = slot_map.owner(f"cart:{uid}")
@@ -192,6 +203,32 @@ def test_a_new_slot_map_is_followed_without_dropping_a_connection(front: tuple) 
         while c.get(f"/v1/carts/{uid}").json()["shard"] != new:
             assert time.monotonic() < deadline, "nginx did not take the new map"
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize("front", [2], indirect=True)
+def test_an_address_over_its_bound_is_told_to_slow_down(front: Fronted) -> None:
+    """OMNIGRID_MAX_CLIENT_CONNECTIONS, as nginx counts it: connections with a request
+    in progress (an idle kept connection is bounded by the keep-alive timeout)."""
+    _, _, url, _ = front
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")  # loopback, not trusted
+    with httpx.Client(base_url=url, timeout=5, transport=transport) as c:
+
+        def get(i: int) -> httpx.Response:
+            return c.get(f"/v1/carts/slow-{i}")
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(get, range(4)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(200) == 2 and codes.count(429) == 2, codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["code"] == "overloaded"
+    # the trusted address is not bounded
+    with httpx.Client(base_url=url, timeout=5) as c, ThreadPoolExecutor(4) as pool:
+        assert {
+            r.status_code for r in pool.map(lambda i: c.get(f"/v1/carts/slow-{i}"), range(4))
+        } == {200}
 
 
 def test_every_route_naming_an_entity_is_routed() -> None:
@@ -214,3 +251,28 @@ def test_nginx_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("PATH", str(tmp_path))  # no nginx on it
     with pytest.raises(RuntimeError, match="apt-get install"):
         NginxFront(Settings(data_dir=str(tmp_path), front="nginx"), ())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--front", "haproxy"], {}, "invalid choice"),
+        ([], {"OMNIGRID_FRONT": "haproxy"}, "front must be empty or 'nginx'"),
+        (
+            ["--front", "nginx", "--front-workers", "0"],
+            {},
+            "front_workers must be between 1 and 64",
+        ),
+    ],
+)
+def test_a_bad_front_setting_is_refused_before_anything_starts(
+    args: list[str], env: dict[str, str], said: str
+) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "omnigrid.api.runtime.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert bad.returncode == 2 and said in bad.stderr, bad.stderr

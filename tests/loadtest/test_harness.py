@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from loadtest.harness import check, seed, verdict
+from loadtest.harness import check, latency_over_hold, seed, verdict
 from tests.conftest import Grid, new_id, write_headers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,6 +158,16 @@ def test_a_run_on_a_grid_it_starts_over_two_ports(tmp_path: Path) -> None:
     assert "open files: soft" in run.stdout  # it says what it raised
 
 
+def test_a_run_on_a_grid_behind_its_nginx_front(tmp_path: Path) -> None:
+    run = _harness(
+        *("-u", "20", "-r", "20", "--hold", "10", "--settle", "2", "--think", "0.2,0.6"),
+        *("--processes", "1", "--ports", "2", "--front-workers", "1", "--skus", "30"),
+        *("--hot", "1", "--out", str(tmp_path)),
+    )
+    _assert_passed(run, tmp_path, 20)
+    assert "nginx (1 workers) in front of 2 shard processes" in run.stdout
+
+
 def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> None:
     for bad in (
         ["-u", "0"],
@@ -168,6 +178,7 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         ["--settle", "-5"],
         ["--ports", "0"],
         ["--p99-goal-ms", "-1"],
+        ["--front-workers", "-1"],
     ):
         run = _harness(*bad, "--out", str(tmp_path / "never"))
         assert run.returncode == 2, (bad, run.stdout, run.stderr)
@@ -224,3 +235,21 @@ def test_the_verdict_judges_p99_against_its_goal_unless_told_not_to() -> None:
     assert "VERDICT: PASS" in said and "p99 100 ms (not judged: --p99-goal-ms 0)" in said
     stats["failures"] = 1  # correctness is judged either way: 0.1% failures is too many
     assert "VERDICT: FAIL" in verdict(args, stats, found)  # type: ignore[arg-type]
+
+
+def test_the_grids_histogram_is_compared_only_over_the_same_processes() -> None:
+    first = {"requests": 100.0, "within_25ms": 90.0, "shards": ["0", "1"]}
+    last = {"requests": 300.0, "within_25ms": 280.0, "shards": ["0", "1"]}
+    assert latency_over_hold(first, last) == {"requests": 200.0, "over_25ms": 10.0, "share": 0.05}
+    # a process that did not answer one reading: its counts are missing from it
+    assert latency_over_hold(first, {**last, "shards": ["0"]}) is None
+    # a process restarted: its counts began again
+    assert latency_over_hold(first, {**last, "requests": 50.0, "within_25ms": 40.0}) is None
+    found = {
+        "oversold": [], "lost_cart_writes": [], "lost_commits": [], "skus_checked": 3,
+        "carts_checked": 2, "commits_without_answer": 0, "cart_writes_without_answer": 0,
+        "final_tallies": 1,
+    }  # fmt: skip
+    stats = {**_hold_stats(p99_ms=20.0), "inside_grid": None}
+    said = verdict(_verdict_args(processes=1), stats, found)  # type: ignore[arg-type]
+    assert "inside the grid: not measured" in said
