@@ -355,6 +355,7 @@ class NginxFront:
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused its configuration: {check.stderr.strip()}")
         self._end_orphans()
+        self._end_earlier_master()
         self.proc = subprocess.Popen([NGINX, "-p", str(self.prefix), "-c", conf])
         deadline = time.monotonic() + timeout_s
         while not _listening(self.settings.host, self.settings.port):
@@ -377,6 +378,18 @@ class NginxFront:
                 if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
         self._workers = []
+
+    def _end_earlier_master(self) -> None:
+        """An nginx an earlier ``omnigrid serve`` on this data directory left running
+        (that process was killed outright): end it and its workers, or it would go on
+        serving beside the new one with its old map."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.prefix / "nginx.pid").read_text())
+            if str(self.prefix).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                for child in _children(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(child, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
 
     def exit_code(self) -> int | None:
         return self.proc.poll() if self.proc is not None else None

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -276,3 +277,49 @@ def test_a_bad_front_setting_is_refused_before_anything_starts(
         timeout=60,
     )
     assert bad.returncode == 2 and said in bad.stderr, bad.stderr
+
+
+def test_an_nginx_left_by_a_killed_grid_is_ended_at_the_next_start(front: Fronted) -> None:
+    nginx, _, url, slot_map = front
+    assert nginx.proc is not None
+    earlier = nginx.proc.pid
+    again = NginxFront(nginx.settings, nginx.kinds)  # the next omnigrid serve, same data
+    again.start(slot_map)
+    try:
+        nginx.proc.wait(5)  # the earlier master is gone, its workers with it
+        assert httpx.get(url + "/v1/carts/u-1", timeout=5).status_code == 200
+        assert again.proc is not None and again.proc.pid != earlier
+    finally:
+        again.stop()
+
+
+def test_the_front_serves_https_with_the_grids_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    load_kinds(())
+    port = free_port()
+    settings = Settings(
+        port=port, shards=1, data_dir=str(tmp_path), front="nginx",
+        tls_certfile=str(cert), tls_keyfile=str(key),
+    )  # fmt: skip
+    shards = FakeShards(port, 1)
+    nginx = NginxFront(settings, kinds())
+    nginx.start(SlotMap.even(1))
+    try:
+        r = httpx.get(
+            f"https://127.0.0.1:{port}/v1/carts/u-1",
+            verify=ssl.create_default_context(cafile=str(cert)),
+            timeout=5,
+        )
+        assert r.status_code == 200 and r.json()["shard"] == 0
+    finally:
+        nginx.stop()
+        shards.close()
