@@ -111,20 +111,7 @@ def measure_shape(
         uris.write_text(
             "".join(f"{server.url}/v1/carts/{tools.read_cart_uid(i)}\n" for i in range(CARTS))
         )
-        c0 = tree_cpu(root)
-        t0 = time.monotonic()
-        reads = tools.run_h2load(
-            uris,
-            rate=args.rate,
-            connections=args.conns,
-            duration_s=args.seconds,
-            warmup_s=0.0,
-            log_path=data / "h2load.log",
-        )
-        spent, wall = tree_cpu(root) - c0, time.monotonic() - t0
-        out["cart_read"] = _per_request(reads.requests, reads.non_2xx, spent, wall, idle_cores)
-        out["cart_read"]["p50_ms"] = reads.latency_ms.get("p50")
-        out["cart_read"]["p99_ms"] = reads.latency_ms.get("p99")
+        out["cart_read"] = at_fixed_rate(root, uris, args, data / "h2load.log", idle_cores)
         log(f"{name}: cart reads {out['cart_read']}")
 
         uris.write_text(
@@ -132,28 +119,50 @@ def measure_shape(
         )
         body = data / "add.json"
         body.write_text(json.dumps({"sku": tools.sku_name(1), "qty": 1}))
-        c0 = tree_cpu(root)
-        t0 = time.monotonic()
-        adds = tools.run_h2load(
+        out["cart_add"] = at_fixed_rate(
+            root,
             uris,
-            rate=args.rate,
-            connections=args.conns,
-            duration_s=args.seconds,
-            warmup_s=0.0,
-            log_path=data / "h2load-add.log",
+            args,
+            data / "h2load-add.log",
+            idle_cores,
             body=body,
             headers=("Content-Type: application/json", "X-Channel: app"),
         )
-        spent, wall = tree_cpu(root) - c0, time.monotonic() - t0
-        out["cart_add"] = _per_request(adds.requests, adds.non_2xx, spent, wall, idle_cores)
-        out["cart_add"]["p50_ms"] = adds.latency_ms.get("p50")
-        out["cart_add"]["p99_ms"] = adds.latency_ms.get("p99")
         log(f"{name}: cart adds {out['cart_add']}")
     finally:
         for writer in held:
             writer.close()
         loop.close()
         server.stop()
+    return out
+
+
+def at_fixed_rate(
+    root: int,
+    uris: Path,
+    args: argparse.Namespace,
+    log_path: Path,
+    idle_cores: float,
+    body: Path | None = None,
+    headers: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """h2load at ``args.rate`` over ``uris``; the grid tree's CPU per request."""
+    c0 = tree_cpu(root)
+    t0 = time.monotonic()
+    res = tools.run_h2load(
+        uris,
+        rate=args.rate,
+        connections=args.conns,
+        duration_s=args.seconds,
+        warmup_s=0.0,
+        log_path=log_path,
+        body=body,
+        headers=headers,
+    )
+    spent, wall = tree_cpu(root) - c0, time.monotonic() - t0
+    out = _per_request(res.requests, res.non_2xx, spent, wall, idle_cores)
+    out["p50_ms"] = res.latency_ms.get("p50")
+    out["p99_ms"] = res.latency_ms.get("p99")
     return out
 
 

@@ -613,6 +613,12 @@ class GridNode:
             "slot_map_version": self.router.slot_map.version,
             "shards": shards,
             "nodes": await self._nodes(shards),
+            # what holds the connections: the shards themselves, or an nginx front
+            "front": (
+                {"kind": self.settings.front, "workers": self.settings.front_workers}
+                if self.settings.front
+                else None
+            ),
         }
 
     async def _nodes(self, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ def test_requests_reach_their_owner_through_nginx(fronted: Grid) -> None:
         served = counter(c.get("/metrics").text, "omnigrid_http_requests_total", route="get_stock")
         assert forwarded(c) == before, "a request reached a shard that does not own its key"
         assert len(served) == 2  # both shards took their own
+        assert c.get("/v1/cluster").json()["front"] == {"kind": "nginx", "workers": 2}
 
         uid = new_id("u")
         assert add(c, uid, skus[0], "miniprogram").status_code == 200

@@ -95,6 +95,7 @@ def test_cluster_status_shows_every_shard(client: httpx.Client) -> None:
     as_json = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60)
     view = json.loads(as_json.stdout)
     assert len(view["shards"]) == 2 and len(view["nodes"]) == 1
+    assert view["front"] is None  # the shards hold the connections themselves
     # the only node runs shard 0, the coordinator: a drain is refused, nothing moves
     node = view["nodes"][0]["node_id"]
     drain = [*run[:-3], "drain", node[:12], "--url", url]
