@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.tiers:  # a bad table fails here, not in every shard
             tiers.configure(tiers.tiers_from_json(settings.tiers))
         refused = keys_cli.refuse_open_door(settings)
+        if settings.front:
+            NginxFront(settings, kinds())  # nginx and njs are here, before anything starts
     except (ValueError, ImportError, AttributeError, msgspec.ValidationError) as e:
         parser.error(str(e))
     if refused is not None:
@@ -228,6 +230,7 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
 
     stop = threading.Event()
     front: NginxFront | None = None
+    failed = False  # the front could not start
 
     def on_signal(signum: int, frame: object) -> None:
         if not stop.is_set():
@@ -263,12 +266,17 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
         )
         if settings.front:
             front = NginxFront(settings, kinds())
-            front.start(stored_slot_map(settings) or SlotMap.even(settings.shards))
-            print(
-                f"omnigrid: nginx ({settings.front_workers} workers) holds the connections "
-                "and sends each request to the shard owning its key",
-                flush=True,
-            )
+            try:
+                front.start(stored_slot_map(settings) or SlotMap.even(settings.shards))
+                print(
+                    f"omnigrid: nginx ({settings.front_workers} workers) holds the "
+                    "connections and sends each request to the shard owning its key",
+                    flush=True,
+                )
+            except RuntimeError as e:  # the shards stop cleanly below
+                print(f"omnigrid: {e}", flush=True)
+                front, failed = None, True
+                stop.set()
         if shards_asked and asked != settings.shards:
             job = ray.get(handles[0].start_job.remote("scale", asked))
             print(
@@ -278,7 +286,10 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
             )
         while not stop.wait(FRONT_FOLLOW_S if front is not None else None):
             if front is not None:
-                keep_front(front, settings)
+                try:
+                    keep_front(front, settings)
+                except Exception as e:  # a store that cannot be read now: next time
+                    print(f"omnigrid: the front's check failed: {e!r}", flush=True)
         started = time.monotonic()
         if front is not None:
             front.stop(settings.stop_timeout_s / 2)
@@ -286,7 +297,7 @@ def serve_grid(settings: Settings, shards_asked: bool = False) -> int:
         clean = say_stopped(reports, time.monotonic() - started)
     finally:
         ray.shutdown()
-    return 0 if clean else 1
+    return 0 if clean and not failed else 1
 
 
 def keep_front(front: NginxFront, settings: Settings) -> None:

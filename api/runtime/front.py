@@ -324,7 +324,7 @@ class NginxFront:
 
     def __init__(self, settings: Settings, kinds: tuple[Kind, ...]) -> None:
         if shutil.which(NGINX) is None or not os.path.exists(JS_MODULE):
-            raise RuntimeError(
+            raise ValueError(
                 "OMNIGRID_FRONT=nginx needs nginx and its njs module: "
                 "apt-get install nginx-light libnginx-mod-http-js"
             )
@@ -358,11 +358,21 @@ class NginxFront:
         self._end_earlier_master()
         self.proc = subprocess.Popen([NGINX, "-p", str(self.prefix), "-c", conf])
         deadline = time.monotonic() + timeout_s
-        while not _listening(self.settings.host, self.settings.port):
+        # nginx writes its pid once its ports are bound (another program holding the
+        # port would answer a connection itself: not a sign that nginx listens)
+        while not (self._pid_written() and _listening(self.settings.host, self.settings.port)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 log = (self.prefix / "error.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"nginx did not start: {log}")
             time.sleep(0.05)
+
+    def _pid_written(self) -> bool:
+        try:
+            return self.proc is not None and int((self.prefix / "nginx.pid").read_text()) == (
+                self.proc.pid
+            )
+        except (OSError, ValueError):
+            return False
 
     def running(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:

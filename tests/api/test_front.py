@@ -250,7 +250,7 @@ def test_every_route_naming_an_entity_is_routed() -> None:
 
 def test_nginx_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no nginx on it
-    with pytest.raises(RuntimeError, match="apt-get install"):
+    with pytest.raises(ValueError, match="apt-get install"):
         NginxFront(Settings(data_dir=str(tmp_path), front="nginx"), ())
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +151,28 @@ def parent(pid: int) -> int:
     except OSError:
         return 0
     return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
+def test_a_front_that_cannot_start_stops_the_grid_cleanly(tmp_path: Path) -> None:
+    """nginx cannot take the port (another program holds it): the shards that started
+    stop cleanly and ``omnigrid serve`` exits 1, saying why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env.pop("RAY_ADDRESS", None)
+        run = subprocess.run(
+            [
+                *(sys.executable, "-m", "omnigrid.api.runtime.cli", "serve", "--front", "nginx"),
+                *("--port", str(port), "--data-dir", str(tmp_path), "--log-level", "error"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            start_new_session=True,
+        )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "nginx did not start" in run.stdout and "in use" in run.stdout, run.stdout
+    assert "stopped cleanly" in run.stdout
