@@ -219,6 +219,20 @@ def render_conf(settings: Settings, shards: int, prefix: Path) -> str:
         if settings.max_client_connections > 0
         else ""
     )
+    proxy = f"""            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            # answers flow as they are written (streams); they are small otherwise
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_send_timeout {max(1, round(settings.peer_timeout_s * 2))}s;
+            # a connection error tries the next shard; nginx never sends a POST
+            # again once it was sent, while GET, PUT and DELETE (idempotent in the
+            # contract) may be
+            proxy_next_upstream error;
+            proxy_next_upstream_tries 2;
+"""
     # nginx drops its workers to "nobody" when started as root; they must reach the
     # shards' sockets, which belong to the grid's user
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
@@ -261,20 +275,15 @@ http {{
         underscores_in_headers on;
         location / {{
             proxy_pass http://og_shard$og_shard;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            # event streams flow as they are written; answers are small
-            proxy_buffering off;
-            proxy_request_buffering off;
+            # a shard that has not answered by then is taken as down: 503 (long
+            # enough for an audit of a large grid)
+            proxy_read_timeout {max(120, round(settings.peer_timeout_s * 4))}s;
+{proxy}        }}
+        # event streams stay open for as long as the shopper watches
+        location /v1/streams/ {{
+            proxy_pass http://og_shardany;
             proxy_read_timeout 1d;
-            proxy_send_timeout {max(1, round(settings.peer_timeout_s * 2))}s;
-            # only a refused connection tries the next shard: a request once sent is
-            # never sent twice
-            proxy_next_upstream error;
-            proxy_next_upstream_tries 2;
-        }}
+{proxy}        }}
         error_page 502 504 =503 @unavailable;
         location @unavailable {{
             default_type application/problem+json;
