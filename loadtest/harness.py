@@ -423,8 +423,8 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         )
     elif "inside_grid" in s:
         lines.append(
-            "inside the grid: not measured (its /metrics readings did not cover the same "
-            "processes, or a count went backwards)"
+            "inside the grid: not measured (/metrics not readable, or its two readings "
+            "did not cover the same processes, or a count went backwards)"
         )
     if s.get("locust_cpu_us_per_request") is not None:
         grid = s.get("grid_cpu_us_per_request")
