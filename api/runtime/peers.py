@@ -31,6 +31,11 @@ from omnigrid.actors.protocol import Command, Result
 log = logging.getLogger("omnigrid.peers")
 _LENGTH = struct.Struct("!I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
+UNREACHABLE = "the owner of this entity cannot be reached; nothing was applied; retry later"
+OUTCOME_UNKNOWN = (
+    "the owner of this entity stopped answering after the request reached it: it may "
+    "have been applied; retry with the same Idempotency-Key"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,7 @@ class PeerLink:
         self._on_batch = on_batch
         self._queue: list[tuple[list[Any], asyncio.Future[Result]]] = []
         self._sending = False
+        self._sent = False  # the batch in flight has been written to the peer
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -99,13 +105,16 @@ class PeerLink:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
+                self._sent = False
                 try:
                     results = await asyncio.wait_for(self._round_trip(batch), self.timeout_s)
                 except Exception as e:  # a socket's error, a timeout, Ray unable to say where
                     # the peer is (the actor restarting): the batch's callers must hear back
                     await self._close()
                     log.warning("shard %d is unreachable: %r", self.peer_id, e)
-                    error = Unavailable("the owner of this entity cannot be reached; retry later")
+                    # once the batch left, the owner may have applied (and journaled) it
+                    # before it died: the caller must not take this answer as a refusal
+                    error = Unavailable(OUTCOME_UNKNOWN if self._sent else UNREACHABLE)
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(error)
@@ -127,6 +136,7 @@ class PeerLink:
         if self._on_batch is not None:
             self._on_batch(self.peer_id, len(batch))
         self._writer.write(frame([wire for wire, _ in batch]))
+        self._sent = True
         results = await read_frame(self._reader)
         if not isinstance(results, list) or len(results) != len(batch):
             raise ValueError("the peer answered a batch with the wrong number of results")
