@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from loadtest.procs import descendants
 from omnigrid.actors.slots import slot_of
 from tests.api.test_cluster_scale import run_job
 from tests.api.test_live import Stream, add, stocked
@@ -117,7 +119,7 @@ def test_nginx_killed_is_started_again_and_a_stop_ends_it_cleanly() -> None:
     pid_file = Path(grid.data_dir, "front", "nginx.pid")
     master = int(pid_file.read_text())
     time.sleep(2.5)  # omnigrid serve has seen nginx's workers once
-    workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and parent(int(p)) == master]
+    workers = list(descendants(master))
     assert workers
     os.kill(master, signal.SIGKILL)  # the master alone: its workers would serve on
     deadline = time.monotonic() + 15
@@ -139,18 +141,9 @@ def test_nginx_killed_is_started_again_and_a_stop_ends_it_cleanly() -> None:
 def alive(pid: int) -> bool:
     """Running, not a zombie waiting to be reaped."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
         return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
-def parent(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat[stat.rfind(")") + 2 :].split()[1])
 
 
 def test_a_front_that_cannot_start_stops_the_grid_cleanly(tmp_path: Path) -> None:
