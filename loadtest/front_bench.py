@@ -4,7 +4,9 @@
 
 Starts one grid per shape in turn (default: 6 shard processes serving the port
 themselves, the shape 100,000 connections force without a front; 2 shards alone;
-2 shards behind ``omnigrid serve --front nginx``), each on a fresh data directory.
+2 shards behind ``omnigrid serve --front nginx``), each on a fresh data directory;
+``baseline-nginx`` is the Redis baseline (two processes of ``loadtest/baseline.py``
+and a Redis of its own) behind the same nginx (``loadtest/baseline_front.py``).
 For each: seeds carts, opens ``--idle`` keep-alive connections that each sent one
 request and then hold still (the shoppers thinking), measures the whole
 ``omnigrid serve`` tree's CPU for ``--seconds`` idle, then offers cart reads and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -33,7 +36,7 @@ if __package__ in (None, ""):
 import httpx
 
 from loadtest import tools
-from loadtest.procs import cpu_seconds, descendants, omnigrid_server
+from loadtest.procs import Server, cpu_seconds, descendants, free_port, omnigrid_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CARTS = 2_000
@@ -83,12 +86,30 @@ async def hold_idle(host: str, port: int, count: int, held: list[asyncio.StreamW
     await asyncio.gather(*(one() for _ in range(count)))
 
 
+def baseline_front(data: Path, env: dict[str, str]) -> Server:
+    """The Redis baseline behind the grid's nginx (loadtest/baseline_front.py), not started."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--port", str(port)]
+    return Server(
+        "baseline-nginx",
+        [*cmd, "--data", str(data)],
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/readyz",
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, **env},
+        log_path=data / "serve.log",
+    )
+
+
 def measure_shape(
     name: str, shards: int, env: dict[str, str], args: argparse.Namespace
 ) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix=f"front-{name}-"))
-    server = omnigrid_server(
-        data, data / "serve.log", shards=shards, env={"OMNIGRID_KEEPALIVE_S": "600", **env}
+    env = {"OMNIGRID_KEEPALIVE_S": "600", **env}
+    server = (
+        baseline_front(data, env)
+        if name == BASELINE
+        else omnigrid_server(data, data / "serve.log", shards=shards, env=env)
     )
     server.start()
     root = server.proc.pid if server.proc else 0
@@ -177,11 +198,14 @@ def _per_request(
     }
 
 
+BASELINE = "baseline-nginx"
 SHAPES = {
     "6-shards": (6, {}),
     "2-shards": (2, {}),
     "nginx-2-shards": (2, {"OMNIGRID_FRONT": "nginx", "OMNIGRID_FRONT_WORKERS": "2"}),
+    BASELINE: (2, {}),  # two baseline processes in the shards' place
 }
+DEFAULT_SHAPES = ("6-shards", "2-shards", "nginx-2-shards")
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -213,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, default=50, help="connections carrying the load")
     p.add_argument("--idle", type=int, default=15_000, help="idle keep-alive connections held")
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--shapes", default=",".join(SHAPES), help=",".join(SHAPES))
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help=",".join(SHAPES))
     args = p.parse_args(argv)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
