@@ -24,11 +24,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from loadtest.procs import free_port, http_status
 from omnigrid.actors.kinds import kinds
 from omnigrid.actors.slots import SlotMap
 from omnigrid.api.runtime.front import NginxFront, front_socket_path
 from omnigrid.api.runtime.settings import Settings
-from loadtest.procs import free_port, http_status
 
 READY_TIMEOUT_S = 30.0
 
