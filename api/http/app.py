@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import orjson
 
@@ -24,6 +25,7 @@ from omnigrid.api.http.dashboard import PAGE
 from omnigrid.api.http.guard import UNMASK, Guard
 from omnigrid.api.http.handlers import Call
 from omnigrid.api.http.metrics import GridMetrics
+from omnigrid.api.http.personal import mask
 from omnigrid.api.http.problems import error_response, problem_response
 from omnigrid.api.http.routes import Route, RouteTable
 from omnigrid.api.http.streams import StreamServer
@@ -44,6 +46,9 @@ JSON = [(b"content-type", b"application/json")]
 TEXT = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 DASHBOARD = PAGE.encode()
 DOCS_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+# path parameters that carry personal data (an identifier's value: a phone, an email,
+# an ID number): never shown back in a problem document, even when malformed
+PERSONAL_PARAMS = ("value",)
 
 
 class Operations(Protocol):
@@ -164,7 +169,7 @@ class GridApp:
                 unmask = value.lower() == b"true"
         channel_text = channel_raw.decode("latin-1") if channel_raw is not None else ""
         channel = channel_text if channel_text in self.channels else "none"
-        instance: str = scope["path"]
+        instance = _public_path(scope["path"], params)
         try:
             if route is None:
                 if path_known:
@@ -279,3 +284,12 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _public_path(path: str, params: dict[str, str]) -> str:
+    """The path as a problem document shows it: a personal path parameter's segment
+    hidden, and anything else that looks like a phone, email or ID number masked."""
+    hidden = {params[name] for name in PERSONAL_PARAMS if name in params}
+    if hidden:
+        path = "/".join("***" if unquote(seg) in hidden else seg for seg in path.split("/"))
+    return mask(path)
