@@ -154,8 +154,11 @@ def parse(header: str) -> Signed:
 class Keyring:
     """Every key of the grid, in memory, with the secrets it accepts now."""
 
-    def __init__(self, server_secret: bytes, bootstrap: str = "") -> None:
+    def __init__(self, server_secret: bytes, bootstrap: str = "", always_on: bool = False) -> None:
         self.server_secret = server_secret
+        # on for good (a grid that serves beyond loopback, not --insecure): revoking
+        # every key closes the door, it never opens it
+        self.always_on = always_on
         # key id -> (its principal, [(a MAC under a secret it accepts, until when)])
         self._keys: dict[str, tuple[Principal, list[tuple[SecretMac, float]]]] = {}
         self._bootstrap: tuple[Principal, SecretMac] | None = None
@@ -172,7 +175,7 @@ class Keyring:
     @property
     def enabled(self) -> bool:
         # not loaded yet: closed, not open (a grid that cannot read its keys lets nobody in)
-        return not self.loaded or bool(self._keys) or self._bootstrap is not None
+        return self.always_on or not self.loaded or bool(self._keys) or self._bootstrap is not None
 
     def load(self, keys: Iterable[ApiKey]) -> None:
         """The store's keys (revoked ones are dropped: refused from now on)."""

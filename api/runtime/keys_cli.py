@@ -9,7 +9,6 @@ nowhere.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -83,11 +82,7 @@ def open_keys(settings: Settings) -> tuple[KeyStore, Keyring]:
 def refuse_open_door(settings: Settings) -> str | None:
     """Why the grid may not start (None: it may): a non-loopback address with no key,
     unless ``insecure``."""
-    try:
-        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback or settings.bootstrap_key:
+    if settings.serves_only_loopback() or settings.bootstrap_key:
         return None
     store, _ = open_keys(settings)
     if any(k.revoked_at is None for k in store.all()):

@@ -34,13 +34,14 @@ class NodeKeys:
         owner_of: Callable[[str], int],
         links: dict[int, PeerLink],
         ask_all: Callable[[str], Awaitable[Any]],
+        always_on: bool = False,
     ) -> None:
         self.shard_id = shard_id
         self.owner_of = owner_of
         self.links = links
         self.ask_all = ask_all
         self.store = KeyStore(database)
-        self.keyring = Keyring(server_secret, bootstrap_key)
+        self.keyring = Keyring(server_secret, bootstrap_key, always_on)
         try:
             self.keyring.load(self.store.all())
         except StoreUnavailable as e:  # closed until the reload loop reads them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -143,6 +144,13 @@ class Settings:
             raise ValueError("front_workers must be between 1 and 64")
         if self.writebehind_max_queue < 0 or self.max_resident < 0:
             raise ValueError("writebehind_max_queue and max_resident must be >= 0 (0: no limit)")
+
+    def serves_only_loopback(self) -> bool:
+        """Whether the grid's port is on loopback only (authentication may then be off)."""
+        try:
+            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     def extra_port_list(self) -> list[int]:
         return [int(p) for p in self.extra_ports.split(",") if p.strip()]

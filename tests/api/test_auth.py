@@ -363,3 +363,22 @@ def test_a_grid_that_cannot_read_its_keys_lets_nobody_in() -> None:
     assert refused.value.code == "unavailable"
     ring.load([])
     assert not ring.enabled  # loaded, and no key: the open grid of a fresh install
+
+
+def test_beyond_loopback_revoking_every_key_closes_the_door() -> None:
+    """Authentication is off only on loopback with no key: a grid serving another address
+    whose last key is revoked refuses everyone, it does not open."""
+    from omnigrid.api.runtime.settings import Settings
+
+    public = Settings(host="0.0.0.0")
+    assert not public.serves_only_loopback()
+    assert Settings(host="127.0.0.1").serves_only_loopback()
+    assert Settings(host="localhost").serves_only_loopback()
+    assert Settings(host="::1").serves_only_loopback()
+    ring = Keyring(b"a deployment secret of 32 bytes!", always_on=not public.serves_only_loopback())
+    ring.load([])  # every key revoked (revoked keys are not loaded)
+    assert ring.enabled
+    header = GridAuth("k_gone", "x" * 20).header("GET", "/v1/carts/u1", b"")
+    with pytest.raises(GridError) as refused:
+        ring.verify("GET", "/v1/carts/u1", header, b"", time.time())
+    assert refused.value.code == "unauthenticated"
