@@ -314,8 +314,14 @@ def _short(lines: list[list[Any]], available: dict[str, int]) -> GridError:
 async def decided(grid: Grid, cmd: Command) -> tuple[int, Any]:
     """The decision's answer (a retry with its Idempotency-Key gets the same), once
     the work it owes is sent."""
-    status, body = answer(await grid.call(cmd))
     order_id = cmd.key.partition(":")[2]
+    try:
+        status, body = answer(await grid.call(cmd))
+    except GridError as refused:
+        if refused.code == "order_expired":  # "its stock, points and coupons already given
+            # back": the expiry's releases are sent before the refusal, not a while later
+            await send(grid, order_id, await _saga(grid, order_id, cmd.channel), True)
+        raise
     saga = body if isinstance(body, dict) and "outbox" in body else None
     await send(grid, order_id, saga or await _saga(grid, order_id, cmd.channel))
     return status, saga["view"] if saga is not None else body

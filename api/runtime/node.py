@@ -76,7 +76,9 @@ HEAL_EVERY_S = 0.1  # how often a broken journal's settle is looked at
 REPLAYED_OP = "auth.replayed"  # a command whose nonce was seen: refused, not applied
 NONCE_AT = 7  # the wire index of a command's nonce (actors/protocol.py)
 SIDE_OPS = HUB_OPS | {NONCE_OP, DELIVERIES_OP, REPLAYED_OP}
-RESUME_EVERY_S = 0.5  # how often woken entities' work (unfinished sagas) is started
+# how often woken entities' work (unfinished sagas, an expired order's releases) is
+# started: soon after it falls due, so an order shown expired has given back its holds
+RESUME_EVERY_S = 0.05
 AUDIT_TIMEOUT_S = 600.0
 AUDIT_CHUNK = 2_000
 
@@ -179,6 +181,8 @@ class GridNode:
             lambda key: self.router.slot_map.owner(key),
             self.links,
             self._ask_all,
+            # beyond loopback (and not --insecure) keys are never off, even with none left
+            always_on=not settings.serves_only_loopback() and not settings.insecure,
         )
         self.router.first_use = self.keys.nonces.first_use_token
         self.router.nonce_check = self.keys.first_use

@@ -242,6 +242,30 @@ def test_a_passing_payment_deadline_gives_everything_back_across_a_restart() -> 
         g.stop()
 
 
+def test_a_payment_just_after_pay_by_is_refused_with_everything_already_given_back(
+    grid: Grid,
+) -> None:
+    """'409 order_expired after pay_by (its stock, points and coupons already given
+    back)': read right after the refusal, nothing is still held."""
+    uid, sku, code = new_id("u"), new_id("sku"), new_id("C").upper()
+    with httpx.Client(base_url=grid.url, timeout=30) as c:
+        product(c, sku, 2_000, 3)
+        earn = {"points": 500, "reason": "welcome", "external_id": "w"}
+        c.post(f"/v1/members/{uid}/points/earn", json=earn, headers=write_headers())
+        coupon = {"code": code, "kind": "amount", "value": 500, "uid": uid}
+        assert c.post("/v1/coupons", json=coupon, headers=write_headers()).status_code == 201
+        r = checkout(c, uid, {sku: 2}, coupon_codes=[code], points=300, pay_within_s=1)
+        assert r.status_code == 201, r.text
+        oid = r.json()["order_id"]
+        time.sleep(1.05)  # just past pay_by, before the owner's timer has run its releases
+        r = c.post(f"/v1/orders/{oid}/pay", json={"payment_ref": "late"}, headers=write_headers())
+        assert (r.status_code, r.json()["code"]) == (409, "order_expired"), r.text
+        assert stock(c, sku)["reserved"] == 0
+        assert c.get(f"/v1/members/{uid}").json()["points"]["balance"] == 500
+        assert c.get(f"/v1/coupons/{code}").json()["held"] == 0
+        assert c.get(f"/v1/orders/{oid}").json()["status"] == "expired"
+
+
 def test_a_shard_killed_in_the_middle_of_checkouts_leaves_whole_orders_or_nothing() -> None:
     g = Grid()
     try:
