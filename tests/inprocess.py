@@ -128,7 +128,9 @@ def in_process_app() -> GridApp:
         WebhookEndpoints(WebhookStore(db)),
         BehaviourEndpoints(BehaviourLog(db), channels),
         KeyEndpoints(keys, keyring, reload),
-        OpsEndpoints(windows, log=SyncLogEndpoints(SyncLogStore(db), deliveries)),
+        OpsEndpoints(
+            windows, log=SyncLogEndpoints(SyncLogStore(db), deliveries), channels=channels
+        ),
         ClusterEndpoints(jobs.start, read_job),
     )
     metrics = GridMetrics(0)

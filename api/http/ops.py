@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+import orjson
 
 from omnigrid.actors.declaration import Grid
-from omnigrid.actors.errors import InvalidRequest
+from omnigrid.actors.errors import InvalidRequest, MalformedRequest
 from omnigrid.api.http import sync_stats as st
 from omnigrid.api.http import validation as v
 from omnigrid.api.http.handlers import Call
@@ -121,8 +122,10 @@ class OpsEndpoints:
         book: AlertBook | None = None,
         save_rules: SaveRules | None = None,
         log: SyncLogEndpoints | None = None,
+        channels: frozenset[str] = frozenset(),
     ) -> None:
         self.windows = windows
+        self.channels = channels  # the registry a rule's channel must be in (empty: any)
         self.book = book or AlertBook()
         self.save_rules = save_rules
         self.log = log or SyncLogEndpoints(None, _no_deliveries)
@@ -148,13 +151,24 @@ class OpsEndpoints:
         return 200, {"rules": [msgspec.to_builtins(r) for r in self.book.rules]}
 
     async def put_rules(self, grid: Grid, call: Call) -> tuple[int, Any]:
-        body = v.json_object(call.body)
+        """The rules as the contract shows them (a JSON array), or as GET answers them
+        (``{"rules": [...]}``): a client may send back what it read."""
         try:
-            rules = msgspec.convert(body.get("rules"), list[Rule])
+            sent = orjson.loads(call.body) if call.body.strip() else None
+        except orjson.JSONDecodeError as e:
+            raise MalformedRequest(f"the body is not valid JSON: {e}") from None
+        if isinstance(sent, dict):
+            v.fields(sent, {"rules"})
+            sent = sent["rules"]
+        try:
+            rules = msgspec.convert(sent, list[Rule])
         except msgspec.ValidationError as e:
             raise InvalidRequest(f"rules: {e}") from None
         if len({r.name for r in rules}) != len(rules) or len(rules) > 50:
             raise InvalidRequest("rules must have distinct names (at most 50)")
+        unknown = sorted({r.channel for r in rules} - self.channels - {"*"})
+        if self.channels and unknown:
+            raise InvalidRequest(f"no channel {', '.join(unknown)}: a rule names a channel or *")
         shown = [msgspec.to_builtins(r) for r in rules]
         if self.save_rules is not None:
             await self.save_rules(shown)

@@ -193,6 +193,7 @@ class GridNode:
             lambda m: self._ask_all(m, HEALTH_TIMEOUT_S),
             self.links,
             settings.sync_log_retention_s,
+            frozenset(settings.channels),
         )
         channels = frozenset(settings.channels)
         routes = all_routes(

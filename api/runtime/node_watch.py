@@ -39,6 +39,7 @@ class NodeWatch:
         ask_all: Callable[[str], Awaitable[dict[int, Any]]],
         links: dict[int, PeerLink],
         retention_s: float,
+        channels: frozenset[str] = frozenset(),
     ) -> None:
         self.shard_id = shard_id
         self.metrics = metrics
@@ -53,6 +54,7 @@ class NodeWatch:
             self.windows,
             save_rules=self.save_rules,
             log=SyncLogEndpoints(self.log_store, self.deliveries),
+            channels=channels,
         )
         with contextlib.suppress(StoreUnavailable):  # the defaults until they can be read
             self.endpoints.load_rules(self.store.rules())

@@ -54,14 +54,23 @@ def test_alert_rules_are_replaced_whole_and_checked(local: httpx.Client) -> None
     }
     assert local.put("/v1/ops/alert-rules", json=new, headers=write_headers()).status_code == 200
     assert local.get("/v1/ops/alert-rules").json()["rules"][0]["name"] == "slow"
+    # the contract's shape, a bare array, is taken as well
+    bare = [{"name": "lag", "metric": "sync_lag_p99_ms", "channel": "*", "above": 900}]
+    put = local.put("/v1/ops/alert-rules", json=bare, headers=write_headers())
+    assert put.status_code == 200, put.text
+    assert [r["name"] for r in local.get("/v1/ops/alert-rules").json()["rules"]] == ["lag"]
     for bad in (
         {"rules": [{"name": "x", "metric": "cpu", "above": 1}]},
         {"rules": [{"name": "x", "metric": "p99_ms", "above": -1}]},
         {"rules": "all"},
+        {"rules": [{"name": "x", "metric": "p99_ms", "channel": "fax", "above": 1}]},
+        [{"name": "x", "metric": "p99_ms", "channel": "fax", "above": 1}],
+        {"rules": [], "extra": 1},
+        "rules",
     ):
-        assert (
-            local.put("/v1/ops/alert-rules", json=bad, headers=write_headers()).status_code == 422
-        )
+        r = local.put("/v1/ops/alert-rules", json=bad, headers=write_headers())
+        assert r.status_code == 422, (bad, r.text)
+    assert [r["name"] for r in local.get("/v1/ops/alert-rules").json()["rules"]] == ["lag"]
     assert local.get("/v1/ops/alerts", params={"state": "sleeping"}).status_code == 422
 
 
