@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from omnigrid.actors.declaration import (
+    ALIAS_QUERY,
     MAX_COUNT,
     Grid,
     Id,
@@ -216,10 +217,17 @@ class Product(Entity):
 
 
 async def reviewed(grid: Grid, cmd: Command) -> tuple[int, Any]:
-    """A review, ``verified_purchase`` when the uid has a paid order of the SKU."""
-    orders = f"user_orders:{cmd.args['uid']}"
-    bought = (await grid.query({orders: BOUGHT_SKUS}))[orders] or ()
-    cmd.args["verified"] = cmd.key.partition(":")[2] in bought
+    """A review, ``verified_purchase`` when the uid has a paid order of the SKU; a
+    merged uid's review is its survivor's (one review per user and SKU)."""
+    uid = cmd.args["uid"]
+    for _ in range(3):  # a survivor merged in turn: its own survivor
+        member, orders = f"member:{uid}", f"user_orders:{uid}"
+        found = await grid.query({member: ALIAS_QUERY, orders: BOUGHT_SKUS})
+        if found[member] is None:
+            break
+        uid = found[member]
+    cmd.args["uid"] = uid
+    cmd.args["verified"] = cmd.key.partition(":")[2] in (found[orders] or ())
     return await one_call(grid, cmd)
 
 

@@ -239,6 +239,25 @@ def test_a_review_is_verified_once_the_reviewer_has_paid_for_the_sku(local: http
     assert bad.status_code == 422  # the grid decides it, never the client
 
 
+def test_a_merged_uids_review_is_its_survivors(local: httpx.Client) -> None:
+    """One review per user and SKU: after a merge, a review naming the merged uid is the
+    survivor's (and verified by the survivor's paid orders, which include the merged's)."""
+    setup(local)
+    oid = checkout(local).json()["order_id"]  # u1's
+    local.post(f"/v1/orders/{oid}/pay", json={"payment_ref": "p"}, headers=write_headers())
+    merged = local.post("/v1/users/u2/merge", json={"from_uid": "u1"}, headers=write_headers())
+    assert merged.status_code == 200, merged.text
+    review = {"uid": "u1", "rating": 4, "text": "fine"}
+    r = local.post("/v1/products/tea/reviews", json=review, headers=write_headers())
+    assert r.status_code == 201, r.text
+    assert (r.json()["uid"], r.json()["verified_purchase"]) == ("u2", True)
+    r = local.post(
+        "/v1/products/tea/reviews", json={**review, "uid": "u2"}, headers=write_headers()
+    )
+    listed = local.get("/v1/products/tea/reviews").json()
+    assert listed["count"] == 1 and [v["uid"] for v in listed["reviews"]] == ["u2"]
+
+
 def test_a_checkout_retried_with_its_idempotency_key_is_one_order(local: httpx.Client) -> None:
     setup(local)
     key = {"Idempotency-Key": "till-42"}
