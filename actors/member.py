@@ -289,11 +289,12 @@ class Member(Entity):
         return Outcome(200, self.view(), changed=False)
 
     def ledger(self, page: LedgerPage, channel: str, now: float) -> Outcome:
-        newest = len(self.entries) - 1 - page.cursor
-        indexes = range(newest, max(-1, newest - page.limit), -1)
+        # A cursor is an entry_id: the page shows the entries before it, newest first,
+        # so entries added meanwhile never push one onto the next page twice.
+        top = min(page.cursor, len(self.entries)) if page.cursor else len(self.entries)
+        indexes = range(top - 1, max(-1, top - 1 - page.limit), -1)
         entries = [self.entry_view(i) for i in indexes]
-        more = newest - page.limit >= 0
-        next_cursor = page.cursor + page.limit if more else None
+        next_cursor = top - page.limit if top - page.limit > 0 else None
         return Outcome(200, {"entries": entries, "next_cursor": next_cursor}, changed=False)
 
     def earn(self, inp: Earn, channel: str, now: float) -> Outcome:

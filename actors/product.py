@@ -203,15 +203,17 @@ class Product(Entity):
 
     def list_reviews(self, page: ReviewsPage, channel: str, now: float) -> Outcome:
         self._require()
-        newest = list(reversed(self.reviews))
-        chosen = newest[page.cursor : page.cursor + page.limit]
-        more = page.cursor + page.limit < len(newest)
+        # A cursor counts the reviews older than the page (oldest first), so reviews
+        # added meanwhile never push one onto the next page twice.
+        oldest_first = list(self.reviews)
+        top = min(page.cursor, len(oldest_first)) if page.cursor else len(oldest_first)
+        chosen = oldest_first[max(0, top - page.limit) : top][::-1]
         ratings = [r.rating for r in self.reviews.values()]
         answer = {
             "rating_avg": round(sum(ratings) / len(ratings), 2) if ratings else None,
             "count": len(ratings),
             "reviews": [self.review_view(uid) for uid in chosen],
-            "next_cursor": page.cursor + page.limit if more else None,
+            "next_cursor": top - page.limit if top - page.limit > 0 else None,
         }
         return Outcome(200, answer, changed=False)
 

@@ -99,6 +99,17 @@ def test_the_ledger_pages_newest_first() -> None:
     assert last["next_cursor"] is None
 
 
+def test_entries_added_between_pages_never_show_twice() -> None:
+    g = Grid()
+    for i in range(5):
+        earn(g, 1, f"o{i}")
+    first = g.ok("member.ledger", "member:u", limit=2).body
+    earn(g, 1, "o5")  # newer than every page: it shows on a fresh first page only
+    rest = g.ok("member.ledger", "member:u", limit=10, cursor=first["next_cursor"]).body
+    assert [e["external_id"] for e in rest["entries"]] == ["o2", "o1", "o0"]
+    assert rest["next_cursor"] is None
+
+
 def test_the_tier_follows_the_rolling_twelve_month_spend() -> None:
     g = Grid()
     spend = {"channel": "pos", "reason": "order"}

@@ -286,3 +286,16 @@ def test_checkout_defaults_to_the_cart_and_payment_empties_it(local: httpx.Clien
         f"/v1/orders/{order['order_id']}/pay", json={"payment_ref": "p"}, headers=write_headers()
     )
     assert [ln["sku"] for ln in local.get("/v1/carts/u1").json()["lines"]] == ["cup"]
+
+
+def test_reviews_added_between_pages_never_show_twice(local: httpx.Client) -> None:
+    setup(local)
+    for who in ("r1", "r2", "r3"):
+        review = {"uid": who, "rating": 3, "text": "ok"}
+        assert local.post("/v1/products/tea/reviews", json=review, headers=write_headers())
+    first = local.get("/v1/products/tea/reviews?limit=2").json()
+    assert [r["uid"] for r in first["reviews"]] == ["r3", "r2"]
+    late = {"uid": "r4", "rating": 3, "text": "ok"}
+    local.post("/v1/products/tea/reviews", json=late, headers=write_headers())
+    rest = local.get(f"/v1/products/tea/reviews?limit=2&cursor={first['next_cursor']}").json()
+    assert [r["uid"] for r in rest["reviews"]] == ["r1"] and rest["next_cursor"] is None
