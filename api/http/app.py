@@ -203,6 +203,7 @@ class GridApp:
                 v.if_match(if_match_raw),
                 scope.get("query_string", b""),
                 v.clerk(clerk_raw, channel) if route.is_write else None,
+                self.channels,
             )
             status, answer = await route.handler(self.grid, call)
             if self.guard is not None:

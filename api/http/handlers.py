@@ -35,6 +35,7 @@ class Call:
     if_match: int | None
     query: bytes = b""
     clerk: str | None = None  # X-Clerk: a pos clerk acting for the shopper
+    channels: frozenset[str] = frozenset()  # the registry (empty: not checked)
 
     def query_value(self, name: str) -> str | None:
         """A query parameter as sent (the first, if repeated)."""
@@ -97,6 +98,27 @@ def _query_args(call: Call, names: tuple[str, ...]) -> dict[str, Any]:
     return args
 
 
+# input fields that name channels: a coupon's, a channel's price, the channel read for
+CHANNEL_FIELDS = ("channel", "channels", "channel_prices")
+
+
+def _registered(args: dict[str, Any], channels: frozenset[str]) -> None:
+    """Every channel an input names is in the registry (a typo would else be kept for
+    good: a price or a coupon for a channel that never shops)."""
+    named: set[str] = set()
+    for field in CHANNEL_FIELDS:
+        value = args.get(field)
+        if isinstance(value, str):
+            named.add(value)
+        elif isinstance(value, list | dict):
+            named.update(str(name) for name in value)
+    unknown = sorted(named - channels)
+    if unknown:
+        raise InvalidRequest(
+            f"no channel {', '.join(unknown)} is registered: " + ", ".join(sorted(channels))
+        )
+
+
 def route_handler(kind: Kind, route: KindRoute) -> Handler:
     """The handler of a kind's route: read the path and body into the command's
     typed input, then run the route's flow (one owner call unless it says more)."""
@@ -129,6 +151,8 @@ def route_handler(kind: Kind, route: KindRoute) -> Handler:
                 args = msgspec.to_builtins(msgspec.convert(args, op.input))
             except msgspec.ValidationError as e:
                 raise InvalidRequest(str(e)) from None
+            if call.channels:
+                _registered(args, call.channels)
         if op.read:  # the channel, if any, for what depends on it (a channel's price)
             cmd = Command(op.name, key, args, call.channel)
         else:

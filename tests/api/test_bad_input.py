@@ -131,3 +131,32 @@ def test_unknown_routes_and_methods(client: httpx.Client) -> None:
     assert_problem(client.get("/v1/nothing"), 404, "not_found")
     assert_problem(client.patch("/v1/carts/u1", headers=write_headers()), 405, "method_not_allowed")
     assert_problem(client.get("/v1/carts/u1/lines"), 405, "method_not_allowed")
+
+
+def test_a_channel_no_registry_holds_is_refused_wherever_a_body_or_query_names_one() -> None:
+    """A price, a coupon or a read for a channel that is not registered is a typo or a
+    hostile client: 422, and nothing is kept."""
+    from tests.inprocess import in_process_client
+
+    with in_process_client() as c:
+        sku, code = new_id("sku"), new_id("C").upper()
+        put = {"title": "t", "price": 100, "channel_prices": {"fax": 90}}
+        r = c.put(f"/v1/products/{sku}", json=put, headers=write_headers("pos"))
+        assert_problem(r, 422, "invalid_request")
+        assert "fax" in r.json()["detail"]
+        assert c.get(f"/v1/products/{sku}").status_code == 404  # nothing kept
+        ok = {"title": "t", "price": 100, "channel_prices": {"pos": 90}}
+        assert (
+            c.put(f"/v1/products/{sku}", json=ok, headers=write_headers("pos")).status_code == 200
+        )
+        priced = {"price": 120, "channel_prices": {"pos": 80, "telex": 1}}
+        r = c.post(f"/v1/products/{sku}/price", json=priced, headers=write_headers("pos"))
+        assert_problem(r, 422, "invalid_request")
+        assert c.get(f"/v1/products/{sku}").json()["price"] == 100
+        assert_problem(c.get(f"/v1/products/{sku}?channel=fax"), 422, "invalid_request")
+        coupon = {"code": code, "kind": "amount", "value": 5, "channels": ["app", "fax"]}
+        r = c.post("/v1/coupons", json=coupon, headers=write_headers())
+        assert_problem(r, 422, "invalid_request")
+        assert c.get(f"/v1/coupons/{code}").status_code == 404
+        assert_problem(c.get("/v1/users/u1/coupons?channel=fax"), 422, "invalid_request")
+        assert c.get("/v1/users/u1/coupons?channel=pos").status_code == 200
