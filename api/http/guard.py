@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from omnigrid.actors import identifiers
-from omnigrid.actors.declaration import Grid
+from omnigrid.actors.declaration import ID_RE, Grid
 from omnigrid.api.http.auth import Keyring, NonceBook, Principal, forbidden
 from omnigrid.api.http.nonce_claim import PENDING, NonceCheck, PendingNonce, replayed, settle
 
@@ -101,19 +101,23 @@ class Guard:
             return
         if "store" in params and params["store"] != store:
             raise forbidden()
-        if is_write and body:
-            _check_body_stores(body, store)
+        body_uid = _check_body_stores(body, store) if is_write and body else None
         asks: dict[str, str] = {}
         if "order_id" in params:
             asks[f"order:{params['order_id']}"] = ORDER_STORES
         if "uid" in params:
             asks[f"member:{params['uid']}"] = HOME_STORE
+        # a write naming a shopper in its body (a checkout, a review): a walk-in with no
+        # home store may be served, another store's member may not (their points, orders)
+        named = f"member:{body_uid}" if body_uid is not None else None
+        if named is not None:
+            asks[named] = HOME_STORE
         if not asks:
             return
         got = await grid.query(asks)
-        for value in got.values():
+        for key, value in got.items():
             places = value if isinstance(value, list) else [value]
-            if store not in places:
+            if store not in places and not (key == named and value is None):
                 raise forbidden()  # never saying whether it exists
 
     async def unmask(self, principal: Principal | None, grid: Grid, route: str, answer: Any) -> Any:
@@ -138,16 +142,19 @@ class Guard:
 BODY_STORES = ("store", "pickup_store", "home_store")  # a body's fields that name a store
 
 
-def _check_body_stores(body: bytes, store: str) -> None:
+def _check_body_stores(body: bytes, store: str) -> str | None:
     """A store-bound key's write names no other store: it neither sells for, hands
-    over at, nor gives a member to another store. (A body that is not a JSON object
-    is left to the route to refuse.)"""
+    over at, nor gives a member to another store. Returns the uid the body names, if
+    any, whose member must be the store's too. (A body that is not a JSON object is
+    left to the route to refuse.)"""
     try:
         sent = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return
+        return None
     if not isinstance(sent, dict):
-        return
+        return None
     for name in BODY_STORES:
         if name in sent and sent[name] is not None and sent[name] != store:
             raise forbidden(f"this key acts only for store {store}")
+    uid = sent.get("uid")
+    return uid if isinstance(uid, str) and ID_RE.fullmatch(uid) else None

@@ -192,6 +192,13 @@ def test_a_store_bound_key_sees_only_its_store(local: httpx.Client) -> None:
     mine = local.post("/v1/checkouts", json=body, headers=write_headers(), auth=till)
     assert mine.status_code == 201, mine.text
     assert local.get(f"/v1/orders/{mine.json()['order_id']}", auth=till).status_code == 200
+    # nor for another store's member (their points, their orders): a walk-in is served
+    resolve = {"identifiers": [{"type": "device_id", "value": "d-home-s2"}], "store": "s2"}
+    made = local.post("/v1/identities/resolve", json=resolve, headers=write_headers(), auth=admin)
+    assert made.status_code == 200, made.text
+    theirs = {**body, "uid": made.json()["uid"]}
+    r = local.post("/v1/checkouts", json=theirs, headers=write_headers(), auth=till)
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden"), r.text
 
 
 def test_rotation_overlaps_and_revocation_is_immediate(local: httpx.Client) -> None:
