@@ -340,6 +340,12 @@ async def live_view(
     return status, out
 
 
+async def live_views(grid: Grid, views: list[dict[str, Any]], channel: str) -> list[dict[str, Any]]:
+    """Stream events' carts as a GET answers them: one read of all their lines' SKUs."""
+    known = await live(grid, sorted({line["sku"] for view in views for line in view["lines"]}))
+    return [(await live_view(grid, 200, view, known, channel))[1] for view in views]
+
+
 async def then_live_view(grid: Grid, cmd: Command) -> tuple[int, Any]:
     """Run the command, then read its lines' availability and prices (two round trips)."""
     return await live_view(grid, *answer(await grid.call(cmd)), {}, cmd.channel)
@@ -449,5 +455,6 @@ KIND = Kind(
         "user_stream",
         "Server-Sent Events: every change to the user's cart (resumable with Last-Event-ID)",
     ),
+    live_views=live_views,
     refusals=(CART_FULL,),
 )

@@ -178,6 +178,12 @@ class Kind:
     # what a stream event carries of a change, if not the entity's view (a user's
     # order list: the order its change noted)
     event_view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # what a stream shows of changes, read live as they are sent (a cart: its lines'
+    # availability and prices, and the subtotal, as its GET answers):
+    # (grid, the events' views, the reading channel) -> the views to send
+    live_views: (
+        Callable[[Grid, list[dict[str, Any]], str], Awaitable[list[dict[str, Any]]]] | None
+    ) = None
     refusals: tuple[Refusal, ...] = ()
     # Work an entity asks the grid to do for it when its timed work falls due
     # (a saga left unfinished by a crash): run by the process owning the entity.

@@ -2,14 +2,23 @@
 
 Each entity kind may declare a stream route (``GET /v1/streams/users/{uid}``
 streams the user's cart as ``event: cart``, ``GET /v1/streams/skus/{sku}``
-the SKU's stock as ``event: stock``). Each event's ``id`` is
-``<kind>:<version>``, its ``data`` the entity's new view plus ``channel``,
-``op``, ``version`` and ``at``. A client that comes
-back with ``Last-Event-ID`` (the header browsers send, or the query parameter
-``last_event_id``) first gets every change after that version, from the
-owner's history (the store's event log and the journal not yet stored), then
-the live ones: no gap, no duplicate. Versions grow by one per change, so a
-stream that sees a jump asks the owner for what is between before it goes on.
+the SKU's stock as ``event: stock``). Each event's ``id`` is the stream's
+position in every kind it watches, ``cart:3,member:7`` (a kind still at version
+0 is left out), its ``data`` the entity's new view plus ``channel``, ``op``,
+``version`` and ``at``; a kind that declares ``live_views`` (a cart: its lines'
+availability and prices, and the subtotal) has them read as the events are
+sent, for the reading channel (``X-Channel``), one read per batch of events.
+
+A stream learns where each of its keys stands as it opens, so its first
+event's id already names the versions of the kinds that have not changed
+since. A client that comes back with ``Last-Event-ID`` (the header browsers
+send, or the query parameter ``last_event_id``) first gets every change after
+that position, from the owner's history (the store's event log and the journal
+not yet stored), then the live ones: no gap, no duplicate. A kind the cursor
+does not name is taken from version 0 (its whole history, up to the owner's
+limit): a cursor of an older stream names only the kinds it had sent. Versions
+grow by one per change, so a stream that sees a jump asks the owner for what is
+between before it goes on.
 
 A comment line every ``heartbeat_s`` keeps idle streams open through proxies.
 A stream whose reader falls 10,000 events behind is ended; its client resumes.
@@ -19,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import urllib.parse
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import orjson
@@ -35,6 +45,9 @@ from omnigrid.api.http.sync_log import OnDelivered
 from omnigrid.persistence.events import Event, rfc3339
 
 Scope = MutableMapping[str, Any]
+LiveViews = Callable[[Grid, list[dict[str, Any]], str], Awaitable[list[dict[str, Any]]]]
+log = logging.getLogger("omnigrid.streams")
+BATCH = 256  # queued events a stream takes at once (one live read for all of them)
 
 
 class Subscription:
@@ -44,7 +57,15 @@ class Subscription:
         self.key = key
         self.queue: asyncio.Queue[Event] = queue if queue is not None else asyncio.Queue()
         self.last = -1  # the last version this stream has sent (-1: none yet)
+        # the version the key stood at when the stream opened (its owner's
+        # hub says; -1: not known): every later one reaches the queue
+        self.base = -1
         self.overflowed = False
+
+    @property
+    def position(self) -> int:
+        """Where the stream stands in this key: sent, else where it opened (-1: unknown)."""
+        return self.last if self.last >= 0 else self.base
 
 
 class Source(Protocol):
@@ -76,10 +97,11 @@ def parse_cursor(raw: str, kinds: tuple[str, ...]) -> dict[str, int]:
     return cursor
 
 
-def encode(event: Event, cursor: str) -> bytes:
+def encode(event: Event, cursor: str, view: dict[str, Any] | None = None) -> bytes:
+    """One SSE event; ``view`` is what to show of the change if not ``event.view``."""
     kind = kind_named(event.kind)
     data = {
-        **event.view,
+        **(event.view if view is None else view),
         "channel": event.channel,
         "op": event.op,
         "version": event.version,
@@ -130,6 +152,7 @@ class StreamServer:
                 first = kinds[0].key(ident)
                 ident = (await self.grid.query({first: ALIAS_QUERY}))[first] or ident
             cursor = self._cursor(scope, names)
+            channel = _channel(scope)
             if self.closing.is_set():
                 raise Unavailable("this grid process is stopping; reconnect")
             if self.open >= self.max_streams:
@@ -137,7 +160,8 @@ class StreamServer:
             inbox: asyncio.Queue[Event] = asyncio.Queue()
             for kind in kinds:
                 sub = await self._subscribe(kind.key(ident), inbox)
-                sub.last = cursor.get(kind.name, -1)
+                if cursor:  # a resume: a kind it does not name has sent nothing yet
+                    sub.last = cursor.get(kind.name, 0)
                 subs.append(sub)
         except GridError as err:
             for sub in subs:
@@ -146,7 +170,7 @@ class StreamServer:
             return
         self.open += 1
         try:
-            await self._stream(subs, inbox, receive, send)
+            await self._stream(subs, inbox, receive, send, channel)
         finally:
             self.open -= 1
             for sub in subs:
@@ -175,7 +199,12 @@ class StreamServer:
         await send({"type": "http.response.body", "body": body})
 
     async def _stream(
-        self, subs: list[Subscription], inbox: asyncio.Queue[Event], receive: Any, send: Any
+        self,
+        subs: list[Subscription],
+        inbox: asyncio.Queue[Event],
+        receive: Any,
+        send: Any,
+        channel: str,
     ) -> None:
         await send(
             {
@@ -192,7 +221,7 @@ class StreamServer:
         by_key = {sub.key: sub for sub in subs}
         for sub in subs:
             if sub.last >= 0:
-                await self._catch_up(subs, sub, send, None)
+                await self._catch_up(subs, sub, send, None, channel)
         gone = asyncio.ensure_future(_disconnected(receive))
         closing = asyncio.ensure_future(self.closing.wait())
         try:
@@ -218,16 +247,22 @@ class StreamServer:
                             }
                         )
                     continue
-                event = getter.result()
-                sub = by_key[event.key]
-                if event.version <= sub.last:
-                    continue  # already sent (history and live overlap)
-                if sub.last >= 0 and event.version > sub.last + 1:
-                    await self._catch_up(subs, sub, send, event.version)
-                await self._send_event(subs, sub, send, event)
-                if self.on_delivered is not None:  # live, not history a client caught up on
-                    lag = time.time() - event.at
-                    self.on_delivered(event.channel, lag, event.key, event.version, False)
+                batch = [getter.result()]
+                while len(batch) < BATCH and not inbox.empty():
+                    batch.append(inbox.get_nowait())
+                # not sent already (history and live overlap), nor from before it opened
+                batch = [e for e in batch if e.version > by_key[e.key].position]
+                views = await self._views(batch, channel)
+                for event, view in zip(batch, views, strict=True):
+                    sub = by_key[event.key]
+                    if event.version <= sub.position:
+                        continue  # sent by a catch-up since
+                    if sub.position >= 0 and event.version > sub.position + 1:
+                        await self._catch_up(subs, sub, send, event.version, channel)
+                    await self._send_event(subs, sub, send, event, view)
+                    if self.on_delivered is not None:  # live, not history caught up on
+                        lag = time.time() - event.at
+                        self.on_delivered(event.channel, lag, event.key, event.version, False)
             if any(sub.overflowed for sub in subs):  # end cleanly: the client resumes
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -240,28 +275,72 @@ class StreamServer:
         return self.open
 
     async def _catch_up(
-        self, subs: list[Subscription], sub: Subscription, send: Any, before: int | None
+        self,
+        subs: list[Subscription],
+        sub: Subscription,
+        send: Any,
+        before: int | None,
+        channel: str,
     ) -> None:
-        """Send what the owner has after ``sub.last`` (and before ``before``, if given)."""
+        """Send what the owner has after the stream's position in ``sub``'s key (and
+        before ``before``, if given)."""
+        after = sub.position
         try:
-            history = await self.hub.since(sub.key, sub.last)
+            history = await self.hub.since(sub.key, after)
         except Exception:
             return  # the owner is away: the next event or the renewal tries again
-        for event in history:
-            if before is not None and event.version >= before:
-                break
-            if event.version > sub.last:
-                await self._send_event(subs, sub, send, event)
+        history = [
+            e for e in history if e.version > after and (before is None or e.version < before)
+        ]
+        views = await self._views(history, channel)
+        for event, view in zip(history, views, strict=True):
+            if event.version > sub.position:
+                await self._send_event(subs, sub, send, event, view)
+
+    async def _views(self, events: list[Event], channel: str) -> list[dict[str, Any] | None]:
+        """What to show of each event when its kind reads more live (``Kind.live_views``):
+        one read per kind for all of them. ``None``: the event's own view."""
+        out: list[dict[str, Any] | None] = [None] * len(events)
+        if self.grid is None:
+            return out
+        per_kind: dict[str, tuple[LiveViews, list[int]]] = {}
+        for i, event in enumerate(events):
+            kind = kind_named(event.kind)
+            if kind is not None and kind.live_views is not None:
+                per_kind.setdefault(event.kind, (kind.live_views, []))[1].append(i)
+        for name, (live_views, at) in per_kind.items():
+            try:
+                views = await live_views(self.grid, [events[i].view for i in at], channel)
+            except Exception as e:  # their owners are away: the change itself, still
+                log.debug("live views of %s events cannot be read: %r", name, e)
+                continue
+            for i, view in zip(at, views, strict=True):
+                out[i] = view
+        return out
 
     async def _send_event(
-        self, subs: list[Subscription], sub: Subscription, send: Any, event: Event
+        self,
+        subs: list[Subscription],
+        sub: Subscription,
+        send: Any,
+        event: Event,
+        view: dict[str, Any] | None = None,
     ) -> None:
         sub.last = event.version
-        # The id is the whole stream's position: every kind it has sent, so a
-        # resume from it misses nothing of any kind.
-        cursor = ",".join(f"{s.key.partition(':')[0]}:{s.last}" for s in subs if s.last >= 0)
-        await send({"type": "http.response.body", "body": encode(event, cursor), "more_body": True})
+        # The id is the whole stream's position in every kind, the ones it has not
+        # sent at the version they opened at: a resume from it misses nothing.
+        cursor = ",".join(f"{s.key.partition(':')[0]}:{s.position}" for s in subs if s.position > 0)
+        body = encode(event, cursor, view)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
         self.sent += 1
+
+
+def _channel(scope: Scope) -> str:
+    """The reading channel (``X-Channel``): the prices a live view shows are its."""
+    for name, value in scope["headers"]:
+        if name == b"x-channel":
+            return str(value.decode("latin-1"))[:64]
+    return "none"
 
 
 async def _disconnected(receive: Any) -> None:

@@ -15,6 +15,12 @@ forgets interest not renewed within ``WATCH_TTL_S``. The renewal answers with
 any events the watcher missed (say the owner restarted and lost its interest
 table), so a stream has no gap, only a delay. History (``since``) comes from
 the owner: the store's event log plus the journaled events not stored yet.
+
+A new subscription also learns where its key stands (``Subscription.base``):
+the last version the owner has published, read in the same turn the interest
+is noted, so every later version reaches the stream. A stream's cursor names
+it from the first event on, so a resume misses nothing of a kind that has not
+changed since the stream opened.
 """
 
 from __future__ import annotations
@@ -111,6 +117,22 @@ class EventHub:
                 missed += [stream_wire(e) for e in self.history(key, last)]
         return missed
 
+    def opened_at(self, key: str) -> int:
+        """The last version of ``key`` its streams have been told of (0: none yet; -1:
+        not known here). Every later version is published after this call: the
+        changes of the current turn are not journaled yet and are not counted."""
+        if not self.shard.owns(key):
+            return -1
+        try:
+            entity = self.shard._entity(key)  # from memory, or the store once passivated
+        except Exception as e:  # the store may be down: the stream opens all the same
+            log.debug("the version of %s cannot be read: %r", key, e)
+            return -1
+        if entity is None:
+            return 0
+        waiting = sum(1 for e in self.shard.commit.unjournaled if e.key == key)
+        return max(entity.version - waiting, 0)
+
     def history(self, key: str, after: int) -> list[Event]:
         """Events of ``key`` after version ``after``: the event log, then the unstored events."""
         events = self.store.events_since(key, after, HISTORY_LIMIT)
@@ -125,7 +147,11 @@ class EventHub:
                 self.deliver([from_stream_wire(w) for w in cmd.args["events"]])
                 return Result(200, None)
             if cmd.op == "hub.watch":
-                return Result(200, self.watched_by(cmd.args["peer"], cmd.args["keys"]))
+                missed = self.watched_by(cmd.args["peer"], cmd.args["keys"])
+                if cmd.args.get("opened"):  # a new stream: where each key stands, too
+                    versions = {key: self.opened_at(key) for key in cmd.args["keys"]}
+                    return Result(200, {"missed": missed, "versions": versions})
+                return Result(200, missed)
             if cmd.op == "hub.since":
                 events = self.history(cmd.key, cmd.args["after"])
                 return Result(200, [stream_wire(e) for e in events])
@@ -154,7 +180,10 @@ class EventHub:
         self.local.setdefault(key, set()).add(sub)
         owner = self.slot_map().owner(key)
         if owner != self.shard.shard_id:
-            await self._watch(owner, {key: -1})
+            versions = await self._watch(owner, {key: -1}, opened=True)
+            sub.base = versions.get(key, -1)
+        else:  # noted above in this same turn: every later version reaches the queue
+            sub.base = self.opened_at(key)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -174,15 +203,28 @@ class EventHub:
             raise RuntimeError(result.detail or "history is unavailable")
         return [from_stream_wire(w) for w in result.body]
 
-    async def _watch(self, owner: int, keys: dict[str, int]) -> None:
+    async def _watch(
+        self, owner: int, keys: dict[str, int], opened: bool = False
+    ) -> dict[str, int]:
+        """Note interest in ``keys`` with their owner and take what was missed; with
+        ``opened``, also where each key stands (an owner that cannot say: none)."""
         link = self.links.get(owner)
         if link is None:
-            return
-        result = await link.call(
-            Command("hub.watch", "", {"peer": self.shard.shard_id, "keys": keys})
-        )
-        if result.status == 200 and result.body:
-            self.deliver([from_stream_wire(w) for w in result.body])
+            return {}
+        args: dict[str, Any] = {"peer": self.shard.shard_id, "keys": keys}
+        if opened:
+            args["opened"] = True
+        result = await link.call(Command("hub.watch", "", args))
+        if result.status != 200 or not result.body:
+            return {}
+        body = result.body
+        versions: dict[str, int] = {}
+        if isinstance(body, dict):
+            versions = {k: v for k, v in body.get("versions", {}).items() if isinstance(v, int)}
+            body = body.get("missed") or []
+        if body:
+            self.deliver([from_stream_wire(w) for w in body])
+        return versions
 
     async def refresh_forever(self) -> None:
         while True:

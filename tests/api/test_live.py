@@ -24,14 +24,18 @@ WAIT_S = 10.0
 class Stream:
     """An SSE client on a thread: events (and heartbeats) land in a queue."""
 
-    def __init__(self, url: str, last_event_id: str | None = None) -> None:
+    def __init__(
+        self, url: str, last_event_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.url = url
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.heartbeats = 0
         self.status: int | None = None
         self.closed = threading.Event()
         self._stop = threading.Event()
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        headers = dict(headers or {})
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
         self._thread = threading.Thread(target=self._run, args=(headers,), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + WAIT_S
@@ -310,4 +314,110 @@ def test_a_price_change_is_a_price_event_on_the_skus_stream(
     client.post(f"/v1/products/{sku}/price", json={"price": 280}, headers=write_headers("pos"))
     event = streams[0].next()
     assert (event["event"], event["data"]["price"]) == ("price", 280)
-    assert event["id"] == "product:2"  # the kinds this stream has sent so far
+    assert event["id"] == "stock:1,product:2"  # every kind: the stock as the stream opened
+
+
+# -- resume across kinds; a cart event is the cart view -------------------------------------
+
+
+def earn(client: httpx.Client, uid: str, points: int) -> None:
+    body = {"points": points, "reason": "visit", "external_id": new_id("e")}
+    r = client.post(f"/v1/members/{uid}/points/earn", json=body, headers=write_headers("pos"))
+    assert r.status_code == 200, r.text
+
+
+def test_a_resume_from_one_kinds_cursor_misses_nothing_of_the_others(
+    grid: Grid, client: httpx.Client, streams: list[Stream]
+) -> None:
+    sku, uid = stocked(client), new_id("u")
+    first = Stream(f"{grid.url}/v1/streams/users/{uid}")
+    streams.append(first)
+    add(client, uid, sku, "app")
+    assert first.next()["id"] == "cart:1"
+    earn(client, uid, 10)
+    assert first.next()["id"] == "cart:1,member:1"
+    first.close()
+    # a client that kept only the first id (or a cursor from before member events)
+    back = Stream(f"{grid.url}/v1/streams/users/{uid}", last_event_id="cart:1")
+    streams.append(back)
+    event = back.next()
+    assert (event["event"], event["id"], event["data"]["version"]) == (
+        "member",
+        "cart:1,member:1",
+        1,
+    )
+    assert back.nothing_more(), "a duplicate or an extra event"
+    # the SKU's stream: a stock cursor misses no product (price) change
+    sku2 = new_id("sku")
+    client.put(f"/v1/skus/{sku2}/stock", json={"on_hand": 5}, headers=write_headers("pos"))
+    body = {"title": "Oolong", "price": 300}
+    client.put(f"/v1/products/{sku2}", json=body, headers=write_headers("pos"))
+    client.post(f"/v1/products/{sku2}/price", json={"price": 280}, headers=write_headers("pos"))
+    skus = Stream(f"{grid.url}/v1/streams/skus/{sku2}", last_event_id="stock:1")
+    streams.append(skus)
+    got = [skus.next() for _ in range(2)]
+    assert [(e["data"]["version"], e["id"]) for e in got] == [
+        (1, "stock:1,product:1"),
+        (2, "stock:1,product:2"),
+    ]
+    assert got[1]["data"]["price"] == 280
+    assert skus.nothing_more()
+
+
+def test_a_streams_ids_name_every_kind_as_it_stood_when_the_stream_opened(
+    grid: Grid, client: httpx.Client, streams: list[Stream]
+) -> None:
+    sku = stocked(client)
+    uids = [new_id("u") for _ in range(4)]  # keys on both shards, streams on any process
+    ids: dict[str, str] = {}
+    for uid in uids:
+        earn(client, uid, 5)
+        earn(client, uid, 5)  # the member is at version 2 before the stream opens
+        stream = Stream(f"{grid.url}/v1/streams/users/{uid}")
+        streams.append(stream)
+        add(client, uid, sku, "app")
+        event = stream.next()
+        assert event["event"] == "cart"
+        ids[uid] = event["id"]
+        stream.close()
+    assert set(ids.values()) == {"cart:1,member:2"}
+    for uid in uids:
+        earn(client, uid, 1)  # while nobody listens
+        back = Stream(f"{grid.url}/v1/streams/users/{uid}", last_event_id=ids[uid])
+        streams.append(back)
+        event = back.next()  # only what it missed: not the member's changes before it opened
+        assert (event["event"], event["data"]["version"], event["id"]) == (
+            "member",
+            3,
+            "cart:1,member:3",
+        )
+        assert back.nothing_more(0.3)
+        back.close()
+
+
+def test_a_cart_event_carries_the_cart_view_with_live_stock_and_prices(
+    grid: Grid, client: httpx.Client, streams: list[Stream]
+) -> None:
+    sku, other, uid = stocked(client, 7), stocked(client, 3), new_id("u")
+    body = {"title": "Oolong", "price": 300, "channel_prices": {"app": 280}}
+    assert client.put(f"/v1/products/{sku}", json=body, headers=write_headers("pos")).is_success
+    stream = Stream(f"{grid.url}/v1/streams/users/{uid}", headers={"X-Channel": "app"})
+    streams.append(stream)
+    add(client, uid, sku, "miniprogram", qty=2)
+    add(client, uid, other, "miniprogram")
+    events = [stream.next(), stream.next()]
+    cart = client.get(f"/v1/carts/{uid}", headers={"X-Channel": "app"}).json()
+    assert cart["subtotal"] == 560 and [line["unit_price"] for line in cart["lines"]] == [280, None]
+    data = events[1]["data"]
+    assert {k: data[k] for k in cart} == cart, "the stream's cart is the cart view"
+    assert (data["channel"], data["op"], data["version"]) == ("miniprogram", "cart.add", 2)
+    line = events[0]["data"]["lines"][0]
+    assert (line["available"], line["in_stock"], line["unit_price"]) == (7, True, 280)
+    assert events[0]["data"]["subtotal"] == 560
+    # a resume replays history with the live fields too
+    back = Stream(
+        f"{grid.url}/v1/streams/users/{uid}", last_event_id="cart:1", headers={"X-Channel": "app"}
+    )
+    streams.append(back)
+    again = back.next()["data"]
+    assert {k: again[k] for k in cart} == cart
