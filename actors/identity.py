@@ -14,7 +14,9 @@ journal or the store.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -30,6 +32,9 @@ from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
 
 ALIAS = "identity.alias"  # query: the survivor a merged user stands for (None: not merged)
+# query family, "identity.written:<Idempotency-Key>": [version (None: merged), the write
+# with that key as [fingerprint, status, answer] or None], for a flow's checks up front
+WRITTEN = "identity.written:"
 USER_MERGED = Refusal("user_merged", 409, "User merged")
 IDENTITY_CONFLICT = Refusal("identity_conflict", 409, "Identity conflict")
 IDENTITY_LIMIT = Refusal("identity_limit", 409, "Identity limit")
@@ -91,6 +96,8 @@ class Bound(Input):
 class Record(Input):
     items: list[Bound]
     op: Literal["bind", "resolve_create"] = "bind"
+    # a resolve's answer: what the record answers, and its Idempotency-Key's retries
+    answer: dict[str, Any] | None = None
 
 
 class Forget(Input):
@@ -233,7 +240,7 @@ class Identity(Entity):
                         sealed=b.sealed)  # fmt: skip
             self.held.append(held)
             self._log(now, inp.op, held.view(), channel)
-        return Outcome(200, None, changed=bool(new))
+        return Outcome(200, inp.answer, changed=bool(new))
 
     def forget(self, inp: Forget, channel: str, now: float) -> Outcome:
         kept = [h for h in self.held if h.digest != inp.digest]
@@ -305,8 +312,33 @@ class Identity(Entity):
 # -- flows: the directory first, then the user ---------------------------------------
 
 
-def new_uid() -> str:
-    return "u" + secrets.token_hex(10)
+def new_uid(cmd: Command) -> str:
+    """A new user's uid; with an Idempotency-Key, that key's (same channel, same key):
+    a retry meets the first attempt's answer on it, as a checkout meets its order."""
+    if cmd.idempotency_key is None:
+        return "u" + secrets.token_hex(10)
+    seed = "\0".join((cmd.channel, "resolve", cmd.idempotency_key))
+    return "u" + hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()
+
+
+def _written(identity: Identity, idempotency_key: str) -> list[Any]:
+    record = identity.idempotency.get(idempotency_key)
+    version = identity.version if identity.merged_into is None else None
+    return [version, [record.fingerprint, record.status, record.body] if record else None]
+
+
+def _first(written: list[Any] | None, cmd: Command) -> tuple[int, Any] | None:
+    """The first answer to this command's Idempotency-Key, from a ``WRITTEN`` query;
+    422 when that key was used with another request."""
+    record = written[1] if written is not None else None
+    if record is None:
+        return None
+    fingerprint, status, body = record
+    if fingerprint != (cmd.fingerprint or ""):
+        raise GridError(
+            "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+        )
+    return status, body
 
 
 async def _claim(grid: Grid, ident: identifiers.Identifier, uid: str, channel: str) -> Any:
@@ -331,11 +363,16 @@ def _bound(idents: list[identifiers.Identifier]) -> list[dict[str, Any]]:
 
 async def _record(
     grid: Grid, uid: str, idents: list[identifiers.Identifier], op: str, cmd: Command,
-    claimed: list[identifiers.Identifier],
+    claimed: list[identifiers.Identifier], resolved: dict[str, Any] | None = None,
+    if_match: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The user's side of a binding; refused, it releases what this request claimed."""
-    record = Command("identity.record", KIND.key(uid), {"items": _bound(idents), "op": op},
-                     cmd.channel, cmd.idempotency_key, cmd.fingerprint)  # fmt: skip
+    """The user's side of a binding; refused, it releases what this request claimed.
+
+    Answers the user's view, or ``resolved`` (a resolve's answer, kept with the
+    command's Idempotency-Key: a retry answers the first attempt's)."""
+    args = {"items": _bound(idents), "op": op, "answer": resolved}
+    record = Command("identity.record", KIND.key(uid), args, cmd.channel,
+                     cmd.idempotency_key, cmd.fingerprint, if_match)  # fmt: skip
     result = await grid.call(record)
     if not result.ok:
         await _release(grid, claimed, uid, cmd.channel)
@@ -362,9 +399,24 @@ async def resolve(grid: Grid, cmd: Command) -> tuple[int, Any]:
     """The uid the identifiers belong to, the rest bound to it; or a new one."""
     idents = _parse(cmd.args["identifiers"])
     keys = {directory.KIND.key(i.digest): i for i in idents}
-    bindings = await grid.query(dict.fromkeys(keys, directory.BINDING))
+    asks = dict.fromkeys(keys, directory.BINDING)
+    idem = cmd.idempotency_key
+    # With an Idempotency-Key, the uid a create makes holds the first answer; one that
+    # bound to a known user, that user does: the two are checked before anything is done.
+    anchor = KIND.key(new_uid(cmd)) if idem is not None else ""
+    if idem is not None:
+        asks[anchor] = WRITTEN + idem
+    bindings = await grid.query(asks)
+    first = _first(bindings.pop(anchor, None), cmd)
+    if first is not None:
+        return first
     found = {key: b[0] if b is not None else None for key, b in bindings.items()}
     uids = sorted({uid for uid in found.values() if uid is not None})
+    if idem is not None and len(uids) == 1 and KIND.key(uids[0]) != anchor:
+        known = KIND.key(uids[0])
+        first = _first((await grid.query({known: WRITTEN + idem}))[known], cmd)
+        if first is not None:
+            return first
     if len(uids) > 1:
         raise IDENTITY_CONFLICT("these identifiers belong to different users", uids=uids)
     if not uids and not cmd.args["create"]:
@@ -374,7 +426,7 @@ async def resolve(grid: Grid, cmd: Command) -> tuple[int, Any]:
         # (a known shopper). One not recorded yet (a process died between the claim
         # and the record) takes the long way, which records it.
         return 200, {"uid": uids[0], "created": False, "bound": [], "conflicts": []}
-    uid, created = (uids[0], False) if uids else (new_uid(), True)
+    uid, created = (uids[0], False) if uids else (new_uid(cmd), True)
     # Claims go in key order: of resolves racing on the same new identifiers,
     # the first claim of the first key decides the uid for all of them.
     ordered = [keys[k] for k in sorted(keys)]
@@ -390,23 +442,37 @@ async def resolve(grid: Grid, cmd: Command) -> tuple[int, Any]:
     if others:
         await _release(grid, claimed, uid, cmd.channel)
         raise IDENTITY_CONFLICT("these identifiers belong to different users", uids=[uid, *others])
-    await _record(grid, uid, ordered, "resolve_create" if created else "bind", cmd, claimed)
+    bound = [{"type": i.type, "value": i.shown, "app_id": i.app_id} for i in claimed]
+    resolved = {"uid": uid, "created": created, "bound": bound, "conflicts": []}
+    op = "resolve_create" if created else "bind"
+    resolved = await _record(grid, uid, ordered, op, cmd, claimed, resolved)
     if created and cmd.args.get("store"):
         home = Command("member.home", f"member:{uid}", {"store": cmd.args["store"]}, cmd.channel)
         answer(await grid.call(home))
-    bound = [{"type": i.type, "value": i.shown, "app_id": i.app_id} for i in claimed]
-    return 200, {"uid": uid, "created": created, "bound": bound, "conflicts": []}
+    return 200, resolved
 
 
 async def bind(grid: Grid, cmd: Command) -> tuple[int, Any]:
     uid = cmd.key.partition(":")[2]
     (ident,) = _parse([cmd.args])
+    if cmd.idempotency_key is not None or cmd.if_match is not None:
+        # a retry, a key reused or a stale version, told before the directory is touched
+        # (the user's record checks them again: they may change meanwhile)
+        written = (await grid.query({cmd.key: WRITTEN + (cmd.idempotency_key or "")}))[cmd.key]
+        first = _first(written, cmd)
+        if first is not None:
+            return first
+        version = written[0] if written is not None else 0
+        if cmd.if_match is not None and version is not None and cmd.if_match != version:
+            raise GridError(
+                "version_conflict", f"If-Match {cmd.if_match} but the current version is {version}"
+            )
     claim = await _claim(grid, ident, uid, cmd.channel)
     if claim["uid"] != uid:
         raise IDENTITY_CONFLICT("this identifier belongs to another user",
                                 uids=[uid, claim["uid"]])  # fmt: skip
     claimed = [ident] if claim["claimed"] else []
-    return 200, await _record(grid, uid, [ident], "bind", cmd, claimed)
+    return 200, await _record(grid, uid, [ident], "bind", cmd, claimed, if_match=cmd.if_match)
 
 
 async def unbind(grid: Grid, cmd: Command) -> tuple[int, Any]:
@@ -417,6 +483,30 @@ async def unbind(grid: Grid, cmd: Command) -> tuple[int, Any]:
     status, view = answer(await grid.call(forget))
     await _release(grid, [ident], uid, cmd.channel)
     return status, view
+
+
+class _Queries(Mapping[str, Callable[[Any], Any]]):
+    """The fixed queries, and the family ``WRITTEN``: ``identity.written:<key>``."""
+
+    fixed: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        ALIAS: lambda identity: identity.merged_into,
+        # each identifier's sealed value, in the view's order (X-Unmask, api/http/guard.py)
+        "identity.sealed": lambda identity: [h.sealed for h in identity.held],
+    }
+
+    def __getitem__(self, name: str) -> Callable[[Any], Any]:
+        if name in self.fixed:
+            return self.fixed[name]
+        if name.startswith(WRITTEN):
+            key = name[len(WRITTEN) :]
+            return lambda identity: _written(identity, key)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fixed)
+
+    def __len__(self) -> int:
+        return len(self.fixed)
 
 
 KIND = Kind(
@@ -491,10 +581,6 @@ KIND = Kind(
             scope="members:read",
         ),
     ),
-    queries={
-        ALIAS: lambda identity: identity.merged_into,
-        # each identifier's sealed value, in the view's order (X-Unmask, api/http/guard.py)
-        "identity.sealed": lambda identity: [h.sealed for h in identity.held],
-    },
+    queries=_Queries(),
     refusals=(IDENTITY_CONFLICT, IDENTITY_LIMIT, USER_MERGED, identifiers.BLOCKED_IDENTIFIER),
 )

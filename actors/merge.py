@@ -22,6 +22,7 @@ merge and what is left of the points it brought.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -267,21 +268,50 @@ async def drive(
 # -- the routes' flows ----------------------------------------------------------------
 
 
+def _merge_id(cmd: Command) -> str:
+    """With an Idempotency-Key, that key's merge (same channel, same key): a retry
+    meets the first attempt's saga and its record of the key, as a checkout its order."""
+    if cmd.idempotency_key is None:
+        return "m" + secrets.token_hex(10)
+    seed = "\0".join((cmd.channel, "merge", cmd.idempotency_key))
+    return "m" + hashlib.blake2b(seed.encode(), digest_size=10).hexdigest()
+
+
 async def merge(grid: Grid, cmd: Command) -> tuple[int, Any]:
     survivor, merged = cmd.args["uid"], cmd.args["from_uid"]
     if survivor == merged:
         raise InvalidRequest("a user cannot be merged into itself")
+    merge_id = _merge_id(cmd)
     aliases = await grid.query(
         {f"identity:{survivor}": "identity.alias", f"identity:{merged}": "identity.alias"}
     )
     for uid in (survivor, merged):
         into = aliases[f"identity:{uid}"]
         if into is not None:
-            raise USER_MERGED(f"{uid} was merged into {into}: merge into the survivor instead")
-    merge_id = "m" + secrets.token_hex(10)
+            refusal = USER_MERGED(f"{uid} was merged into {into}: merge into the survivor instead")
+            if cmd.idempotency_key is None:
+                raise refusal
+            # the first attempt of this key may be the merge that made it an alias
+            if not (await _run(grid, "merge.get", KIND.key(merge_id), {}, cmd.channel))["uid"]:
+                raise refusal
     begin = {"survivor": survivor, "merged": merged, "cart_rule": cmd.args["cart_rule"]}
-    saga = await _run(grid, "merge.begin", KIND.key(merge_id), begin, cmd.channel)
-    await drive(grid, merge_id, cmd.channel, saga)
+    # The key and the body's fingerprint are kept with the saga's beginning: a retry
+    # is told by it (and a reused key refused) before anything moves.
+    begun = await grid.call(
+        Command(
+            "merge.begin",
+            KIND.key(merge_id),
+            begin,
+            cmd.channel,
+            cmd.idempotency_key,
+            cmd.fingerprint,
+        )
+    )
+    saga = answer(begun)[1]
+    # a retry: the saga as it is now, taken on to its end if a crash left it half way
+    saga = await drive(grid, merge_id, cmd.channel, None if begun.replayed else saga)
+    if saga["status"] == "refused":  # (a retry of a merge whose first step was refused)
+        raise USER_MERGED(f"{merged} was merged elsewhere: merge into the survivor instead")
     return 200, {"merge_id": merge_id, "uid": survivor, "from_uid": merged}
 
 
