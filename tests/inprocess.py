@@ -37,6 +37,7 @@ from omnigrid.persistence.behaviour import BehaviourLog
 from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.keys import KeyStore
+from omnigrid.persistence.request_keys import RequestKeys
 from omnigrid.persistence.store import SqliteStore
 from omnigrid.persistence.sync_log import SyncLogStore
 from omnigrid.persistence.webhooks import WebhookStore
@@ -132,6 +133,7 @@ def in_process_app() -> GridApp:
             windows, log=SyncLogEndpoints(SyncLogStore(db), deliveries), channels=channels
         ),
         ClusterEndpoints(jobs.start, read_job),
+        RequestKeys(db),
     )
     metrics = GridMetrics(0)
     guard = Guard(keyring, unmask_log=log_unmask)

@@ -22,12 +22,14 @@ from omnigrid.api.http import handlers as h
 from omnigrid.api.http import sync as sd
 from omnigrid.api.http import webhooks as w
 from omnigrid.api.http.admin import KeyCreate, KeyEndpoints, KeyRotate
+from omnigrid.api.http.batch_keys import keyed
 from omnigrid.api.http.behaviour import BehaviourEndpoints
 from omnigrid.api.http.cluster_jobs import BUSY, ClusterEndpoints, Drain, Scale
 from omnigrid.api.http.ops import OpsEndpoints
 from omnigrid.api.http.suggestions import Suggestions
 from omnigrid.api.http.sync import sync as offline_sync
 from omnigrid.api.http.webhooks import WebhookEndpoints
+from omnigrid.persistence.request_keys import RequestKeys
 
 UNSET = "unset"  # a route nobody gave a scope: refused to every key (a test finds it)
 
@@ -110,6 +112,7 @@ def own_routes(
     keys: KeyEndpoints,
     ops: OpsEndpoints,
     cluster: ClusterEndpoints,
+    request_keys: RequestKeys | None = None,
 ) -> tuple[Route, ...]:
     """The grid's routes beside the kinds': offline sync, behaviour, webhooks, keys,
     operations."""
@@ -248,7 +251,7 @@ def own_routes(
             "POST",
             "/v1/sync",
             "sync",
-            offline_sync,
+            keyed(request_keys, "sync", offline_sync),
             "Replay a device's offline cart work once",
             body=sd.SyncBatch,
             answer=sd.SyncAnswer,
@@ -258,7 +261,7 @@ def own_routes(
             "POST",
             "/v1/events",
             "post_events",
-            behaviour.post_events,
+            keyed(request_keys, "post_events", behaviour.post_events),
             "Log channel behaviour for a uid",
             status=202,
             body=b.BehaviourBatch,
@@ -422,6 +425,7 @@ def all_routes(
     keys: KeyEndpoints | None = None,
     ops: OpsEndpoints | None = None,
     cluster: ClusterEndpoints | None = None,
+    request_keys: RequestKeys | None = None,
 ) -> tuple[Route, ...]:
     """The registered kinds' routes, then the grid's own (over these stores; without
     them, those routes answer 503: enough for the document)."""
@@ -433,6 +437,7 @@ def all_routes(
         keys or KeyEndpoints(None, None),
         ops or OpsEndpoints(None),
         cluster or ClusterEndpoints(None, None),
+        request_keys,
     )
     return tuple(r for kind in kinds() for r in kind_routes(kind)) + stream_routes() + own
 

@@ -59,6 +59,7 @@ from omnigrid.persistence.cluster_state import ClusterState
 from omnigrid.persistence.db import Database
 from omnigrid.persistence.hot_copy import HotCopy
 from omnigrid.persistence.journal import Journal, JournalUnavailable
+from omnigrid.persistence.request_keys import RequestKeys
 from omnigrid.persistence.store import Store
 from omnigrid.persistence.webhooks import WebhookStore
 from omnigrid.persistence.writebehind import WriteBehind
@@ -202,6 +203,7 @@ class GridNode:
             self.keys.endpoints,
             self.watch.endpoints,
             ClusterEndpoints(self.start_job, self.read_job),
+            RequestKeys(database),
         )
         self.app = GridApp(
             self.router,

@@ -5,7 +5,6 @@ sent again with the same Idempotency-Key answer what they answered first and
 apply nothing twice; the same key with another body is 422
 ``idempotency_key_reused`` and changes nothing. A bind with a stale If-Match is
 412 and binds nothing. The keys of a resolve and a merge outlive a restart.
-(The two batch endpoints do not keep their keys yet: expected to fail.)
 """
 
 from __future__ import annotations
@@ -13,14 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import Grid, new_id, write_headers
 
 RESOLVE = "/v1/identities/resolve"
-# Not yet: a batch (POST /v1/sync, POST /v1/events) touches no entity that is its own,
-# to keep its key's first answer and fingerprint on.
-NO_ANCHOR = "no entity keeps a batch's Idempotency-Key yet"
+# A batch (POST /v1/sync, POST /v1/events) touches no entity of its own: its key's
+# first answer is kept in the store (persistence/request_keys.py).
 
 
 def keyed(key: str, channel: str = "app", **extra: str) -> dict[str, str]:
@@ -149,7 +146,6 @@ def test_a_bind_with_a_stale_if_match_binds_nothing(client: httpx.Client) -> Non
     assert owner(client, third) is None
 
 
-@pytest.mark.xfail(strict=True, reason=NO_ANCHOR)
 def test_a_sync_batch_sent_again_with_its_key_answers_the_first_result(
     client: httpx.Client,
 ) -> None:
@@ -168,7 +164,6 @@ def test_a_sync_batch_sent_again_with_its_key_answers_the_first_result(
     assert ([(ln["sku"], ln["qty"]) for ln in cart["lines"]], cart["version"]) == ([(sku, 2)], 1)
 
 
-@pytest.mark.xfail(strict=True, reason=NO_ANCHOR)
 def test_a_behaviour_batch_sent_again_with_its_key_is_kept_once(client: httpx.Client) -> None:
     uid, key = new_id("u"), new_id("k")
     body = {"uid": uid, "events": [{"type": "view", "sku": new_id("sku")}]}

@@ -42,6 +42,7 @@ def test_migrations_run_once(postgres: PostgresDatabase) -> None:
         (4, "0004_keys.sql"),
         (5, "0005_ops.sql"),
         (6, "0006_events_by_key_version.sql"),
+        (7, "0007_request_keys.sql"),
     ]
 
 
