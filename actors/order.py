@@ -334,6 +334,8 @@ class Order(Entity):
 
     def refund(self, inp: RefundRequest, channel: str, now: float) -> Outcome:
         self._require_placed()
+        if self.status == "refunded":  # every line given back: any refund asks too much
+            raise REFUND_EXCEEDS_ORDER(f"everything in order {self.ident} is refunded already")
         if self.status not in REFUNDABLE:
             raise INVALID_TRANSITION(
                 f"order {self.ident} is {self._shown()}: refunds start once it is paid"

@@ -169,6 +169,8 @@ def test_refunds_are_partial_by_line_and_never_exceed_the_order(local: httpx.Cli
     assert done["status"] == "refunded"
     assert local.get("/v1/skus/tea/stock").json()["on_hand"] == 5
     assert local.get("/v1/members/u1").json()["spend_12m"] == 0
+    more = local.post(f"/v1/orders/{oid}/refunds", json={}, headers=write_headers("app"))
+    assert (more.status_code, more.json()["code"]) == (409, "refund_exceeds_order")
 
 
 def test_cancelling_gives_back_what_was_held_or_paid(local: httpx.Client) -> None:
