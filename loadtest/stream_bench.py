@@ -68,8 +68,10 @@ class Streams:
                 line = await reader.readline()
                 if not line:
                     return
-                if line.startswith(b"id: cart:"):
-                    self.arrived[(uid, int(line[9:]))] = time.perf_counter()
+                if line.startswith(b"id: "):  # "cart:3,member:2": the cart's version
+                    at = dict(p.split(":", 1) for p in line[4:].decode().strip().split(","))
+                    if "cart" in at:
+                        self.arrived[(uid, int(at["cart"]))] = time.perf_counter()
         except (OSError, asyncio.IncompleteReadError):
             self.failed += 1
 
