@@ -206,19 +206,27 @@ def test_one_coupon_raced_from_eight_channels_is_redeemed_once(grid: Grid) -> No
         assert c.get(f"/v1/coupons/{code}").json()["redemptions"] == 1
 
 
+def held_order(
+    c: httpx.Client, balance: int, qty: int, points: int, pay_within_s: int
+) -> tuple[str, str, str, str]:
+    """A pending order holding ``qty`` of a new SKU's 3, a coupon and ``points`` of the
+    uid's ``balance``: (uid, sku, coupon code, order id)."""
+    uid, sku, code = new_id("u"), new_id("sku"), new_id("C").upper()
+    product(c, sku, 2_000, 3)
+    earn = {"points": balance, "reason": "welcome", "external_id": "w"}
+    c.post(f"/v1/members/{uid}/points/earn", json=earn, headers=write_headers())
+    coupon = {"code": code, "kind": "amount", "value": 500, "uid": uid}
+    assert c.post("/v1/coupons", json=coupon, headers=write_headers()).status_code == 201
+    r = checkout(c, uid, {sku: qty}, coupon_codes=[code], points=points, pay_within_s=pay_within_s)
+    assert r.status_code == 201, r.text
+    return uid, sku, code, r.json()["order_id"]
+
+
 def test_a_passing_payment_deadline_gives_everything_back_across_a_restart() -> None:
     g = Grid()
     try:
-        uid, sku, code = new_id("u"), new_id("sku"), new_id("C").upper()
         with httpx.Client(base_url=g.url, timeout=30) as c:
-            product(c, sku, 2_000, 3)
-            earn = {"points": 100, "reason": "welcome", "external_id": "w"}
-            c.post(f"/v1/members/{uid}/points/earn", json=earn, headers=write_headers())
-            coupon = {"code": code, "kind": "amount", "value": 500, "uid": uid}
-            assert c.post("/v1/coupons", json=coupon, headers=write_headers()).status_code == 201
-            r = checkout(c, uid, {sku: 3}, coupon_codes=[code], points=100, pay_within_s=3)
-            assert r.status_code == 201, r.text
-            oid = r.json()["order_id"]
+            uid, sku, code, oid = held_order(c, balance=100, qty=3, points=100, pay_within_s=3)
             assert stock(c, sku)["available"] == 0
         g.kill()  # SIGKILL before the deadline: only the journal knows the order
         time.sleep(3)
@@ -247,16 +255,8 @@ def test_a_payment_just_after_pay_by_is_refused_with_everything_already_given_ba
 ) -> None:
     """'409 order_expired after pay_by (its stock, points and coupons already given
     back)': read right after the refusal, nothing is still held."""
-    uid, sku, code = new_id("u"), new_id("sku"), new_id("C").upper()
     with httpx.Client(base_url=grid.url, timeout=30) as c:
-        product(c, sku, 2_000, 3)
-        earn = {"points": 500, "reason": "welcome", "external_id": "w"}
-        c.post(f"/v1/members/{uid}/points/earn", json=earn, headers=write_headers())
-        coupon = {"code": code, "kind": "amount", "value": 500, "uid": uid}
-        assert c.post("/v1/coupons", json=coupon, headers=write_headers()).status_code == 201
-        r = checkout(c, uid, {sku: 2}, coupon_codes=[code], points=300, pay_within_s=1)
-        assert r.status_code == 201, r.text
-        oid = r.json()["order_id"]
+        uid, sku, code, oid = held_order(c, balance=500, qty=2, points=300, pay_within_s=1)
         time.sleep(1.05)  # just past pay_by, before the owner's timer has run its releases
         r = c.post(f"/v1/orders/{oid}/pay", json={"payment_ref": "late"}, headers=write_headers())
         assert (r.status_code, r.json()["code"]) == (409, "order_expired"), r.text
