@@ -68,6 +68,9 @@ class LineRemove(Input):
 
 class Bought(Input):
     skus: list[str]  # of a paid order
+    # the units of each it bought (none: the whole line, as a payment journaled before
+    # quantities were sent asks); sent once, by the order's Idempotency-Key
+    qty: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 # -- answers (documentation) ------------------------------------------------------
@@ -205,10 +208,20 @@ class Cart(Entity):
         return Outcome(200, None, changed=changed)
 
     def bought(self, inp: Bought, channel: str, now: float) -> Outcome:
-        """A paid order's SKUs leave the cart (their lines, whole: safe to run twice)."""
+        """What a paid order bought leaves the cart: each line less the units bought
+        (units added since the checkout stay), or whole when none are given."""
         changed = False
         for sku in inp.skus:
-            changed = self.lines.pop(sku, None) is not None or changed
+            line = self.lines.get(sku)
+            if line is None:
+                continue
+            changed = True
+            took = inp.qty.get(sku)
+            if took is None or line.qty <= took:
+                del self.lines[sku]
+            else:
+                line.qty -= took
+                line.updated_via, line.updated_at = intern(channel), now
         return Outcome(200, None, changed=changed)
 
     # -- a merge's steps (actors/merge.py) -------------------------------------------

@@ -291,8 +291,9 @@ class Order(Entity):
         owed += [["wallet.add", f"wallet:{uid}", {"code": c}, False] for c in self.coupons]
         owed.append(_points(uid, oid, "paid", "paid", points=earned, amount=sum(money)))
         bought = self.p.get("cart_skus")
-        if bought:  # the cart's lines of what was bought leave it
-            owed.append(["cart.bought", f"cart:{uid}", {"skus": bought}, False])
+        if bought:  # what was bought leaves the cart (once: by the order's key)
+            units = {sku: sum(ln.qty for ln in self.lines if ln.sku == sku) for sku in bought}
+            owed.append(["cart.bought", f"cart:{uid}", {"skus": bought, "qty": units}, True])
         self._owe([*owed, [NOTE]], channel, now)
         return Outcome(200, self.saga, changed=True)
 

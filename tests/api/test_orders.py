@@ -301,3 +301,21 @@ def test_reviews_added_between_pages_never_show_twice(local: httpx.Client) -> No
     local.post("/v1/products/tea/reviews", json=late, headers=write_headers())
     rest = local.get(f"/v1/products/tea/reviews?limit=2&cursor={first['next_cursor']}").json()
     assert [r["uid"] for r in rest["reviews"]] == ["r1"] and rest["next_cursor"] is None
+
+
+def test_paying_takes_out_of_the_cart_what_was_bought_and_no_more(local: httpx.Client) -> None:
+    """The cart's bought lines leave it once paid; units of a SKU added after the
+    checkout (the shopper went on shopping) stay."""
+    setup(local)
+    for sku, qty in (("tea", 2), ("cup", 1)):
+        add = {"sku": sku, "qty": qty}
+        assert (
+            local.post("/v1/carts/u1/lines", json=add, headers=write_headers()).status_code == 200
+        )
+    oid = checkout(local, lines=None).json()["order_id"]  # the cart: 2 tea, 1 cup
+    more = {"sku": "tea", "qty": 1}
+    local.post("/v1/carts/u1/lines", json=more, headers=write_headers("h5"))
+    pay = {"payment_ref": "p"}
+    assert local.post(f"/v1/orders/{oid}/pay", json=pay, headers=write_headers()).status_code == 200
+    lines = local.get("/v1/carts/u1").json()["lines"]
+    assert [(ln["sku"], ln["qty"]) for ln in lines] == [("tea", 1)]
