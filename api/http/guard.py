@@ -109,7 +109,11 @@ class Guard:
             asks[f"member:{params['uid']}"] = HOME_STORE
         # a write naming a shopper in its body (a checkout, a review): a walk-in with no
         # home store may be served, another store's member may not (their points, orders)
-        named = f"member:{body_uid}" if body_uid is not None else None
+        named = (
+            f"member:{body_uid}"
+            if body_uid is not None and body_uid != params.get("uid")  # that one: strict
+            else None
+        )
         if named is not None:
             asks[named] = HOME_STORE
         if not asks:
