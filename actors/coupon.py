@@ -20,7 +20,7 @@ leaves a tombstone, so that straggling hold is refused, not left holding.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -35,6 +35,8 @@ from omnigrid.actors.declaration import (
     Input,
     Kind,
     Op,
+    Query,
+    QueryFamilies,
     Refusal,
     Route,
     View,
@@ -412,23 +414,18 @@ async def create(grid: Grid, cmd: Command) -> tuple[int, Any]:
     return status, view
 
 
-class _Queries(Mapping[str, Callable[[Any], Any]]):
-    """``coupon.view``, and a family of names, ``coupon.usage:<uid>``, so that one
-    query reads many coupons for one uid (its count is one of thousands)."""
+def _usage(uid: str) -> Query:
+    """``coupon.usage:<uid>``: what ``usable`` needs, for one uid (never none)."""
+    if not uid:
+        raise KeyError(USAGE)
+    return lambda c: c.usage(uid)
 
-    def __getitem__(self, name: str) -> Callable[[Any], Any]:
-        if name == VIEW:
-            return lambda c: c.view() if c.terms is not None else None
-        if name.startswith(USAGE) and len(name) > len(USAGE):
-            uid = name[len(USAGE) :]
-            return lambda c: c.usage(uid)
-        raise KeyError(name)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter((VIEW,))
-
-    def __len__(self) -> int:
-        return 1
+# ``coupon.view``, and the family ``coupon.usage:<uid>``, so that one query reads many
+# coupons for one uid (its count is one of thousands)
+QUERIES = QueryFamilies(
+    {VIEW: lambda c: c.view() if c.terms is not None else None}, {USAGE: _usage}
+)
 
 
 KIND = Kind(
@@ -469,6 +466,6 @@ KIND = Kind(
             scope="",
         ),
     ),
-    queries=_Queries(),
+    queries=QUERIES,
     refusals=(COUPON_INVALID, COUPON_EXISTS),
 )

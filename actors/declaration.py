@@ -16,7 +16,7 @@ line's 9,999 is written once.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
@@ -156,6 +156,34 @@ class Stream:
     path: str
     name: str
     summary: str
+
+
+Query = Callable[[Any], Any]
+
+
+class QueryFamilies(Mapping[str, Query]):
+    """A kind's queries (``Kind.queries``): fixed names, and families of names
+    ``<prefix><argument>`` whose query is made for the argument (``coupon.usage:<uid>``:
+    one query reads many coupons for one uid). A family's maker raises KeyError for an
+    argument it refuses, as for an unknown name."""
+
+    def __init__(self, fixed: dict[str, Query], families: dict[str, Callable[[str], Query]]):
+        self.fixed = fixed
+        self.families = families
+
+    def __getitem__(self, name: str) -> Query:
+        if name in self.fixed:
+            return self.fixed[name]
+        for prefix, make in self.families.items():
+            if name.startswith(prefix):
+                return make(name[len(prefix) :])
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fixed)
+
+    def __len__(self) -> int:
+        return len(self.fixed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -24,7 +23,18 @@ import msgspec
 
 from omnigrid.actors import identifier as directory
 from omnigrid.actors import identifiers
-from omnigrid.actors.declaration import Grid, Id, Input, Kind, Op, Refusal, Route, View, answer
+from omnigrid.actors.declaration import (
+    Grid,
+    Id,
+    Input,
+    Kind,
+    Op,
+    QueryFamilies,
+    Refusal,
+    Route,
+    View,
+    answer,
+)
 from omnigrid.actors.entity import Entity, Outcome, intern
 from omnigrid.actors.errors import GridError
 from omnigrid.actors.merged import Restore, Undone
@@ -485,28 +495,15 @@ async def unbind(grid: Grid, cmd: Command) -> tuple[int, Any]:
     return status, view
 
 
-class _Queries(Mapping[str, Callable[[Any], Any]]):
-    """The fixed queries, and the family ``WRITTEN``: ``identity.written:<key>``."""
-
-    fixed: ClassVar[dict[str, Callable[[Any], Any]]] = {
+# the fixed queries, and the family ``identity.written:<Idempotency-Key>``
+QUERIES = QueryFamilies(
+    {
         ALIAS: lambda identity: identity.merged_into,
         # each identifier's sealed value, in the view's order (X-Unmask, api/http/guard.py)
         "identity.sealed": lambda identity: [h.sealed for h in identity.held],
-    }
-
-    def __getitem__(self, name: str) -> Callable[[Any], Any]:
-        if name in self.fixed:
-            return self.fixed[name]
-        if name.startswith(WRITTEN):
-            key = name[len(WRITTEN) :]
-            return lambda identity: _written(identity, key)
-        raise KeyError(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.fixed)
-
-    def __len__(self) -> int:
-        return len(self.fixed)
+    },
+    {WRITTEN: lambda key: lambda identity: _written(identity, key)},
+)
 
 
 KIND = Kind(
@@ -581,6 +578,6 @@ KIND = Kind(
             scope="members:read",
         ),
     ),
-    queries=_Queries(),
+    queries=QUERIES,
     refusals=(IDENTITY_CONFLICT, IDENTITY_LIMIT, USER_MERGED, identifiers.BLOCKED_IDENTIFIER),
 )
