@@ -10,8 +10,9 @@ exactly as it was.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 # Idempotency keys are remembered for at least this long (the contract says 24 h).
 IDEMPOTENCY_TTL_S = 24 * 3600.0
@@ -117,3 +118,15 @@ def intern(text: str) -> str:
     """One copy of a string many entities hold (channel names, SKUs): a million
     five-line carts hold 10 million of them, about 600 MB as separate copies."""
     return sys.intern(text)
+
+
+T = TypeVar("T")
+
+
+def newest_first(oldest_first: Sequence[T], cursor: int, limit: int) -> tuple[list[T], int | None]:
+    """A page of what an entity keeps oldest first, shown newest first, and the next
+    page's cursor (None: no more). A cursor counts the items older than its page (0:
+    from the newest), so items added meanwhile never push one onto a page twice."""
+    top = min(cursor, len(oldest_first)) if cursor else len(oldest_first)
+    page = list(oldest_first[max(0, top - limit) : top])[::-1]
+    return page, top - limit if top - limit > 0 else None

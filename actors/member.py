@@ -33,7 +33,7 @@ from omnigrid.actors.declaration import (
     Stream,
     View,
 )
-from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.entity import Entity, Outcome, intern, newest_first
 from omnigrid.actors.member_orders import (
     INSUFFICIENT_POINTS,
     OrderPoints,
@@ -289,12 +289,9 @@ class Member(Entity):
         return Outcome(200, self.view(), changed=False)
 
     def ledger(self, page: LedgerPage, channel: str, now: float) -> Outcome:
-        # A cursor is an entry_id: the page shows the entries before it, newest first,
-        # so entries added meanwhile never push one onto the next page twice.
-        top = min(page.cursor, len(self.entries)) if page.cursor else len(self.entries)
-        indexes = range(top - 1, max(-1, top - 1 - page.limit), -1)
+        # a cursor is an entry_id: the page shows the entries before it
+        indexes, next_cursor = newest_first(range(len(self.entries)), page.cursor, page.limit)
         entries = [self.entry_view(i) for i in indexes]
-        next_cursor = top - page.limit if top - page.limit > 0 else None
         return Outcome(200, {"entries": entries, "next_cursor": next_cursor}, changed=False)
 
     def earn(self, inp: Earn, channel: str, now: float) -> Outcome:

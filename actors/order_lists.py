@@ -26,7 +26,7 @@ from omnigrid.actors.declaration import (
     View,
     answer,
 )
-from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.entity import Entity, Outcome, intern, newest_first
 from omnigrid.actors.merged import HandOver, MergeId, MergeState, Restore, Undone
 from omnigrid.actors.order_inputs import OrderPage, OrdersView
 from omnigrid.actors.protocol import Command
@@ -163,16 +163,9 @@ class OrderList(Entity):
 
     def page(self, inp: OrderPage, channel: str, now: float) -> Outcome:
         """Order ids newest first, of one status if asked; the route reads the orders."""
-        chosen = [
-            i for i in reversed(self.ids) if inp.status is None or self.seen[i][0] == inp.status
-        ]
-        ids = chosen[inp.cursor : inp.cursor + inp.limit]
-        more = inp.cursor + inp.limit < len(chosen)
-        return Outcome(
-            200,
-            {"ids": ids, "next_cursor": inp.cursor + inp.limit if more else None},
-            changed=False,
-        )
+        chosen = [i for i in self.ids if inp.status is None or self.seen[i][0] == inp.status]
+        ids, next_cursor = newest_first(chosen, inp.cursor, inp.limit)
+        return Outcome(200, {"ids": ids, "next_cursor": next_cursor}, changed=False)
 
 
 class UserOrders(OrderList):

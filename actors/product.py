@@ -28,7 +28,7 @@ from omnigrid.actors.declaration import (
     View,
     one_call,
 )
-from omnigrid.actors.entity import Entity, Outcome, intern
+from omnigrid.actors.entity import Entity, Outcome, intern, newest_first
 from omnigrid.actors.order_lists import BOUGHT_SKUS
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
@@ -203,17 +203,13 @@ class Product(Entity):
 
     def list_reviews(self, page: ReviewsPage, channel: str, now: float) -> Outcome:
         self._require()
-        # A cursor counts the reviews older than the page (oldest first), so reviews
-        # added meanwhile never push one onto the next page twice.
-        oldest_first = list(self.reviews)
-        top = min(page.cursor, len(oldest_first)) if page.cursor else len(oldest_first)
-        chosen = oldest_first[max(0, top - page.limit) : top][::-1]
+        chosen, next_cursor = newest_first(list(self.reviews), page.cursor, page.limit)
         ratings = [r.rating for r in self.reviews.values()]
         answer = {
             "rating_avg": round(sum(ratings) / len(ratings), 2) if ratings else None,
             "count": len(ratings),
             "reviews": [self.review_view(uid) for uid in chosen],
-            "next_cursor": top - page.limit if top - page.limit > 0 else None,
+            "next_cursor": next_cursor,
         }
         return Outcome(200, answer, changed=False)
 

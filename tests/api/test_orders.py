@@ -319,3 +319,15 @@ def test_paying_takes_out_of_the_cart_what_was_bought_and_no_more(local: httpx.C
     assert local.post(f"/v1/orders/{oid}/pay", json=pay, headers=write_headers()).status_code == 200
     lines = local.get("/v1/carts/u1").json()["lines"]
     assert [(ln["sku"], ln["qty"]) for ln in lines] == [("tea", 1)]
+
+
+def test_orders_placed_between_pages_never_show_twice(local: httpx.Client) -> None:
+    setup(local)
+    one = [{"sku": "tea", "qty": 1}]  # four of them fit the stock
+    first_three = [checkout(local, lines=one).json()["order_id"] for _ in range(3)]
+    page = local.get("/v1/users/u1/orders?limit=2").json()
+    assert [o["order_id"] for o in page["orders"]] == first_three[:0:-1]
+    assert checkout(local, lines=one).status_code == 201  # newer: on a fresh first page only
+    rest = local.get(f"/v1/users/u1/orders?limit=2&cursor={page['next_cursor']}").json()
+    assert [o["order_id"] for o in rest["orders"]] == first_three[:1]
+    assert rest["next_cursor"] is None
