@@ -76,6 +76,18 @@ class Unavailable(GridError):
         super().__init__("unavailable", detail)
 
 
+def key_reused() -> GridError:
+    """An Idempotency-Key sent again with another request (422): nothing is done."""
+    return GridError(
+        "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+    )
+
+
+def version_conflict(asked: int, current: int) -> GridError:
+    """An If-Match naming a version the entity is no longer at (412): nothing is done."""
+    return GridError("version_conflict", f"If-Match {asked} but the current version is {current}")
+
+
 class Overloaded(GridError):
     """Too much is queued for an owner; the caller should back off (429)."""
 

@@ -36,7 +36,7 @@ from omnigrid.actors.declaration import (
     answer,
 )
 from omnigrid.actors.entity import Entity, Outcome, intern
-from omnigrid.actors.errors import GridError
+from omnigrid.actors.errors import GridError, key_reused, version_conflict
 from omnigrid.actors.merged import Restore, Undone
 from omnigrid.actors.protocol import Command
 from omnigrid.persistence.events import rfc3339
@@ -345,9 +345,7 @@ def _first(written: list[Any] | None, cmd: Command) -> tuple[int, Any] | None:
         return None
     fingerprint, status, body = record
     if fingerprint != (cmd.fingerprint or ""):
-        raise GridError(
-            "idempotency_key_reused", "this Idempotency-Key was used with a different request"
-        )
+        raise key_reused()
     return status, body
 
 
@@ -474,9 +472,7 @@ async def bind(grid: Grid, cmd: Command) -> tuple[int, Any]:
             return first
         version = written[0] if written is not None else 0
         if cmd.if_match is not None and version is not None and cmd.if_match != version:
-            raise GridError(
-                "version_conflict", f"If-Match {cmd.if_match} but the current version is {version}"
-            )
+            raise version_conflict(cmd.if_match, version)
     claim = await _claim(grid, ident, uid, cmd.channel)
     if claim["uid"] != uid:
         raise IDENTITY_CONFLICT("this identifier belongs to another user",

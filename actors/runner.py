@@ -14,7 +14,7 @@ import msgspec
 
 from omnigrid.actors.declaration import Input, Op
 from omnigrid.actors.entity import Entity
-from omnigrid.actors.errors import GridError
+from omnigrid.actors.errors import GridError, key_reused, version_conflict
 from omnigrid.actors.protocol import ALIASED, Command, Result
 
 # (entity, command, the input as the handler left it, now) -> the new view
@@ -45,7 +45,7 @@ def run_command(
         try:
             outcome = handler(entity, inp, cmd.channel, now)
         except GridError as e:
-            return Ran(Result(e.status, None, e.code, e.detail))
+            return Ran(_refused(e))
         body = outcome.body(entity.view()) if callable(outcome.body) else outcome.body
         return Ran(Result(outcome.status, body))
 
@@ -54,26 +54,14 @@ def run_command(
         record_of_key = entity.idempotency.get(idem)
         if record_of_key is not None:
             if record_of_key.fingerprint != (cmd.fingerprint or ""):
-                refused = Result(
-                    422,
-                    None,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request",
-                )
-                return Ran(refused)
+                return Ran(_refused(key_reused()))
             return Ran(Result(record_of_key.status, record_of_key.body, replayed=True))
     if cmd.if_match is not None and cmd.if_match != entity.version:
-        conflict = Result(
-            412,
-            None,
-            "version_conflict",
-            f"If-Match {cmd.if_match} but the current version is {entity.version}",
-        )
-        return Ran(conflict)
+        return Ran(_refused(version_conflict(cmd.if_match, entity.version)))
     try:
         outcome = handler(entity, inp, cmd.channel, now)
     except GridError as e:
-        return Ran(Result(e.status, None, e.code, e.detail))
+        return Ran(_refused(e))
     view: dict[str, Any] | None = None
     if outcome.changed:
         # The input as the handler left it: with its decisions (Op.decided).
@@ -85,3 +73,7 @@ def run_command(
     if idem is not None:
         entity.remember(idem, cmd.fingerprint or "", outcome.status, body, now)
     return Ran(Result(outcome.status, body), outcome.changed, idem is not None or outcome.noted)
+
+
+def _refused(e: GridError) -> Result:
+    return Result(e.status, None, e.code, e.detail)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from omnigrid.actors.declaration import Grid
-from omnigrid.actors.errors import GridError, Unavailable
+from omnigrid.actors.errors import Unavailable, key_reused
 from omnigrid.api.http.handlers import Call, Handler, fingerprint
 from omnigrid.persistence.request_keys import RequestKeys
 from omnigrid.persistence.store import StoreUnavailable
@@ -49,10 +49,7 @@ def keyed(keys: RequestKeys | None, route: str, handler: Handler) -> Handler:
         if first is not None:
             was, status, answer = first
             if was != mark:
-                raise GridError(
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request",
-                )
+                raise key_reused()
             return status, answer
         status, answer = await handler(grid, call)
         try:

@@ -187,6 +187,7 @@ class GridNode:
         )
         self.router.first_use = self.keys.nonces.first_use_token
         self.router.nonce_check = self.keys.first_use
+        channels = frozenset(settings.channels)
         self.watch = NodeWatch(
             database,
             shard_id,
@@ -194,9 +195,8 @@ class GridNode:
             lambda m: self._ask_all(m, HEALTH_TIMEOUT_S),
             self.links,
             settings.sync_log_retention_s,
-            frozenset(settings.channels),
+            channels,
         )
-        channels = frozenset(settings.channels)
         routes = all_routes(
             WebhookEndpoints(webhooks),
             BehaviourEndpoints(BehaviourLog(database), channels),
