@@ -24,6 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from loadtest.fault_makers import RedisServer
 from loadtest.procs import free_port, http_status
 from omnigrid.actors.kinds import kinds
 from omnigrid.actors.slots import SlotMap
@@ -31,11 +32,6 @@ from omnigrid.api.runtime.front import NginxFront, front_socket_path
 from omnigrid.api.runtime.settings import Settings
 
 READY_TIMEOUT_S = 30.0
-
-
-def start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    return subprocess.Popen([*cmd, "--appendonly", "no"], stdout=log.open("wb"), stderr=-2)
 
 
 def start_baseline(socket_path: str, redis_port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -67,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda sig, frame: stopping.append(sig))
     signal.signal(signal.SIGINT, lambda sig, frame: stopping.append(sig))
-    redis_port = free_port()
-    children = [start_redis(redis_port, args.data / "redis.log")]
-    front = NginxFront(settings, kinds())
+    front = NginxFront(settings, kinds())  # nginx and njs are here, or nothing starts
+    redis = RedisServer(free_port(), aof=False)
+    children: list[subprocess.Popen[bytes]] = []
     try:
+        redis.start()
         sockets = [front_socket_path(args.port, w) for w in range(args.workers)]
         children += [
-            start_baseline(path, redis_port, args.data / f"baseline-{w}.log")
+            start_baseline(path, redis.port, args.data / f"baseline-{w}.log")
             for w, path in enumerate(sockets)
         ]
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -102,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        redis.remove()
 
 
 if __name__ == "__main__":

@@ -19,13 +19,20 @@ from pathlib import Path
 
 
 class RedisServer:
-    """A redis-server of our own on a free port, with the AOF on, stopped by its pid."""
+    """A redis-server of our own on a free port, with the AOF on (``aof=False``:
+    nothing on disk, as the Redis baseline runs), stopped by its pid."""
 
     def __init__(
-        self, port: int, fsync: str = "everysec", host: str = "127.0.0.1", password: str = ""
+        self,
+        port: int,
+        fsync: str = "everysec",
+        host: str = "127.0.0.1",
+        password: str = "",
+        aof: bool = True,
     ) -> None:
         self.port = port
         self.fsync = fsync
+        self.aof = aof
         self.host = host
         self.password = password  # needed off loopback (Redis's protected mode)
         self.dir = tempfile.mkdtemp(prefix="omnigrid-redis-")
@@ -38,7 +45,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 *(server, "--bind", self.host, "--port", str(self.port), "--dir", self.dir),
-                *("--appendonly", "yes", "--appendfsync", self.fsync, "--save", ""),
+                *("--appendonly", "yes" if self.aof else "no", "--appendfsync", self.fsync),
+                *("--save", ""),
                 *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=subprocess.DEVNULL,
