@@ -1,6 +1,6 @@
 """The Redis baseline behind the grid's own nginx front: a CPU per request to compare.
 
-    python -m loadtest.baseline_front --port 8100 --data /tmp/bf [--workers 2]
+    python -m loadtest.baseline_front --port 8100 --data /tmp/bf [--workers 2] [--floor]
 
 Starts, as its own children: a redis-server (a free port, nothing on disk), one
 uvicorn process of ``loadtest/baseline.py`` per front socket, and the nginx that
@@ -9,6 +9,9 @@ configuration, njs routing, upstream keep-alive and limits; the baseline's
 processes sit where the shards would). Every process is a descendant of this one,
 so a CPU count of its tree is the whole baseline's, Redis included, as a count of
 ``omnigrid serve``'s tree is the whole grid's. SIGTERM or SIGINT stops them all.
+
+``--floor`` serves ``loadtest/floor.py`` (an app that does nothing) in the
+baseline's place, with no Redis: the stack's own cost per request.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from omnigrid.api.runtime.settings import Settings
 READY_TIMEOUT_S = 30.0
 
 
-def start_baseline(socket_path: str, redis_port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_baseline(socket_path: str, redis_port: int | None, log: Path) -> subprocess.Popen[bytes]:
+    """One baseline process on ``socket_path`` (no Redis port: the floor app)."""
     if os.path.exists(socket_path):
         os.unlink(socket_path)
     env = {**os.environ, "BASELINE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
-    cmd = [sys.executable, "-m", "uvicorn", "loadtest.baseline:app", "--uds", socket_path]
+    app = "loadtest.baseline:app" if redis_port is not None else "loadtest.floor:app"
+    cmd = [sys.executable, "-m", "uvicorn", app, "--uds", socket_path]
     cmd += ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
     root = str(Path(__file__).resolve().parent.parent)
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=log.open("wb"), stderr=-2)
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="nginx's files and the logs")
     p.add_argument("--workers", type=int, default=2, help="baseline processes behind nginx")
     p.add_argument("--front-workers", type=int, default=2, help="nginx worker processes")
+    p.add_argument("--floor", action="store_true", help="loadtest/floor.py, no Redis")
     args = p.parse_args(argv)
     args.data.mkdir(parents=True, exist_ok=True)
     # the grid's own settings (OMNIGRID_KEEPALIVE_S and the rest from the environment)
@@ -64,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda sig, frame: stopping.append(sig))
     signal.signal(signal.SIGINT, lambda sig, frame: stopping.append(sig))
     front = NginxFront(settings, kinds())  # nginx and njs are here, or nothing starts
-    redis = RedisServer(free_port(), aof=False)
+    redis = None if args.floor else RedisServer(free_port(), aof=False)
     children: list[subprocess.Popen[bytes]] = []
     try:
-        redis.start()
+        if redis is not None:
+            redis.start()
         sockets = [front_socket_path(args.port, w) for w in range(args.workers)]
         children += [
-            start_baseline(path, redis.port, args.data / f"baseline-{w}.log")
+            start_baseline(path, redis.port if redis else None, args.data / f"baseline-{w}.log")
             for w, path in enumerate(sockets)
         ]
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -99,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
-        redis.remove()
+        if redis is not None:
+            redis.remove()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Starts one grid per shape in turn (default: 6 shard processes serving the port
 themselves, the shape 100,000 connections force without a front; 2 shards alone;
 2 shards behind ``omnigrid serve --front nginx``), each on a fresh data directory;
 ``baseline-nginx`` is the Redis baseline (two processes of ``loadtest/baseline.py``
-and a Redis of its own) behind the same nginx (``loadtest/baseline_front.py``).
+and a Redis of its own) behind the same nginx (``loadtest/baseline_front.py``);
+``floor-nginx`` is two processes of an app that does nothing (``loadtest/floor.py``)
+behind it: the stack's own cost, under any service's.
 For each: seeds carts, opens ``--idle`` keep-alive connections that each sent one
 request and then hold still (the shoppers thinking), measures the whole
 ``omnigrid serve`` tree's CPU for ``--seconds`` idle, then offers cart reads and
@@ -86,12 +88,15 @@ async def hold_idle(host: str, port: int, count: int, held: list[asyncio.StreamW
     await asyncio.gather(*(one() for _ in range(count)))
 
 
-def baseline_front(data: Path, env: dict[str, str]) -> Server:
-    """The Redis baseline behind the grid's nginx (loadtest/baseline_front.py), not started."""
+def baseline_front(name: str, data: Path, env: dict[str, str]) -> Server:
+    """The Redis baseline (or the floor app) behind the grid's nginx
+    (loadtest/baseline_front.py), not started."""
     port = free_port()
     cmd = [sys.executable, "-m", "loadtest.baseline_front", "--port", str(port)]
+    if name == FLOOR:
+        cmd.append("--floor")
     return Server(
-        "baseline-nginx",
+        name,
         [*cmd, "--data", str(data)],
         url=f"http://127.0.0.1:{port}",
         ready_path="/readyz",
@@ -107,8 +112,8 @@ def measure_shape(
     data = Path(tempfile.mkdtemp(prefix=f"front-{name}-"))
     env = {"OMNIGRID_KEEPALIVE_S": "600", **env}
     server = (
-        baseline_front(data, env)
-        if name == BASELINE
+        baseline_front(name, data, env)
+        if name in (BASELINE, FLOOR)
         else omnigrid_server(data, data / "serve.log", shards=shards, env=env)
     )
     server.start()
@@ -199,11 +204,13 @@ def _per_request(
 
 
 BASELINE = "baseline-nginx"
+FLOOR = "floor-nginx"
 SHAPES = {
     "6-shards": (6, {}),
     "2-shards": (2, {}),
     "nginx-2-shards": (2, {"OMNIGRID_FRONT": "nginx", "OMNIGRID_FRONT_WORKERS": "2"}),
     BASELINE: (2, {}),  # two baseline processes in the shards' place
+    FLOOR: (2, {}),  # two processes of an app that does nothing (loadtest/floor.py)
 }
 DEFAULT_SHAPES = ("6-shards", "2-shards", "nginx-2-shards")
 

@@ -245,14 +245,20 @@ def wait_for_final_tallies(tally_dir: Path, workers: int, timeout_s: float = 30.
     deadline = time.monotonic() + timeout_s
     finals = 0
     while time.monotonic() < deadline:
-        finals = 0
-        for path in tally_dir.glob("tally-*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                finals += bool(json.loads(path.read_text()).get("final"))
+        finals = final_tallies(tally_dir)
         if finals >= workers:
             return
         time.sleep(0.5)
     log(f"final tallies: {finals} of {workers} workers after {timeout_s:.0f} s")
+
+
+def final_tallies(tally_dir: Path) -> int:
+    """How many workers have written their final tally."""
+    finals = 0
+    for path in tally_dir.glob("tally-*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            finals += bool(json.loads(path.read_text()).get("final"))
+    return finals
 
 
 def check(base: str, seeded: dict[str, Any], tally_dir: Path) -> dict[str, Any]:
@@ -383,16 +389,29 @@ def plot(out: Path, title: str, connections: list[tuple[float, int]], p99_goal_m
     return path
 
 
-def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> str:
+def correctness_lines(c: dict[str, Any]) -> list[str]:
+    """What the check found: nothing oversold, every acknowledged write present."""
     unanswered = c.get("unanswered_at_stop", {})
+    return [
+        f"oversold SKUs {len(c['oversold'])} of {c['skus_checked']:,}   "
+        f"acknowledged commits missing {len(c['lost_commits'])}   "
+        f"commits applied without an answer {c['commits_without_answer']}",
+        f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
+        f"applied without an answer {c['cart_writes_without_answer']}",
+        f"in flight or cut off at stop: cart writes {unanswered.get('cart_writes', 0)}, "
+        f"commits {unanswered.get('commits', 0)} units (at most what was applied without an "
+        "answer)",
+    ]
+
+
+def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> str:
     fail_rate = s["failures"] / s["requests"] if s.get("requests") else float("nan")
     tallies_ok = c.get("final_tallies", 0) >= args.processes
     goal = args.p99_goal_ms  # 0: latency reported, not judged (correctness-only runs)
+    floor = bool(c.get("floor"))
     ok = (
         tallies_ok
-        and not c["oversold"]
-        and not c["lost_cart_writes"]
-        and not c["lost_commits"]
+        and (floor or not (c["oversold"] or c["lost_cart_writes"] or c["lost_commits"]))
         and fail_rate < 0.001
         and (goal <= 0 or s["p99_ms"] < goal)
     )
@@ -406,15 +425,11 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
         + (f"(goal < {goal:g})" if goal > 0 else "(not judged: --p99-goal-ms 0)")
         + f"   max {s['max_ms']:.0f} ms   connections held at most "
         f"{s.get('connections_max', 0):,}",
-        f"oversold SKUs {len(c['oversold'])} of {c['skus_checked']:,}   "
-        f"acknowledged commits missing {len(c['lost_commits'])}   "
-        f"commits applied without an answer {c['commits_without_answer']}",
-        f"lost cart writes {len(c['lost_cart_writes'])} of {c['carts_checked']:,} carts   "
-        f"applied without an answer {c['cart_writes_without_answer']}",
-        f"in flight or cut off at stop: cart writes {unanswered.get('cart_writes', 0)}, "
-        f"commits {unanswered.get('commits', 0)} units (at most what was applied without an "
-        "answer)",
     ]
+    if floor:
+        lines.append("THE FLOOR (loadtest/floor.py behind nginx): no state, nothing to check")
+    else:
+        lines += correctness_lines(c)
     inside = s.get("inside_grid")
     if inside:
         lines.append(
@@ -453,6 +468,29 @@ def verdict(args: argparse.Namespace, s: dict[str, Any], c: dict[str, Any]) -> s
     return "\n".join(lines)
 
 
+def floor_server(
+    data: Path, log_path: Path, args: argparse.Namespace, env: dict[str, str], port: int
+) -> Server:
+    """``--floor``: loadtest/floor.py in the shards' place behind the same nginx."""
+    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--floor", "--port", str(port)]
+    cmd += ["--data", str(data), "--workers", str(args.shards)]
+    cmd += ["--front-workers", str(args.front_workers)]
+    return Server(
+        "floor",
+        cmd,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/readyz",
+        cwd=HERE.parent,
+        env={**os.environ, **env},
+        log_path=log_path,
+    )
+
+
+def floor_check(tally_dir: Path) -> dict[str, Any]:
+    """The floor keeps nothing, so only the workers' final tallies are counted."""
+    return {"floor": True, "final_tallies": final_tallies(tally_dir)}
+
+
 def think_seconds(args: argparse.Namespace) -> tuple[float, float]:
     low, high = args.think.split(",")
     return float(low), float(high)
@@ -470,6 +508,8 @@ def invalid(args: argparse.Namespace) -> str | None:
         return "--shards, --ports and --skus must be at least 1, --hot not negative"
     if not 0 <= args.front_workers <= 64:
         return "--front-workers must be between 0 and 64"
+    if args.floor and (args.url or not args.front_workers):
+        return "--floor starts its own app behind nginx: give --front-workers, not --url"
     try:
         low, high = think_seconds(args)
     except ValueError:
@@ -507,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="put the started grid behind its nginx front with this many workers (each "
         "holds ~19,000 connections); 0: every shard process serves the ports itself",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="instead of the grid, an app that does nothing (loadtest/floor.py) behind the "
+        "same nginx: what the stack alone costs at this load (no state, nothing to check)",
     )
     p.add_argument("--skus", type=int, default=2_000)
     p.add_argument("--hot", type=int, default=5, help="flash-sale SKUs with little stock")
@@ -557,7 +603,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.front_workers:
                 env["OMNIGRID_FRONT"] = "nginx"
                 env["OMNIGRID_FRONT_WORKERS"] = str(args.front_workers)
-            server = omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
+            server = (
+                floor_server(tmp, out / "grid.log", args, env, port)
+                if args.floor
+                else omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
+            )
             log(f"grid ready in {server.start(300):.0f} s at {server.url}")
             base = server.url
         seeded = asyncio.run(seed(base, run, args.skus, args.hot, 1_000_000, args.hot_on_hand))
@@ -591,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             meter.stop()
         log(f"locust exited with {code} after {time.monotonic() - started:.0f} s")
         wait_for_final_tallies(tmp, args.processes)
-        checked = check(base, seeded, tmp)
+        checked = floor_check(tmp) if args.floor else check(base, seeded, tmp)
     finally:
         if server is not None:
             server.stop()

@@ -1,5 +1,6 @@
 """The Redis baseline behind the grid's nginx front (loadtest/baseline_front.py): real
-nginx, real uvicorn processes, a real redis-server of its own, all ended on SIGTERM."""
+nginx, real uvicorn processes, a real redis-server of its own, all ended on SIGTERM;
+and the floor (loadtest/floor.py, an app that does nothing) in its place."""
 
 from __future__ import annotations
 
@@ -16,20 +17,12 @@ from omnigrid.api.runtime.front import front_socket_path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_baseline_answers_through_nginx_and_stops_with_every_child(tmp_path: Path) -> None:
+def started(tmp_path: Path, *extra: str) -> tuple[Server, int]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "loadtest.baseline_front",
-        "--port",
-        str(port),
-        "--data",
-        str(tmp_path),
-    ]
+    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--port", str(port)]
     server = Server(
         "baseline-nginx",
-        cmd,
+        [*cmd, "--data", str(tmp_path), *extra],
         url=f"http://127.0.0.1:{port}",
         ready_path="/readyz",
         cwd=ROOT,
@@ -37,6 +30,20 @@ def test_the_baseline_answers_through_nginx_and_stops_with_every_child(tmp_path:
         log_path=tmp_path / "serve.log",
     )
     server.start(ready_timeout_s=60)
+    assert server.proc is not None
+    return server, port
+
+
+def stop_and_check_children(server: Server, children: list[int]) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"left running: {alive}"
+
+
+def test_the_baseline_answers_through_nginx_and_stops_with_every_child(tmp_path: Path) -> None:
+    server, port = started(tmp_path)
     assert server.proc is not None
     try:
         children = descendants(server.proc.pid)
@@ -54,8 +61,21 @@ def test_the_baseline_answers_through_nginx_and_stops_with_every_child(tmp_path:
             assert bad.status_code == 422
         assert all(Path(front_socket_path(port, w)).exists() for w in range(2))
     finally:
-        server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(30)
-    assert code == 0
-    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
-    assert not alive, f"left running: {alive}"
+        stop_and_check_children(server, children)
+
+
+def test_the_floor_answers_every_request_alike_with_no_redis(tmp_path: Path) -> None:
+    server, _ = started(tmp_path, "--floor")
+    assert server.proc is not None
+    children = descendants(server.proc.pid)
+    try:
+        names = " ".join(Path(f"/proc/{pid}/comm").read_text() for pid in children)
+        assert "nginx" in names and "redis-server" not in names, names
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            read = c.get("/v1/carts/anyone")
+            added = c.post("/v1/carts/anyone/lines", json={"sku": "x", "qty": 1})
+        assert read.status_code == added.status_code == 200
+        assert read.headers["server"].startswith("nginx")
+        assert read.json() == added.json() and read.json()["lines"][0]["qty"] == 1
+    finally:
+        stop_and_check_children(server, children)

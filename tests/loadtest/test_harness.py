@@ -168,6 +168,26 @@ def test_a_run_on_a_grid_behind_its_nginx_front(tmp_path: Path) -> None:
     assert "nginx (1 workers) in front of 2 shard processes" in run.stdout
 
 
+def test_a_run_on_the_floor_behind_the_same_front_checks_nothing_and_says_so(
+    tmp_path: Path,
+) -> None:
+    run = _harness(
+        *("--floor", "-u", "20", "-r", "20", "--hold", "8", "--settle", "2"),
+        *("--think", "0.2,0.6", "--processes", "1", "--front-workers", "1", "--skus", "30"),
+        *("--out", str(tmp_path)),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "VERDICT: PASS" in run.stdout and "THE FLOOR" in run.stdout, run.stdout
+    assert "oversold" not in run.stdout  # no state: no claim about it
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    stats = summary["stats"]
+    # every journey ran against it (reservations got their 201), none failed
+    assert stats["requests"] > 20 and stats["failures"] == 0
+    assert stats["grid_cpu_us_per_request"] > 0 and stats["locust_cpu_us_per_request"] > 0
+    assert stats["inside_grid"] is None  # it keeps no histogram
+    assert summary["check"] == {"floor": True, "final_tallies": 1}
+
+
 def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> None:
     for bad in (
         ["-u", "0"],
@@ -179,6 +199,8 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         ["--ports", "0"],
         ["--p99-goal-ms", "-1"],
         ["--front-workers", "-1"],
+        ["--floor"],  # the floor sits behind nginx
+        ["--floor", "--front-workers", "1", "--url", "http://127.0.0.1:1"],
     ):
         run = _harness(*bad, "--out", str(tmp_path / "never"))
         assert run.returncode == 2, (bad, run.stdout, run.stderr)
