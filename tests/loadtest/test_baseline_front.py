@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ def started(tmp_path: Path, *extra: str) -> tuple[Server, int]:
     return server, port
 
 
-def stop_and_check_children(server: Server, children: list[int]) -> None:
+def stop_and_check_children(server: Server, children: Iterable[int]) -> None:
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0

@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from loadtest.harness import check, latency_over_hold, seed, verdict
+from loadtest.harness import check, latency_over_hold, seed
+from loadtest.harness_report import verdict
 from tests.conftest import Grid, new_id, write_headers
 
 ROOT = Path(__file__).resolve().parents[2]
