@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -38,7 +37,7 @@ if __package__ in (None, ""):
 import httpx
 
 from loadtest import tools
-from loadtest.procs import Server, cpu_seconds, descendants, free_port, omnigrid_server
+from loadtest.procs import baseline_front_server, cpu_seconds, descendants, omnigrid_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CARTS = 2_000
@@ -88,31 +87,13 @@ async def hold_idle(host: str, port: int, count: int, held: list[asyncio.StreamW
     await asyncio.gather(*(one() for _ in range(count)))
 
 
-def baseline_front(name: str, data: Path, env: dict[str, str]) -> Server:
-    """The Redis baseline (or the floor app) behind the grid's nginx
-    (loadtest/baseline_front.py), not started."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--port", str(port)]
-    if name == FLOOR:
-        cmd.append("--floor")
-    return Server(
-        name,
-        [*cmd, "--data", str(data)],
-        url=f"http://127.0.0.1:{port}",
-        ready_path="/readyz",
-        cwd=Path(__file__).resolve().parent.parent,
-        env={**os.environ, **env},
-        log_path=data / "serve.log",
-    )
-
-
 def measure_shape(
     name: str, shards: int, env: dict[str, str], args: argparse.Namespace
 ) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix=f"front-{name}-"))
     env = {"OMNIGRID_KEEPALIVE_S": "600", **env}
     server = (
-        baseline_front(name, data, env)
+        baseline_front_server(data, data / "serve.log", floor=name == FLOOR, env=env)
         if name in (BASELINE, FLOOR)
         else omnigrid_server(data, data / "serve.log", shards=shards, env=env)
     )

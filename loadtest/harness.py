@@ -48,6 +48,7 @@ import psutil
 from loadtest.harness_report import plot, stats, verdict
 from loadtest.procs import (
     Server,
+    baseline_front_server,
     cpu_seconds,
     descendants,
     free_port,
@@ -319,24 +320,6 @@ async def _read_all(
     return dict(zip(skus, stock, strict=True)), dict(zip(uids, carts, strict=True))
 
 
-def floor_server(
-    data: Path, log_path: Path, args: argparse.Namespace, env: dict[str, str], port: int
-) -> Server:
-    """``--floor``: loadtest/floor.py in the shards' place behind the same nginx."""
-    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--floor", "--port", str(port)]
-    cmd += ["--data", str(data), "--workers", str(args.shards)]
-    cmd += ["--front-workers", str(args.front_workers)]
-    return Server(
-        "floor",
-        cmd,
-        url=f"http://127.0.0.1:{port}",
-        ready_path="/readyz",
-        cwd=HERE.parent,
-        env={**os.environ, **env},
-        log_path=log_path,
-    )
-
-
 def floor_check(tally_dir: Path) -> dict[str, Any]:
     """The floor keeps nothing, so only the workers' final tallies are counted."""
     return {"floor": True, "final_tallies": final_tallies(tally_dir)}
@@ -455,7 +438,15 @@ def main(argv: list[str] | None = None) -> int:
                 env["OMNIGRID_FRONT"] = "nginx"
                 env["OMNIGRID_FRONT_WORKERS"] = str(args.front_workers)
             server = (
-                floor_server(tmp, out / "grid.log", args, env, port)
+                baseline_front_server(
+                    tmp,
+                    out / "grid.log",
+                    floor=True,
+                    workers=args.shards,
+                    front_workers=args.front_workers,
+                    env=env,
+                    port=port,
+                )
                 if args.floor
                 else omnigrid_server(tmp, out / "grid.log", args.shards, env, port=port)
             )

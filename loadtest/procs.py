@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -196,6 +197,34 @@ class Server:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def baseline_front_server(
+    data_dir: Path,
+    log_path: Path,
+    *,
+    floor: bool = False,
+    workers: int = 2,
+    front_workers: int = 2,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Server:
+    """``loadtest/baseline_front.py`` on a free loopback port (not started): the Redis
+    baseline, or with ``floor`` the app that does nothing, behind the grid's nginx."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--port", str(port)]
+    cmd += ["--data", str(data_dir), "--workers", str(workers)]
+    cmd += ["--front-workers", str(front_workers), *(["--floor"] if floor else [])]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    return Server(
+        "floor-nginx" if floor else "baseline-nginx",
+        cmd,
+        url=f"http://127.0.0.1:{port}",
+        ready_path="/readyz",
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, **(env or {})},
+        log_path=log_path,
+    )
 
 
 def omnigrid_server(

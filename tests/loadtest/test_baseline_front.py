@@ -4,32 +4,19 @@ and the floor (loadtest/floor.py, an app that does nothing) in its place."""
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 
-from loadtest.procs import Server, descendants, free_port
+from loadtest.procs import Server, baseline_front_server, descendants, free_port
 from omnigrid.api.runtime.front import front_socket_path
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def started(tmp_path: Path, *extra: str) -> tuple[Server, int]:
+def started(tmp_path: Path, floor: bool = False) -> tuple[Server, int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "loadtest.baseline_front", "--port", str(port)]
-    server = Server(
-        "baseline-nginx",
-        [*cmd, "--data", str(tmp_path), *extra],
-        url=f"http://127.0.0.1:{port}",
-        ready_path="/readyz",
-        cwd=ROOT,
-        env=dict(os.environ),
-        log_path=tmp_path / "serve.log",
-    )
+    server = baseline_front_server(tmp_path, tmp_path / "serve.log", floor=floor, port=port)
     server.start(ready_timeout_s=60)
     assert server.proc is not None
     return server, port
@@ -66,7 +53,7 @@ def test_the_baseline_answers_through_nginx_and_stops_with_every_child(tmp_path:
 
 
 def test_the_floor_answers_every_request_alike_with_no_redis(tmp_path: Path) -> None:
-    server, _ = started(tmp_path, "--floor")
+    server, _ = started(tmp_path, floor=True)
     assert server.proc is not None
     children = descendants(server.proc.pid)
     try:
